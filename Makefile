@@ -1,0 +1,45 @@
+# imageprep: the two set-up commands are `make demo` and `make test`.
+# Both create .venv/ on first use: torch 2.13.0 (CPU build) first, so that the
+# project's torch range is already satisfied, then the project with the pinned
+# versions in constraints.txt.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+DEMO_OUT ?= demo-output
+
+.PHONY: .venv demo test lint typecheck unit bench clean
+
+.venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: .venv
+	$(BIN)/imageprep demo --out $(DEMO_OUT)
+
+lint: .venv
+	$(BIN)/ruff check pipeline ops flows tests benchmarks
+	$(BIN)/ruff format --check pipeline ops flows tests benchmarks
+
+typecheck: .venv
+	$(BIN)/mypy
+
+unit: .venv
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: .venv
+	$(PIP) install --quiet -c constraints.txt -e ".[test,bench]"
+	$(BIN)/python benchmarks/bench_stats.py
+	$(BIN)/python benchmarks/bench_ops.py
+	$(BIN)/python benchmarks/bench_prepare.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

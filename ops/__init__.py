@@ -1,0 +1,14 @@
+"""imageprep's kernel layer: pure PyTorch ops on ``(*, C, H, W)`` float tensors.
+
+No I/O, no Dask, no Prefect, no config objects. Every op keeps dtype and
+device, never modifies its input, and takes keyword-only options after the
+data. Randomness comes only from an explicit ``torch.Generator``.
+"""
+
+from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
+
+__all__ = [
+    "difference_of_gaussians",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+]
