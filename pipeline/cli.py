@@ -1,0 +1,298 @@
+"""The ``imageprep`` command line (a typer app).
+
+Commands are plain decorated functions on :data:`app`; adding one (``run``,
+``serve``, ``verify``, ``info``, ``preview``) is one more ``@app.command()``.
+Heavy modules (numpy, PIL, dask, torch, zarr, prefect) are imported inside the
+commands, never at module level, so that ``imageprep --help`` answers at once.
+
+Exit codes (the CLI contract): 0 success; 1 the run finished but some inputs
+were rejected and ``--strict`` was given; 2 bad usage (missing folder, bad
+option, a source without any image file).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from pipeline.stats import Stats
+
+__all__ = ["app", "main"]
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+
+PILLOW_MAX_PIXELS = 89478485
+"""Pillow's default ``Image.MAX_IMAGE_PIXELS`` (= ``pipeline.decode.DEFAULT_MAX_PIXELS``;
+repeated here so that ``--help`` does not import Pillow)."""
+
+FAILURES_SHOWN = 5
+
+app = typer.Typer(
+    name="imageprep",
+    help="Turn a folder of images into training-ready data: exact dataset statistics, "
+    "chunked normalization and augmentation, sharded Zarr stores.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class StatsMethod(str, Enum):
+    """Choices of ``--method``."""
+
+    exact = "exact"
+    chan = "chan"
+    two_pass = "two-pass"
+
+
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fmt(v: float) -> str:
+    return "-" if v != v else f"{v:.6g}"
+
+
+def print_stats(
+    stats: Stats, *, console: Console, title: str, seconds: float | None = None
+) -> None:
+    """Print the statistics as a table, and a summary of the rejected inputs."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("statistic")
+    for ch in stats.channels:
+        table.add_column(ch, justify="right")
+    rows = [
+        ("mean", "mean"),
+        ("std", "std"),
+        ("var", "var"),
+        ("min", "min"),
+        ("max", "max"),
+        ("per-image mean", "per_image_mean"),
+        ("per-image std", "per_image_std"),
+    ]
+    for label, key in rows:
+        style = "dim" if key.startswith("per_image") else None
+        table.add_row(label, *(_fmt(v) for v in getattr(stats, key)), style=style)
+    console.print(table)
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    console.print(
+        f"{stats.images} images, {stats.count:,} pixels per channel, method {stats.method}{took}."
+    )
+    console.print("Pooled over every pixel, 0-1 scale; per-image rows average per-image values.")
+    if stats.images == 0:
+        console.print("[bold red]No image could be decoded: there are no statistics.[/]")
+    if stats.failures:
+        n = len(stats.failures)
+        console.print(f"[yellow]{n} input{'s' if n != 1 else ''} rejected[/]:")
+        for f in stats.failures[:FAILURES_SHOWN]:
+            console.print(f"  {f.path}: {f.error}", markup=False, soft_wrap=True)
+        if n > FAILURES_SHOWN:
+            console.print(f"  ... and {n - FAILURES_SHOWN} more (all in the stats JSON)")
+
+
+def _usage_error(message: str) -> typer.Exit:
+    _console(stderr=True).print(f"[red]Error:[/] {message}")
+    return typer.Exit(EXIT_USAGE)
+
+
+def _run_stats(
+    src: Path,
+    *,
+    method: str,
+    workers: int | None,
+    chunk_size: int,
+    max_pixels: int | None,
+    console: Console,
+) -> Stats:
+    """Scan ``src`` and compute its statistics with a progress bar on a terminal."""
+    import warnings
+
+    from PIL import Image
+
+    from pipeline.errors import ImageprepError
+    from pipeline.progress import progress_bar
+    from pipeline.sources import scan
+    from pipeline.stats import compute_stats
+
+    # Pillow warns for images between 1x and 2x its limit; decode reports them as
+    # errors (decompression bomb), so the warning is noise here.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        manifest = scan(src)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    if not manifest.files and not manifest.rejected:
+        raise _usage_error(
+            f"no image files under {src} (extensions: jpg jpeg png webp bmp tif tiff gif)"
+        )
+    progress_console = _console(stderr=True)
+    with progress_bar(len(manifest.files), description="decoding", console=progress_console) as adv:
+        try:
+            return compute_stats(
+                manifest,
+                method=method,  # type: ignore[arg-type]  # validated by typer's Enum
+                workers=workers,
+                chunk_size=chunk_size,
+                max_pixels=max_pixels,
+                progress=adv,
+            )
+        except ImageprepError as e:
+            raise _usage_error(str(e)) from e
+
+
+@app.command()
+def stats(
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Folder of images, scanned recursively (first-level subfolders are classes).",
+            exists=True,
+            file_okay=False,
+            dir_okay=True,
+            show_default=False,
+        ),
+    ],
+    method: Annotated[
+        StatsMethod,
+        typer.Option(
+            help="exact: integer sums, exact rational result (bit-identical whatever the "
+            "chunking); chan: per-chunk float64 two-pass merged pairwise (Chan et al.); "
+            "two-pass: global float64 mean then squared deviations.",
+        ),
+    ] = StatsMethod.exact,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Decoding threads (default: all cores).", show_default=False),
+    ] = None,
+    json_path: Annotated[
+        str | None,
+        typer.Option(
+            "--json",
+            metavar="PATH",
+            help="Write the stats JSON to PATH; '-' writes it to stdout (the table then goes "
+            "to stderr).",
+            show_default=False,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit with status 1 when any input was rejected."),
+    ] = False,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, help="Files per Dask task (memory is bounded by a chunk).")
+    ] = 64,
+    max_pixels: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Reject images whose header claims more pixels than this (decompression "
+            "bombs); 0 disables the check.",
+        ),
+    ] = PILLOW_MAX_PIXELS,
+) -> None:
+    """Exact per-channel statistics (mean, std, var, min, max) of a folder of images.
+
+    Pooled over every pixel of every image on the 0-1 scale (8-bit / 255, 16-bit /
+    65535); per-image averages are reported beside. Unreadable files are listed,
+    not fatal.
+    """
+    out = None
+    if json_path is not None and json_path != "-":
+        out = Path(json_path)
+        if not out.parent.is_dir():
+            raise _usage_error(f"--json: folder {str(out.parent)!r} does not exist")
+    console = _console(stderr=json_path == "-")
+    t0 = time.perf_counter()
+    result = _run_stats(
+        src,
+        method=method.value,
+        workers=workers,
+        chunk_size=chunk_size,
+        max_pixels=max_pixels or None,
+        console=console,
+    )
+    seconds = time.perf_counter() - t0
+    print_stats(result, console=console, title=f"imageprep stats: {src}", seconds=seconds)
+    if json_path == "-":
+        import json
+
+        sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
+        sys.stdout.flush()
+    elif out is not None:
+        result.save(out)
+        console.print(f"stats JSON written to {out}")
+    if strict and result.failures:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+def make_demo_source(out: Path, *, seed: int = 0) -> Path:
+    """Write the synthetic demo dataset into ``out/images`` and return that folder."""
+    from pipeline.synthetic import make_dataset
+
+    ds = make_dataset(out / "images", seed=seed)
+    return ds.root
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder (the synthetic images go to OUT/images).", file_okay=False
+        ),
+    ] = Path("demo-output"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Decoding threads (default: all cores).", show_default=False),
+    ] = None,
+) -> None:
+    """Make a small synthetic dataset (with a few broken files) and show its statistics."""
+    from pipeline.errors import ImageprepError
+
+    console = _console()
+    try:
+        src = make_demo_source(out, seed=seed)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    console.print(f"synthetic dataset written to {src}")
+    t0 = time.perf_counter()
+    result = _run_stats(
+        src,
+        method="exact",
+        workers=workers,
+        chunk_size=64,
+        max_pixels=PILLOW_MAX_PIXELS,
+        console=console,
+    )
+    print_stats(
+        result,
+        console=console,
+        title=f"imageprep stats: {src}",
+        seconds=time.perf_counter() - t0,
+    )
+    result.save(out / "stats.json")
+    console.print(f"stats JSON written to {out / 'stats.json'}")
+
+
+def main() -> None:
+    """Entry point of the ``imageprep`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
