@@ -32,6 +32,7 @@ here:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -197,10 +198,13 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
             try:
                 st = os.stat(entry.path)  # follows links
             except OSError as e:
-                if is_link and isinstance(e, FileNotFoundError):
-                    if is_image_name:
-                        rejected.append(Failure(rel, "broken symlink: target does not exist"))
-                elif is_image_name:
+                if not is_image_name:
+                    pass
+                elif is_link and isinstance(e, FileNotFoundError):
+                    rejected.append(Failure(rel, "broken symlink: target does not exist"))
+                elif is_link and e.errno == errno.ELOOP:
+                    rejected.append(Failure(rel, "symlink loop: too many levels of links"))
+                else:
                     rejected.append(Failure(rel, f"unreadable: {_os_reason(e)}"))
                 continue
             if stat.S_ISDIR(st.st_mode):

@@ -4,7 +4,7 @@ Used by the tests, ``imageprep demo`` and the benchmarks. Each class has its own
 texture family (rings, oriented gratings, smooth noise, checkers, ...) with
 random colors, frequencies and phases; images have varied sizes, Pillow modes
 (``L``, ``RGB``, ``RGBA``, ``P``, ``CMYK``, ``I;16``) and formats (JPEG, PNG,
-WebP, BMP, TIFF, GIF); some JPEGs carry an EXIF orientation and one GIF has two
+WebP, BMP, TIFF, GIF); every third JPEG carries an EXIF orientation and some GIFs have two
 frames. The broken files cover every rejection the decoder knows: a truncated
 JPEG, an empty file, a text file named ``.jpg``, a PNG with corrupted bytes, a
 decompression bomb (a small PNG whose header claims 20000 x 10000 pixels) and an
@@ -252,8 +252,8 @@ def make_dataset(
 
     Image ``i`` of a class gets mode ``modes[i % len(modes)]`` and a random
     format among those that can store it; height and width are drawn
-    uniformly from ``sizes``. Every fifth JPEG carries an EXIF orientation
-    (6, 3 or 8). The broken files (:data:`BROKEN_KINDS`) go into the class
+    uniformly from ``sizes``. Every third JPEG (from the second) carries an
+    EXIF orientation (6, 3 or 8 in turn). The broken files (:data:`BROKEN_KINDS`) go into the class
     folders in turn.
 
     Args:
@@ -325,8 +325,8 @@ def make_dataset(
             orientation = 1
             if fmt == "jpg":
                 jpegs += 1
-                if jpegs % 5 == 0:
-                    orientation = (6, 3, 8)[(jpegs // 5) % 3]
+                if jpegs % 3 == 2:
+                    orientation = (6, 3, 8)[(jpegs // 3) % 3]
             if fmt == "gif" and i % 2 == 0:
                 buf = io.BytesIO()
                 second = Image.fromarray(
