@@ -30,9 +30,12 @@ and go on. The rules (also in ``notes/README-stats.md``):
 - **32-bit float** (``F``): accepted when every value is finite and within
   ``[0, 1]``, stored as ``uint16`` ``round(x * 65535)`` (half to even), else
   rejected.
-- **Pillow's limit:** 16-bit RGB and RGBA PNGs and TIFFs come out of Pillow 13 as
-  8-bit ``RGB``/``RGBA`` keeping the high byte of each sample (``v >> 8``), so
-  they are measured as 8-bit images; 16-bit color cannot be read with Pillow.
+- **Pillow's limits** (verified with Pillow 13, tested): 16-bit RGB and RGBA
+  PNGs and TIFFs, and 16-bit gray+alpha PNGs, come out as 8-bit ``RGB``/``RGBA``
+  keeping the high byte of each sample (``v >> 8``), so they are measured as
+  8-bit images: 16-bit color cannot be read with Pillow. Float64 and
+  multi-channel float TIFFs are not readable at all (``corrupt image: cannot
+  read the TIFF header``).
 - Any other mode (``LAB``, ``HSV``, ...) is an ``unsupported mode``.
 
 Failure reasons start with one of: ``empty file``, ``permission denied``,
@@ -171,9 +174,9 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _open_loaded(
-    fp: IO[bytes], path: str, max_pixels: int | None, draft: tuple[int, int] | None
+    fp: IO[bytes], path: str, max_pixels: int | None, draft: tuple[int, int] | None, orient: bool
 ) -> tuple[Image.Image, int]:
-    """Open, check and load ``fp``; return the image and its EXIF orientation."""
+    """Open, check and load ``fp``; return the image and its EXIF orientation (1 unless orient)."""
     try:
         im = Image.open(fp, formats=_FORMATS)
     except Image.DecompressionBombError as e:
@@ -183,7 +186,9 @@ def _open_loaded(
     except UnidentifiedImageError as e:
         fmt = _sniff(fp)
         if fmt is not None:
-            raise DecodeError(path, f"corrupt image: unreadable {fmt} header") from e
+            raise DecodeError(
+                path, f"corrupt image: cannot read the {fmt} header (corrupt, or unsupported)"
+            ) from e
         raise DecodeError(path, "not an image: cannot identify image file") from e
     except OSError as e:
         raise DecodeError(path, _reason_from_os_error(e)) from e
@@ -213,7 +218,7 @@ def _open_loaded(
         raise DecodeError(path, f"corrupt image: {msg}") from e
     except Exception as e:  # SyntaxError, ValueError, EOFError, zlib.error, ...
         raise DecodeError(path, f"corrupt image: {type(e).__name__}: {e}") from e
-    if draft is None:
+    if orient and draft is None:
         orientation = _orientation(im)
     return im, orientation
 
@@ -259,7 +264,7 @@ def open_image(
     _check_draft(draft)
     spath = os.fspath(path)
     with _open_file(spath) as fp:
-        im, orientation = _open_loaded(fp, spath, max_pixels, draft)
+        im, orientation = _open_loaded(fp, spath, max_pixels, draft, orient)
     if orient and orientation != 1:
         try:
             im = ImageOps.exif_transpose(im)
@@ -277,7 +282,7 @@ def _as_uint16(im: Image.Image, path: str) -> np.ndarray:
         if lo < 0 or hi > 65535:
             raise DecodeError(
                 path,
-                "unsupported values: 32-bit integer image with values outside 0..65535 "
+                "unsupported values: integer image (mode I) with values outside 0..65535 "
                 f"(min {lo}, max {hi})",
             )
         return a.astype(np.uint16)
@@ -287,7 +292,7 @@ def _as_uint16(im: Image.Image, path: str) -> np.ndarray:
         if not finite or lo_f < 0.0 or hi_f > 1.0:
             raise DecodeError(
                 path,
-                "unsupported values: float image with values outside [0, 1] or not finite "
+                "unsupported values: float image (mode F) with values outside [0, 1] or not finite "
                 f"(min {lo_f}, max {hi_f})",
             )
         return np.rint(a.astype(np.float64) * 65535.0).astype(np.uint16)

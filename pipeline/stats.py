@@ -378,6 +378,14 @@ def _hist_moments(
 
 # --------------------------------------------------------- integer-source partial
 
+_FIXED_BITS = 1074  # every finite float is an integer multiple of 2**-1074
+
+
+def _fixed(x: float) -> int:
+    """The float ``x`` exactly, as an integer number of ``2**-1074`` (cheaper than Fraction)."""
+    num, den = x.as_integer_ratio()
+    return num << (_FIXED_BITS + 1 - den.bit_length())
+
 
 @dataclass
 class _Partial:
@@ -386,8 +394,9 @@ class _Partial:
     hist8: np.ndarray | None = None
     hist16: np.ndarray | None = None
     images: int = 0
-    mean_sum: list[Fraction] = field(default_factory=lambda: [Fraction(0)] * 3)
-    std_sum: list[Fraction] = field(default_factory=lambda: [Fraction(0)] * 3)
+    # exact sums of the per-image floats, in units of 2**-1074 (see _fixed)
+    mean_sum: list[int] = field(default_factory=lambda: [0, 0, 0])
+    std_sum: list[int] = field(default_factory=lambda: [0, 0, 0])
     failures: list[Failure] = field(default_factory=list)
     moments: tuple[int, np.ndarray, np.ndarray] | None = None
 
@@ -401,8 +410,8 @@ class _Partial:
                 self.hist16 += h.counts
         means, stds = _image_values(h)
         self.images += 1
-        self.mean_sum = [s + Fraction(m) for s, m in zip(self.mean_sum, means, strict=True)]
-        self.std_sum = [s + Fraction(m) for s, m in zip(self.std_sum, stds, strict=True)]
+        self.mean_sum = [s + _fixed(m) for s, m in zip(self.mean_sum, means, strict=True)]
+        self.std_sum = [s + _fixed(m) for s, m in zip(self.std_sum, stds, strict=True)]
 
 
 def _add_hist(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
@@ -499,8 +508,8 @@ def _finish(part: _Partial, method: str) -> Stats:
         std=std,
         min=lo,
         max=hi,
-        per_image_mean=[float(v / part.images) for v in part.mean_sum],
-        per_image_std=[float(v / part.images) for v in part.std_sum],
+        per_image_mean=[float(Fraction(v, part.images << _FIXED_BITS)) for v in part.mean_sum],
+        per_image_std=[float(Fraction(v, part.images << _FIXED_BITS)) for v in part.std_sum],
         method=method,
         histogram=display.tolist(),
     )
@@ -808,9 +817,9 @@ class FloatSums:
 
     Example:
         >>> import torch
-        >>> x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2) / 24
+        >>> x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 2, 2) / 32
         >>> FloatSums.of(x[:1]).merge(FloatSums.of(x[1:])).mean().tolist()
-        [0.3333333333333333, 0.5, 0.6666666666666666]
+        [0.234375, 0.359375, 0.484375]
     """
 
     n: int

@@ -157,10 +157,10 @@ def test_float_rounding_is_half_to_even_on_the_16_bit_grid(tmp_path):
 @pytest.mark.parametrize(
     ("values", "dtype", "match"),
     [
-        ([[-1, 5]], np.int32, r"unsupported values: 32-bit integer image .*min -1, max 5"),
+        ([[-1, 5]], np.int32, r"unsupported values: integer image \(mode I\) .*min -1, max 5"),
         ([[0, 65536]], np.int32, r"outside 0\.\.65535 \(min 0, max 65536\)"),
-        ([[0.0, 1.5]], np.float32, r"unsupported values: float image .*max 1\.5"),
-        ([[-0.25, 0.5]], np.float32, r"float image with values outside \[0, 1\]"),
+        ([[0.0, 1.5]], np.float32, r"unsupported values: float image \(mode F\) .*max 1\.5"),
+        ([[-0.25, 0.5]], np.float32, r"float image \(mode F\) with values outside \[0, 1\]"),
         ([[np.nan, 0.5]], np.float32, r"not finite"),
         ([[np.inf, 0.5]], np.float32, r"not finite"),
     ],
@@ -182,15 +182,16 @@ def test_unsupported_mode(tmp_path):
 
 
 def test_pillow_reads_16_bit_rgb_as_8_bit_high_byte(tmp_path):
-    # Documented Pillow 13 limitation: 16-bit RGB/RGBA PNGs come out 8-bit (v >> 8).
+    # Documented Pillow 13 limitation: 16-bit LA/RGB/RGBA PNGs come out 8-bit (v >> 8).
     rng = np.random.default_rng(5)
-    for c in (3, 4):
+    for c in (2, 3, 4):  # gray+alpha, RGB, RGBA
         u = rng.integers(0, 65536, size=(6, 9, c)).astype(np.uint16)
         p = tmp_path / f"rgb16_{c}.png"
         p.write_bytes(png_bytes(u))
         out = decode(p)
         assert out.dtype == np.uint8
-        np.testing.assert_array_equal(out, (u[..., :3] >> 8).astype(np.uint8))
+        color = np.repeat(u[..., :1], 3, axis=2) if c == 2 else u[..., :3]
+        np.testing.assert_array_equal(out, (color >> 8).astype(np.uint8))
     # also 16-bit RGB TIFF (written by tifffile, independent of Pillow's writer)
     tifffile = pytest.importorskip("tifffile")
     u = rng.integers(0, 65536, size=(5, 7, 3)).astype(np.uint16)
@@ -396,7 +397,7 @@ def test_every_failure_has_a_reason(tmp_path):
     hdr = bytearray(png)
     hdr[20] ^= 0xFF  # IHDR bytes no longer match their CRC
     (tmp_path / "header.png").write_bytes(bytes(hdr))
-    cases["header.png"] = "corrupt image: unreadable PNG header"
+    cases["header.png"] = "corrupt image: cannot read the PNG header"
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
     (tmp_path / "eps.jpg").write_bytes(eps)  # a format Pillow knows but we do not try
     cases["eps.jpg"] = "not an image: "
