@@ -299,6 +299,16 @@ def _as_uint16(im: Image.Image, path: str) -> np.ndarray:
     return a.astype(np.uint16, copy=False)
 
 
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """``convert("RGB")``; a transparency entry is dropped first (alpha is dropped anyway).
+
+    This only silences Pillow's warning about palette transparency given as bytes;
+    the RGB values are those of ``convert("RGB")``.
+    """
+    im.info.pop("transparency", None)
+    return im.convert("RGB")
+
+
 def _check_mode(im: Image.Image, path: str) -> None:
     if im.mode not in EIGHT_BIT_MODES and im.mode not in SIXTEEN_BIT_MODES:
         raise DecodeError(path, f"unsupported mode: {im.mode}")
@@ -347,7 +357,7 @@ def decode(
     if im.mode in SIXTEEN_BIT_MODES:
         gray = _as_uint16(im, spath)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    rgb = im if im.mode == "RGB" else im.convert("RGB")
+    rgb = im if im.mode == "RGB" else _to_rgb(im)
     return np.array(rgb)
 
 
@@ -391,7 +401,7 @@ def decode_histogram(
         return ImageHistogram(16, np.broadcast_to(counts, (3, 65536)))
     bands = _HIST_DIRECT.get(im.mode)
     if bands is None:
-        im = im.convert("RGB")
+        im = _to_rgb(im)
         bands = 3
     h = np.asarray(im.histogram(), dtype=np.int64).reshape(bands, 256)
     if bands < 3:

@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 
 import numpy as np
@@ -93,6 +94,21 @@ def test_eight_bit_modes_equal_pillow_convert_rgb(tmp_path, mode, fmt):
     assert h.bits == 8
     for c in range(3):
         np.testing.assert_array_equal(h.counts[c], np.bincount(ref[..., c].ravel(), minlength=256))
+
+
+@pytest.mark.parametrize("transparency", [3, bytes(range(0, 256, 16))])
+def test_palette_transparency_is_dropped_without_warnings(tmp_path, transparency):
+    im = _rgb_image(4).quantize(16)
+    p = save(im, tmp_path / "t.png", transparency=transparency)
+    with Image.open(p) as ref_im, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = np.asarray(ref_im.convert("RGB"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = decode(p)
+        h = decode_histogram(p)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(h.counts[2], np.bincount(ref[..., 2].ravel(), minlength=256))
 
 
 def test_alpha_is_dropped_not_composited(tmp_path):
