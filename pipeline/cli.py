@@ -116,7 +116,6 @@ def _run_stats(
     workers: int | None,
     chunk_size: int,
     max_pixels: int | None,
-    console: Console,
 ) -> Stats:
     """Scan ``src`` and compute its statistics with a progress bar on a terminal."""
     import warnings
@@ -223,7 +222,6 @@ def stats(
         workers=workers,
         chunk_size=chunk_size,
         max_pixels=max_pixels or None,
-        console=console,
     )
     seconds = time.perf_counter() - t0
     print_stats(result, console=console, title=f"imageprep stats: {src}", seconds=seconds)
@@ -277,7 +275,6 @@ def demo(
         workers=workers,
         chunk_size=64,
         max_pixels=PILLOW_MAX_PIXELS,
-        console=console,
     )
     print_stats(
         result,

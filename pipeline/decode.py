@@ -259,6 +259,14 @@ def open_image(
     Raises:
         DecodeError: the file cannot be read or decoded (``reason`` says why).
         InvalidArgumentError: ``max_pixels`` or ``draft`` is invalid.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "x.tif"
+        >>> Image.new("CMYK", (6, 4)).save(p)
+        >>> im = open_image(p)
+        >>> im.mode, im.size
+        ('CMYK', (6, 4))
     """
     _check_max_pixels(max_pixels)
     _check_draft(draft)

@@ -871,6 +871,15 @@ class FloatDeviations:
         sq: per channel, exact sum of per-chunk float64 ``sum((x - mean)^2)``.
         lin: per channel, exact sum of per-chunk float64 ``sum(x - mean)``
             (the correction term of the corrected two-pass algorithm).
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+        >>> sums = FloatSums.of(x[:2]).merge(FloatSums.of(x[2:]))
+        >>> devs = FloatDeviations.of(x[:3], sums.mean()).merge(
+        ...     FloatDeviations.of(x[3:], sums.mean()))
+        >>> devs.n, len(devs.sq)
+        (96, 3)
     """
 
     n: int
@@ -931,6 +940,15 @@ def two_pass_stats(
 
     Raises:
         InvalidArgumentError: the passes saw different amounts of data.
+
+    Example:
+        >>> import torch
+        >>> x = torch.rand(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+        >>> sums = FloatSums.of(x)
+        >>> s = two_pass_stats(sums, FloatDeviations.of(x, sums.mean()))
+        >>> s.count, s.method, bool(np.allclose(s.var, x.double().var(dim=(0, 2, 3),
+        ...     unbiased=False).numpy(), rtol=1e-14))
+        (100, 'two-pass', True)
     """
     if sums.n != deviations.n:
         raise InvalidArgumentError(
