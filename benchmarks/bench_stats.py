@@ -16,7 +16,9 @@ machine may be shared). Every run is its own subprocess, started by a fresh
 helper process that reports the run's wall time and peak memory
 (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss).
 Throughput is (N2 - N1) / (t(N2) - t(N1)) over two dataset sizes, so start-up
-(imports, scan, process spawn) cancels.
+(imports, scan, process spawn) cancels; the same with the runs' CPU time
+(user + system, all threads and worker processes) gives images per CPU-second,
+which a busy shared machine disturbs less than wall time.
 
     python benchmarks/bench_stats.py                  # 1000 and 4000 images, 2 workers
     python benchmarks/bench_stats.py --sizes 200 800  # quick
@@ -172,13 +174,14 @@ def measure(cmd: list[str]) -> None:
     if r.returncode not in (0, 1):
         sys.stderr.write(r.stderr)
         raise SystemExit(f"{cmd} failed with {r.returncode}")
-    maxrss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    maxrss_kib = usage.ru_maxrss
     try:
         out = json.loads(r.stdout)  # the CLI's --json - output
     except json.JSONDecodeError:
         last = [line for line in r.stdout.splitlines() if line.startswith("{")]
         out = json.loads(last[-1]) if last else {}
-    out.update(wall_s=wall, maxrss_mib=maxrss_kib / 1024)
+    out.update(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_mib=maxrss_kib / 1024)
     print(json.dumps(out))
 
 
@@ -216,32 +219,36 @@ def main() -> None:
                 r = timed(kind, src, args.workers, DATA)
                 runs.setdefault((kind, n), []).append(r)
                 print(f"  [{rep + 1}] {kind:9s} N={n:5d}  wall {r['wall_s']:7.2f} s", end="")
+                print(f"  cpu {r['cpu_s']:7.2f} s", end="")
                 print(f"  peak {r['maxrss_mib']:6.0f} MiB", flush=True)
     results: dict[str, dict[int, dict]] = {}
     for (kind, n), rs in runs.items():
         best = dict(min(rs, key=lambda r: r["wall_s"]))  # the fastest run counts
         best["maxrss_mib"] = max(r["maxrss_mib"] for r in rs)  # the largest peak counts
+        best["cpu_s"] = min(r["cpu_s"] for r in rs)
         results.setdefault(kind, {})[n] = best
 
-    def rate(kind: str) -> float:
+    def rate(kind: str, key: str = "wall_s") -> float:
         r = results[kind]
-        return (n2 - n1) / (r[n2]["wall_s"] - r[n1]["wall_s"])
+        return (n2 - n1) / (r[n2][key] - r[n1][key])
 
     nan = float("nan")
     base = {k: rate(k) if k in results else nan for k in ("floor", "load", "tutorial")}
     print()
     print(
         f"| run | t({n1}) s | t({n2}) s | img/s | vs floor | vs load | vs tutorial "
-        f"| peak {n1} MiB | peak {n2} MiB | ratio |"
+        f"| img/CPU-s | CPU vs floor | peak {n1} MiB | peak {n2} MiB | ratio |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    cpu_floor = rate("floor", "cpu_s") if "floor" in results else nan
     for kind, r in results.items():
         ips = rate(kind)
+        cps = rate(kind, "cpu_s")
         m1, m2 = r[n1]["maxrss_mib"], r[n2]["maxrss_mib"]
         print(
             f"| {kind} | {r[n1]['wall_s']:.2f} | {r[n2]['wall_s']:.2f} | {ips:.0f} | "
             f"{ips / base['floor']:.2f} | {ips / base['load']:.2f} | {ips / base['tutorial']:.2f} "
-            f"| {m1:.0f} | {m2:.0f} | {m2 / m1:.2f} |"
+            f"| {cps:.0f} | {cps / cpu_floor:.2f} | {m1:.0f} | {m2:.0f} | {m2 / m1:.2f} |"
         )
     if "tutorial" in results and "exact" in results:
         exact_std = results["exact"][n2]["std"]
