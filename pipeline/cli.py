@@ -105,7 +105,9 @@ def print_stats(
 
 
 def _usage_error(message: str) -> typer.Exit:
-    _console(stderr=True).print(f"[red]Error:[/] {message}")
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[red]Error:[/] {escape(message)}")
     return typer.Exit(EXIT_USAGE)
 
 
