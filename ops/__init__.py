@@ -6,11 +6,12 @@ data. Randomness comes only from an explicit ``torch.Generator``.
 """
 
 from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
-from ops.geometry import crop_resize
+from ops.geometry import crop_resize, upsample2x
 
 __all__ = [
     "crop_resize",
     "difference_of_gaussians",
     "gaussian_blur",
     "gaussian_kernel1d",
+    "upsample2x",
 ]
