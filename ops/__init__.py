@@ -6,12 +6,15 @@ data. Randomness comes only from an explicit ``torch.Generator``.
 """
 
 from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
+from ops.flow import Flow, lucas_kanade
 from ops.geometry import crop_resize, upsample2x
 
 __all__ = [
+    "Flow",
     "crop_resize",
     "difference_of_gaussians",
     "gaussian_blur",
     "gaussian_kernel1d",
+    "lucas_kanade",
     "upsample2x",
 ]
