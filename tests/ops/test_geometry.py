@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ops import crop_resize, upsample2x
 from pipeline.errors import InvalidArgumentError
@@ -101,6 +103,19 @@ def test_crop_resize_integer_box_at_own_size_is_a_slice():
         if x2 < 41 and y2 < 29:
             out = crop_resize(x, box, (y2 - y1 + 1, x2 - x1 + 1), align_corners=True)
             torch.testing.assert_close(out, x[..., y1 : y2 + 1, x1 : x2 + 1], rtol=0, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_crop_resize_property_integer_box_is_slice(data):
+    height, width = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
+    x1 = data.draw(st.integers(0, width - 1))
+    x2 = data.draw(st.integers(x1 + 1, width))
+    y1 = data.draw(st.integers(0, height - 1))
+    y2 = data.draw(st.integers(y1 + 1, height))
+    x = _random_images((2, 2, height, width), seed=data.draw(st.integers(0, 2**16)))
+    out = crop_resize(x, torch.tensor([x1, y1, x2, y2]), (y2 - y1, x2 - x1))
+    torch.testing.assert_close(out, x[..., y1:y2, x1:x2], rtol=0, atol=1e-12)
 
 
 def test_crop_resize_one_box_per_image_slices():
@@ -299,6 +314,13 @@ def test_upsample2x_equals_interpolate(hw):
     torch.testing.assert_close(out, _interpolate2x(x), rtol=0, atol=1e-14)
     # And against a loop written from the definition (clamped source index).
     np.testing.assert_allclose(out[1, 2].numpy(), _np_upsample2x(x[1, 2].numpy()), atol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(1, 24), width=st.integers(1, 24), seed=st.integers(0, 2**16))
+def test_upsample2x_property_equals_interpolate(height, width, seed):
+    x = _random_images((1, 2, height, width), seed=seed)
+    torch.testing.assert_close(upsample2x(x), _interpolate2x(x), rtol=0, atol=1e-14)
 
 
 def test_upsample2x_op_contract(device, dtype):
