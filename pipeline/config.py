@@ -848,7 +848,10 @@ def apply_overrides(
             nxt = parts[depth + 1]
             if isinstance(node, dict):
                 if part not in node or node[part] is None:
-                    node[part] = copy.deepcopy(default) if default is not None else {}
+                    # a missing list (indexed into) starts from its default; a
+                    # missing mapping starts empty, so its other keys keep their
+                    # own defaults (e.g. the level of a new compression codec)
+                    node[part] = copy.deepcopy(default) if isinstance(default, list) else {}
                 node = node[part]
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
                 node = node[part]

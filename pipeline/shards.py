@@ -152,8 +152,13 @@ class StoreLayout:
     )
 
     def __post_init__(self) -> None:
-        for name, low in (("n_samples", 0), ("channels", 1), ("height", 1), ("width", 1),
-                          ("shard_size", 1)):  # fmt: skip
+        for name, low in (
+            ("n_samples", 0),
+            ("channels", 1),
+            ("height", 1),
+            ("width", 1),
+            ("shard_size", 1),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -932,8 +937,13 @@ def verify(store: _PathLike | zarr.Group, *, workers: int | None = None) -> Veri
     pairs = list(zip(done, results, strict=True))
     mismatched = tuple(ShardProblem(r.index, why) for r, why in pairs if why)
     verified = tuple(r.index for r, why in pairs if why is None)
-    return VerifyReport(str(store if not isinstance(store, zarr.Group) else store.store),
-                        layout.n_shards, verified, unfinished, mismatched)  # fmt: skip
+    return VerifyReport(
+        str(store if not isinstance(store, zarr.Group) else store.store),
+        layout.n_shards,
+        verified,
+        unfinished,
+        mismatched,
+    )
 
 
 # --------------------------------------------------------------------------- lock
