@@ -630,6 +630,11 @@ def open_or_create(
     if not _occupied(path):
         create_store(path, layout, attrs=attrs, paths=paths)
         return StoreState(path, layout, resumed=False, done=frozenset())
+    if not (path / "zarr.json").is_file():
+        raise StoreError(
+            f"{path}: is not a Zarr store but a folder with other files; refusing to use or "
+            "delete it (choose another output.path)"
+        )
     group = _open_zarr_group(path, mode="r")
     existing = group.attrs.get(ATTRIBUTE)
     if not isinstance(existing, dict):
