@@ -5,8 +5,8 @@
 default), ``label`` an ``int`` (-1 when the source had no classes). It works
 with ``DataLoader(num_workers>0)``: it holds no open Zarr handle when pickled
 and opens the store lazily, once per process. It also implements
-``__getitems__``, which the ``DataLoader`` uses to read a whole batch with one
-concurrent Zarr read.
+``__getitems__``, which the ``DataLoader`` uses to read a whole batch as one
+concurrent batch of single-sample Zarr reads.
 
 Conventions:
 
@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ import numpy as np
 import torch
 import zarr
 from torch.utils.data import Dataset
+from zarr.core.sync import sync as zarr_sync
 
 from pipeline.errors import InvalidArgumentError, StoreError
 from pipeline.shards import (
@@ -206,12 +208,12 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         return self._convert(_read(self._array(), row)), int(self._labels[i])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
-        """Read a batch with one concurrent Zarr read (used by ``DataLoader``)."""
+        """Read a batch with concurrent single-sample reads (used by ``DataLoader``)."""
         if len(indices) == 0:
             return []
         rows = self.rows(indices)
         unique, inverse = np.unique(rows, return_inverse=True)
-        block = self._convert(_read(self._array(), unique))
+        block = self._convert(_read_rows(self._array(), unique))
         n = len(self)
         return [
             (block[int(j)], int(self._labels[int(i) + n if int(i) < 0 else int(i)]))
@@ -230,6 +232,20 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
             f"shape={self.layout.sample_shape}, dtype={self.layout.dtype}, "
             f"classes={len(self.classes)}, denormalize={self.denormalize})"
         )
+
+
+def _read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
+    """Read ``array[rows]`` (rows along axis 0) with one concurrent batch of single-row reads.
+
+    Zarr's fancy indexing over a sharded array decodes far more than it needs
+    (measured ~5x slower per row than single-row reads); gathering single-row
+    reads on Zarr's event loop reads only the inner chunks asked for, concurrently.
+    """
+
+    async def gather() -> list[Any]:
+        return list(await asyncio.gather(*(array.async_array.getitem((int(r),)) for r in rows)))
+
+    return np.stack([np.asarray(x) for x in zarr_sync(gather())])
 
 
 def _readable_shards(group: zarr.Group, layout: StoreLayout, *, allow_partial: bool) -> list[int]:
