@@ -473,6 +473,11 @@ def create_store(
     """
     path = Path(path)
     _check_attrs(attrs)
+    manifest = np.empty(len(paths), dtype=object)
+    manifest[:] = list(paths)
+    bad = next((p for p in manifest if not isinstance(p, str)), None)
+    if bad is not None or isinstance(paths, str):
+        raise InvalidArgumentError(f"paths must be a sequence of strings, got an item {bad!r}")
     if _occupied(path):
         if not overwrite:
             raise StoreError(f"{path}: a store already exists (pass overwrite=True to replace it)")
@@ -502,9 +507,6 @@ def create_store(
             fill_value=-1 if name == "labels" else 0,
             dimension_names=("sample",),
         )
-    manifest = np.array(list(paths), dtype=object)
-    if manifest.ndim != 1 or not all(isinstance(p, str) for p in manifest):
-        raise InvalidArgumentError("paths must be a sequence of strings")
     arr = group.create_array(
         "paths",
         shape=(len(manifest),),

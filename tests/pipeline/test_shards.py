@@ -479,6 +479,9 @@ def test_create_store_refuses_an_existing_store(store, layout):
         create_store(store, layout, attrs=ATTRS, paths=[])
     with pytest.raises(InvalidArgumentError, match="attrs must not set layout"):
         create_store(store.parent / "x.zarr", layout, attrs={"layout": 1}, paths=[])
+    with pytest.raises(InvalidArgumentError, match="paths must be a sequence of strings"):
+        create_store(store.parent / "z.zarr", layout, attrs=ATTRS, paths=["a", 3])
+    assert not (store.parent / "z.zarr").exists()
     with pytest.raises(InvalidArgumentError, match="attrs must be JSON-safe"):
         create_store(store.parent / "y.zarr", layout, attrs={"x": float("nan")}, paths=[])
 
