@@ -16,12 +16,15 @@ import torch
 from pipeline.errors import InvalidArgumentError
 
 __all__ = [
+    "check_choice",
     "check_float_image",
     "check_image",
+    "check_int",
     "check_nonnegative",
     "check_pair",
     "check_positive",
     "check_probability",
+    "check_size",
     "compute_dtype",
 ]
 
@@ -120,6 +123,50 @@ def check_pair(value: Any, name: str) -> tuple[float, float]:
     raise InvalidArgumentError(
         f"{name} must be a number or a pair of numbers, got {_describe(value)}"
     )
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int after checking that it is an integer ``>= minimum``.
+
+    Raises:
+        InvalidArgumentError: ``value`` is not an integer or is below ``minimum``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an integer, got {_describe(value)}")
+    if minimum is not None and value < minimum:
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_size(value: Any, name: str = "size") -> tuple[int, int]:
+    """Return ``value`` as an ``(h, w)`` pair of ints >= 1; a single int is repeated.
+
+    Raises:
+        InvalidArgumentError: ``value`` is not a positive int or a pair of them.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    raise InvalidArgumentError(
+        f"{name} must be an int >= 1 or a pair (h, w) of ints >= 1, got {_describe(value)}"
+    )
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """Return ``value`` after checking that it is one of ``choices``.
+
+    Raises:
+        InvalidArgumentError: ``value`` is not one of ``choices``.
+    """
+    if any(type(value) is type(c) and value == c for c in choices):
+        return value
+    raise InvalidArgumentError(f"{name} must be one of {list(choices)}, got {_describe(value)}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

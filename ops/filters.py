@@ -156,8 +156,8 @@ def difference_of_gaussians(
         torch.Size([3, 32, 32])
     """
     low = check_pair(low_sigma, "low_sigma")
-    high = (low[0] * 1.6, low[1] * 1.6) if high_sigma is None else check_pair(
-        high_sigma, "high_sigma"
+    high = (
+        (low[0] * 1.6, low[1] * 1.6) if high_sigma is None else check_pair(high_sigma, "high_sigma")
     )
     for lo, hi in zip(low, high, strict=True):
         check_nonnegative(lo, "low_sigma")
@@ -173,5 +173,3 @@ def difference_of_gaussians(
     work = x.to(compute_dtype(x.dtype))
     out = gaussian_blur(work, low, truncate=truncate) - gaussian_blur(work, high, truncate=truncate)
     return out.to(x.dtype)
-
-

@@ -1,0 +1,253 @@
+"""Geometry: crop-and-resize through affine sampling grids, bilinear 2x upsampling."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ops._checks import (
+    check_choice,
+    check_float_image,
+    check_size,
+    compute_dtype,
+)
+from pipeline.errors import InvalidArgumentError
+
+__all__ = ["crop_resize", "upsample2x"]
+
+_PADDING_MODES = ("border", "zeros", "reflection")
+
+
+def _check_boxes(boxes: object) -> torch.Tensor:
+    if not isinstance(boxes, torch.Tensor):
+        raise InvalidArgumentError(
+            f"boxes must be a torch.Tensor of shape (*, 4), got {type(boxes).__name__}"
+        )
+    if boxes.ndim < 1 or boxes.shape[-1] != 4:
+        raise InvalidArgumentError(
+            f"boxes must have shape (*, 4) holding (x1, y1, x2, y2), got shape {tuple(boxes.shape)}"
+        )
+    if boxes.dtype == torch.bool or boxes.is_complex():
+        raise InvalidArgumentError(f"boxes must have a real dtype, got {boxes.dtype}")
+    return boxes
+
+
+def _box_theta(
+    boxes: torch.Tensor, height: int, width: int, *, align_corners: bool
+) -> torch.Tensor:
+    """Affine matrices ``(N, 2, 3)`` mapping output normalized coords to input ones.
+
+    ``align_corners=False``: normalized -1 and +1 are the outer pixel *edges*,
+    so the pixel-edge coordinate ``u`` in ``[0, W]`` is ``n = 2 u / W - 1``.
+    The output edges ``n_out = -1, +1`` must land on ``x1, x2``:
+    ``n_in = n_out (x2 - x1) / W + (x1 + x2) / W - 1``.
+
+    ``align_corners=True``: -1 and +1 are the centres of the corner pixels, so
+    the pixel-index coordinate ``c`` in ``[0, W - 1]`` is ``n = 2 c / (W - 1) - 1``.
+    The output corner centres must land on ``x1, x2``:
+    ``n_in = n_out (x2 - x1) / (W - 1) + (x1 + x2) / (W - 1) - 1``. A side of
+    length 1 uses 1 as divisor (grid_sample then reads index 0 whatever ``n``).
+    """
+    if align_corners:
+        dx, dy = float(max(width - 1, 1)), float(max(height - 1, 1))
+    else:
+        dx, dy = float(width), float(height)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    zero = torch.zeros_like(x1)
+    row_x = torch.stack([(x2 - x1) / dx, zero, (x1 + x2) / dx - 1.0], dim=-1)
+    row_y = torch.stack([zero, (y2 - y1) / dy, (y1 + y2) / dy - 1.0], dim=-1)
+    return torch.stack([row_x, row_y], dim=-2)
+
+
+def crop_resize(
+    x: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int | tuple[int, int],
+    *,
+    align_corners: bool = False,
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Crop boxes out of images and resample each to ``size`` with bilinear interpolation.
+
+    One ``F.affine_grid`` and one ``F.grid_sample`` call serve the whole batch:
+    each box becomes an axis-aligned affine map from the output's normalized
+    coordinates to the input's (see the README for the derivation of ``theta``).
+    The result is differentiable with respect to ``x`` and to ``boxes``.
+
+    Convention: ``boxes[..., :] = (x1, y1, x2, y2)``, x along the width.
+
+    - ``align_corners=False`` (default): pixel-*edge* coordinates. Pixel
+      ``(i, j)`` covers ``[j, j + 1] x [i, i + 1]``, the full image is the box
+      ``(0, 0, W, H)``, and the output's outer edges land on the box's edges:
+      output pixel ``j`` samples the input at ``x = x1 + (j + 0.5) (x2 - x1) / w``
+      (pixel centres sit at half-integers). The full box at the input size is
+      the identity, and an integer box at its own size is the slice
+      ``x[..., y1:y2, x1:x2]``.
+    - ``align_corners=True``: pixel-*index* coordinates (pixel centres at
+      integers, as in kornia's ``crop_and_resize``). The output's corner pixel
+      centres land on ``(x1, y1)`` and ``(x2, y2)``: output pixel ``j`` samples
+      ``x = x1 + j (x2 - x1) / (w - 1)`` (``(x1 + x2) / 2`` when ``w == 1``).
+      The full image is ``(0, 0, W - 1, H - 1)`` and an integer box at size
+      ``(y2 - y1 + 1, x2 - x1 + 1)`` is the slice ``x[..., y1:y2 + 1, x1:x2 + 1]``.
+
+    ``x2 < x1`` (or ``y2 < y1``) mirrors the crop. Samples outside the image
+    follow ``padding_mode``: ``"border"`` (default) repeats the edge pixels,
+    which is also what keeps samples between the outermost pixel centre and the
+    image edge (within half a pixel of the border) equal to the edge pixel
+    instead of fading to 0; ``"zeros"`` reads 0 outside (and fades in that
+    half-pixel band); ``"reflection"`` mirrors.
+
+    Downscaling: there is no antialiasing. Each output pixel is one bilinear
+    sample, so shrinking a box by a factor ``s > 2`` aliases fine detail. Blur
+    first when that matters, e.g. ``gaussian_blur(x, (s - 1) / 2)`` as
+    ``skimage.transform.resize(anti_aliasing=True)`` does.
+
+    Broadcasting: the leading dimensions of ``x`` (``x.shape[:-3]``) and of
+    ``boxes`` (``boxes.shape[:-1]``) broadcast together. So ``x`` of shape
+    ``(B, C, H, W)`` with ``boxes`` ``(B, 4)`` crops one box per image;
+    ``boxes`` of shape ``(4,)`` crops the same box from every image (also from a
+    single ``(C, H, W)`` image); and a single image ``(C, H, W)`` with boxes
+    ``(N, 4)`` gives ``N`` crops of it, sampled in one call without copying the
+    image ``N`` times. Float16/bfloat16 images are computed in float32 and cast
+    back; boxes are cast to the compute dtype and moved to ``x``'s device.
+
+    Args:
+        x: images ``(*, C, H, W)``, floating point, ``H, W >= 1``.
+        boxes: ``(*, 4)`` real tensor of ``(x1, y1, x2, y2)``.
+        size: output ``(h, w)``, or one int for a square.
+        align_corners: box coordinates and sampling convention (see above).
+        padding_mode: ``"border"``, ``"zeros"`` or ``"reflection"``.
+
+    Returns:
+        Tensor ``(*batch, C, h, w)`` with ``batch`` the broadcast of the leading
+        dimensions, dtype and device of ``x``.
+
+    Raises:
+        InvalidArgumentError: bad image, boxes of the wrong shape or dtype,
+            leading dimensions that do not broadcast, bad ``size``,
+            ``align_corners`` or ``padding_mode``.
+
+    References:
+        Jaderberg et al., "Spatial Transformer Networks", NeurIPS 2015 (affine
+        grid + bilinear sampler, differentiable in the image and the grid).
+
+    Example:
+        >>> x = torch.rand(2, 3, 32, 48)
+        >>> boxes = torch.tensor([[0.0, 0.0, 48.0, 32.0], [4.5, 2.0, 20.5, 18.0]])
+        >>> crop_resize(x, boxes, (16, 16)).shape
+        torch.Size([2, 3, 16, 16])
+        >>> crop_resize(x[0], boxes, 8).shape  # one image, two boxes
+        torch.Size([2, 3, 8, 8])
+        >>> box = torch.tensor([8.0, 4.0, 24.0, 20.0])  # at its own size: a slice
+        >>> torch.allclose(crop_resize(x, box, (16, 16)), x[..., 4:20, 8:24], atol=1e-6)
+        True
+    """
+    check_float_image(x)
+    boxes = _check_boxes(boxes)
+    h, w = check_size(size)
+    if not isinstance(align_corners, bool):
+        raise InvalidArgumentError(f"align_corners must be a bool, got {align_corners!r}")
+    check_choice(padding_mode, "padding_mode", _PADDING_MODES)
+    try:
+        batch = torch.broadcast_shapes(x.shape[:-3], boxes.shape[:-1])
+    except RuntimeError:
+        raise InvalidArgumentError(
+            f"boxes must have leading dimensions that broadcast with x's: x has shape "
+            f"{tuple(x.shape)} (batch {tuple(x.shape[:-3])}), boxes has shape "
+            f"{tuple(boxes.shape)} (batch {tuple(boxes.shape[:-1])})"
+        ) from None
+    channels, height, width = x.shape[-3:]
+    if height == 0 or width == 0:
+        raise InvalidArgumentError(f"x must have H >= 1 and W >= 1, got shape {tuple(x.shape)}")
+    n = math.prod(batch)
+    if n == 0 or channels == 0:
+        return x.new_empty((*batch, channels, h, w))
+
+    work_dtype = compute_dtype(x.dtype)
+    flat_boxes = boxes.to(device=x.device, dtype=work_dtype).expand(*batch, 4).reshape(n, 4)
+    theta = _box_theta(flat_boxes, height, width, align_corners=align_corners)
+    if align_corners and min(h, w) == 1:
+        # A unit-size side samples the box centre (affine_grid's documented rule since
+        # torch 1.3); silence its warning about that case.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Since version 1.3.0, affine_grid")
+            grid = F.affine_grid(theta, [n, channels, h, w], align_corners=True)
+    else:
+        grid = F.affine_grid(theta, [n, channels, h, w], align_corners=align_corners)
+    work = x.to(work_dtype)
+    if math.prod(x.shape[:-3]) == 1 and n > 1:
+        # One image, many boxes: stack the grids vertically and sample once.
+        tall = grid.reshape(1, n * h, w, 2)
+        out = F.grid_sample(
+            work.reshape(1, channels, height, width),
+            tall,
+            mode="bilinear",
+            padding_mode=padding_mode,
+            align_corners=align_corners,
+        )
+        out = out.reshape(channels, n, h, w).transpose(0, 1)
+    else:
+        images = work.expand(*batch, channels, height, width).reshape(n, channels, height, width)
+        out = F.grid_sample(
+            images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners
+        )
+    return out.reshape(*batch, channels, h, w).to(x.dtype)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Upsample by 2 with bilinear interpolation, as one transposed convolution.
+
+    Equal to ``F.interpolate(x, scale_factor=2, mode="bilinear",
+    align_corners=False)`` everywhere, borders included (to rounding).
+
+    Derivation, per axis: output sample ``o`` reads the input at
+    ``s = (o + 0.5) / 2 - 0.5``, clamped to ``[0, n - 1]``. So
+    ``out[2k] = x[k - 1] / 4 + 3 x[k] / 4`` and
+    ``out[2k + 1] = 3 x[k] / 4 + x[k + 1] / 4``, where the clamp at both ends
+    is exactly "replicate the edge sample": ``x[-1] = x[0]``, ``x[n] = x[n - 1]``.
+    After replicate padding by 1 (``xp[i] = x[i - 1]``), the transposed
+    convolution with stride 2 and kernel ``k = (1, 3, 3, 1) / 4``,
+    ``y[m] = sum_i xp[i] k[m - 2 i]``, gives ``y[o + 3] = out[o]``; the
+    ``padding=3`` argument of ``conv_transpose2d`` removes those 3 samples on
+    each side and leaves exactly ``2 n``. In 2-D the kernel is ``k k^T``
+    (bilinear is separable, and so is the clamp).
+
+    Convention: pixel centres are aligned as in ``align_corners=False``: the
+    output covers the same extent (pixel edges) as the input, output pixel
+    centres at ``(o + 0.5) / 2 - 0.5`` in input pixel-index coordinates.
+    16-bit floats are computed in float32 and cast back.
+
+    Args:
+        x: images ``(*, C, H, W)``, floating point.
+
+    Returns:
+        Tensor ``(*, C, 2 H, 2 W)``, dtype and device of ``x``.
+
+    Raises:
+        InvalidArgumentError: ``x`` is not a floating-point image.
+
+    References:
+        Long, Shelhamer & Darrell, "Fully convolutional networks for semantic
+        segmentation", CVPR 2015 (bilinear upsampling as a fixed deconvolution).
+
+    Example:
+        >>> x = torch.rand(2, 3, 5, 8)
+        >>> upsample2x(x).shape
+        torch.Size([2, 3, 10, 16])
+        >>> ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        >>> torch.allclose(upsample2x(x), ref, atol=1e-6)
+        True
+    """
+    check_float_image(x)
+    *lead, height, width = x.shape
+    if x.numel() == 0:
+        return x.new_empty((*lead, 2 * height, 2 * width))
+    work = x.to(compute_dtype(x.dtype)).reshape(-1, 1, height, width)
+    k = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=work.dtype, device=work.device)
+    weight = (k[:, None] * k[None, :]).view(1, 1, 4, 4)
+    padded = F.pad(work, (1, 1, 1, 1), mode="replicate")
+    out = F.conv_transpose2d(padded, weight, stride=2, padding=3)
+    return out.reshape(*lead, 2 * height, 2 * width).to(x.dtype)
