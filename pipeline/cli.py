@@ -23,6 +23,8 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from pipeline.config import RunConfig
+    from pipeline.run import RunResult
     from pipeline.stats import Stats
 
 __all__ = ["app", "main"]
@@ -286,6 +288,171 @@ def demo(
     )
     result.save(out / "stats.json")
     console.print(f"stats JSON written to {out / 'stats.json'}")
+
+
+def _load_config(config: Path, overrides: list[str] | None) -> RunConfig:
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as e:
+        raise _usage_error(str(e)) from e
+
+
+class _RunProgress:
+    """Rich progress bars for the two phases of a run (files decoded, shards written)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> _RunProgress:
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self.progress = Progress(
+                "{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self.progress.start()
+        return self
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if phase not in self.tasks:
+            label = {"stats": "statistics (files)", "shards": "writing (shards)"}.get(phase, phase)
+            self.tasks[phase] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def print_run_result(result: RunResult, *, console: Console) -> None:
+    """Print the outcome of a prepare run: statistics, store, shards, failures."""
+    from pipeline.stats import Stats
+
+    print_stats(Stats.from_json(result.stats), console=console, title="dataset statistics")
+    verb = "resumed" if result.resumed else "written"
+    console.print(
+        f"store {verb}: {result.store} ({result.samples} samples in {result.shards} shards; "
+        f"{result.shards_written} written now, {result.shards_skipped} already done) "
+        f"in {result.seconds:.1f} s"
+    )
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Run config (YAML); see configs/ and the README's reference.",
+            exists=False,
+            dir_okay=False,
+        ),
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config key: --set key.path=value (YAML value; repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit with status 1 when any input was rejected."),
+    ] = False,
+) -> None:
+    """Prepare a dataset: statistics, resize, augment, normalize, write a sharded Zarr store.
+
+    Resumable: rerunning the same config on the same source writes only the
+    shards still missing. Rejected inputs are listed, not fatal.
+    """
+    from pipeline.errors import ImageprepError, StoreError
+    from pipeline.run import ShardWriteError, prepare
+
+    cfg = _load_config(config, set_)
+    console = _console()
+    try:
+        with _RunProgress(_console(stderr=True)) as progress:
+            result = prepare(cfg, progress=progress)
+    except ShardWriteError as e:
+        _console(stderr=True).print(str(e), markup=False)
+        raise typer.Exit(EXIT_REJECTED) from e
+    except StoreError as e:
+        raise _usage_error(str(e)) from e
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    print_run_result(result, console=console)
+    if strict and result.failures:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Threads reading shards (default: up to 8).", show_default=False),
+    ] = None,
+) -> None:
+    """Recompute every shard's SHA-256 and compare it with its record (exit 1 on mismatch)."""
+    from pipeline.errors import ImageprepError
+    from pipeline.shards import verify as verify_store
+
+    try:
+        report = verify_store(store, workers=workers)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    _console().print(report.summary(), markup=False)
+    if not report.ok:
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def info(
+    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+) -> None:
+    """Show a store's shape, dtype, classes, statistics, sizes and rejected inputs."""
+    from pipeline.errors import ImageprepError
+    from pipeline.report import render_info, store_info
+
+    try:
+        data = store_info(store)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    _console().print(render_info(data))
+
+
+@app.command()
+def preview(
+    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="PNG of the sample grid; the stats plot goes beside it.")
+    ] = Path("grid.png"),
+    n: Annotated[int, typer.Option(min=1, help="Samples in the grid.")] = 16,
+    columns: Annotated[int, typer.Option(min=1, help="Columns of the grid.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the sample choice.")] = 0,
+) -> None:
+    """Write a grid of de-normalized samples with labels, and a per-channel stats plot."""
+    from pipeline.errors import ImageprepError
+    from pipeline.report import write_previews
+
+    try:
+        grid, plot = write_previews(store, out, n=n, columns=columns, seed=seed)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    console = _console()
+    console.print(f"sample grid written to {grid}")
+    console.print(f"stats plot written to {plot}")
 
 
 def main() -> None:

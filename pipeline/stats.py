@@ -442,11 +442,16 @@ def _chunk(
     method: str,
     max_pixels: int | None,
     progress: Callable[[int], None] | None,
+    loader: Callable[[str], ImageHistogram] | None = None,
 ) -> _Partial:
     part = _Partial()
     for rel in paths:
         try:
-            h = decode_histogram(os.path.join(root, rel), max_pixels=max_pixels)
+            path = os.path.join(root, rel)
+            if loader is None:
+                h = decode_histogram(path, max_pixels=max_pixels)
+            else:
+                h = loader(path)
         except DecodeError as e:
             part.failures.append(Failure(rel, e.reason))
         else:
@@ -520,6 +525,52 @@ def _check_positive_int(name: str, value: object) -> None:
         raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
 
 
+_FAN_IN = 8
+
+
+def _merge_tree(level: list[Any], *, delayed: bool = False) -> Any:
+    """Merge partials in a fixed tree of fan-in 8 (the same for every worker count)."""
+    import dask
+
+    while len(level) > 1:
+        level = [
+            dask.delayed(_merge, pure=False)(*level[i : i + _FAN_IN])
+            if delayed
+            else _merge(*level[i : i + _FAN_IN])
+            for i in range(0, len(level), _FAN_IN)
+        ]
+    if delayed:
+        return level
+    return level[0] if level else _Partial()
+
+
+def _remote_chunks(
+    address: str,
+    root: str,
+    chunks: list[tuple[str, ...]],
+    method: str,
+    max_pixels: int | None,
+    loader: Callable[[str], ImageHistogram] | None,
+    progress: Callable[[int], None] | None,
+) -> list[_Partial]:
+    """Compute every chunk's partial on a Dask cluster; return them in chunk order."""
+    from distributed import Client, as_completed
+
+    with Client(address, set_as_default=False) as client:
+        futures = [
+            client.submit(_chunk, root, chunk, method, max_pixels, None, loader, pure=False)
+            for chunk in chunks
+        ]
+        position = {f.key: i for i, f in enumerate(futures)}
+        parts: list[_Partial] = [_Partial()] * len(futures)
+        for future in as_completed(futures):
+            i = position[future.key]
+            parts[i] = future.result()
+            if progress is not None:
+                progress(len(chunks[i]))
+        return parts
+
+
 def compute_stats(
     source: str | Path | Manifest,
     *,
@@ -528,6 +579,8 @@ def compute_stats(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
+    loader: Callable[[str], ImageHistogram] | None = None,
+    address: str | None = None,
 ) -> Stats:
     """Compute per-channel statistics of a folder of images (or of its manifest).
 
@@ -544,7 +597,15 @@ def compute_stats(
         workers: threads; ``None`` for ``os.cpu_count()``.
         chunk_size: files per task.
         max_pixels: decompression bomb limit per image (``None``: none).
-        progress: called with ``1`` after each file (from worker threads).
+        progress: called with ``1`` after each file (from worker threads);
+            with ``address``, with the chunk's file count as each chunk ends.
+        loader: per-file function returning the :class:`ImageHistogram` to
+            count, instead of :func:`decode_histogram` (the prepare step
+            passes decode + resize for ``stats.at: resized``); it must raise
+            :class:`DecodeError` for a bad file.
+        address: run the chunk tasks on the ``dask.distributed`` scheduler
+            at this address; the partials are merged here in the same fixed
+            tree, so the result equals a local run.
 
     Returns:
         The statistics; ``failures`` holds the scan's rejections and every file
@@ -579,22 +640,21 @@ def compute_stats(
 
     root = str(manifest.root)
     paths = [f.path for f in manifest.files]
-    level = [
-        dask.delayed(_chunk, pure=False)(
-            root, tuple(paths[i : i + chunk_size]), method, max_pixels, progress
+    chunks = [tuple(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
+    if address is not None:
+        part = _merge_tree(
+            _remote_chunks(address, root, chunks, method, max_pixels, loader, progress)
         )
-        for i in range(0, len(paths), chunk_size)
-    ]
-    fan_in = 8
-    while len(level) > 1:
-        level = [
-            dask.delayed(_merge, pure=False)(*level[i : i + fan_in])
-            for i in range(0, len(level), fan_in)
-        ]
-    if level:
-        (part,) = dask.compute(level[0], scheduler="threads", num_workers=workers)
     else:
-        part = _Partial()
+        level = [
+            dask.delayed(_chunk, pure=False)(root, chunk, method, max_pixels, progress, loader)
+            for chunk in chunks
+        ]
+        level = _merge_tree(level, delayed=True)
+        if level:
+            (part,) = dask.compute(level[0], scheduler="threads", num_workers=workers)
+        else:
+            part = _Partial()
     stats = _finish(part, method)
     stats.failures = sorted([*manifest.rejected, *part.failures])
     stats.fingerprint = manifest.fingerprint

@@ -238,6 +238,21 @@ class TransformPlan:
             device=resolve_device(config.runtime.device),
         )
 
+    @classmethod
+    def for_stats(cls, config: RunConfig) -> TransformPlan:
+        """The plan's resize only, for statistics at ``stats.at: resized``."""
+        t = config.transform
+        return cls(
+            size=(int(t.size[0]), int(t.size[1])),
+            resize=t.resize,
+            normalize=False,
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            out_dtype="float32",
+            augment=[],
+            seed=int(config.runtime.seed),
+        )
+
     # -- stage 1: per file, in decode threads -------------------------------------------------
 
     @property
@@ -248,25 +263,36 @@ class TransformPlan:
                 return step
         return None
 
-    def load(self, path: str | Path, generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
-        """Decode and resize one file; return ``((C, h, w) pixels, bit depth)``.
+    def load(
+        self, path: str | Path, generator: torch.Generator | None, *, crop: bool = True
+    ) -> tuple[torch.Tensor, int]:
+        """Decode and resize one file; return ``((C, h, w) integer pixels, bit depth)``.
+
+        Args:
+            path: the source file.
+            generator: the sample's generator (draws the crop box when
+                ``random_resized_crop`` is configured).
+            crop: ``False`` uses the configured resize even when a random
+                crop is configured (statistics at ``stats.at: resized``).
 
         Raises:
             DecodeError: the file cannot be decoded.
         """
         from pipeline.decode import decode
 
-        crop = self.crop_step
+        crop_step = self.crop_step if crop else None
         kwargs: dict[str, Any] = {}
         if self.max_pixels is not None:
             kwargs["max_pixels"] = self.max_pixels
-        draft = None if crop is not None else draft_size(self.size, self.resize)
+        draft = None if crop_step is not None else draft_size(self.size, self.resize)
         image = decode(path, draft=draft, **kwargs)
         bits = 16 if image.dtype == np.uint16 else 8
-        if crop is not None:
+        if crop_step is not None:
             if generator is None:
                 raise InvalidArgumentError("generator is required with random_resized_crop")
-            box = _crop_op(self.size, crop).sample_box(image.shape[0], image.shape[1], generator)
+            box = _crop_op(self.size, crop_step).sample_box(
+                image.shape[0], image.shape[1], generator
+            )
             ibox = tuple(int(round(float(v))) for v in box)
             return resize_image(image, self.size, box=ibox), bits  # type: ignore[arg-type]
         return resize_image(image, self.size, mode=self.resize), bits
