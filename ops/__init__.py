@@ -5,12 +5,26 @@ device, never modifies its input, and takes keyword-only options after the
 data. Randomness comes only from an explicit ``torch.Generator``.
 """
 
+from ops.color import adjust_shadows_highlights, default_tone_sigma, invert, luminance
 from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
 from ops.geometry import crop_resize
+from ops.noise import dog_band_sigmas, dog_noise, dog_peak_frequency, dog_transfer
+from ops.normalize import denormalize, normalize, standardize
 
 __all__ = [
+    "adjust_shadows_highlights",
     "crop_resize",
+    "default_tone_sigma",
+    "denormalize",
     "difference_of_gaussians",
+    "dog_band_sigmas",
+    "dog_noise",
+    "dog_peak_frequency",
+    "dog_transfer",
     "gaussian_blur",
     "gaussian_kernel1d",
+    "invert",
+    "luminance",
+    "normalize",
+    "standardize",
 ]
