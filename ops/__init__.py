@@ -5,6 +5,14 @@ device, never modifies its input, and takes keyword-only options after the
 data. Randomness comes only from an explicit ``torch.Generator``.
 """
 
+from ops.augment import (
+    Compose,
+    DoGNoise,
+    RandomGaussianBlur,
+    RandomInvert,
+    RandomResizedCrop,
+    ShadowsHighlights,
+)
 from ops.color import adjust_shadows_highlights, default_tone_sigma, invert, luminance
 from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
 from ops.geometry import crop_resize
@@ -12,6 +20,12 @@ from ops.noise import dog_band_sigmas, dog_noise, dog_peak_frequency, dog_transf
 from ops.normalize import denormalize, normalize, standardize
 
 __all__ = [
+    "Compose",
+    "DoGNoise",
+    "RandomGaussianBlur",
+    "RandomInvert",
+    "RandomResizedCrop",
+    "ShadowsHighlights",
     "adjust_shadows_highlights",
     "crop_resize",
     "default_tone_sigma",
