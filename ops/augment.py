@@ -93,7 +93,7 @@ def _value_or_range(value: Any, name: str, *, low: float, high: float) -> Range:
 
 
 def _check_generators(x: Any, generators: Any, name: str = "x") -> int:
-    check_image(x, name, min_ndim=4)
+    check_image(x, name)
     if x.ndim != 4:
         raise InvalidArgumentError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
     batch = x.shape[0]
@@ -505,9 +505,10 @@ class RandomResizedCrop:
 
     then the fallback: the largest centred crop whose aspect ratio is clamped
     into ``ratio``. The crop box ``(x1, y1, x2, y2) = (left, top, left + w,
-    top + h)`` is in pixel-edge coordinates, and the pixels inside it are
-    resampled to ``size`` by :func:`ops.geometry.crop_resize` (bilinear).
-    There is no coin: every call crops.
+    top + h)`` is in pixel-edge coordinates. As torchvision's ``resized_crop``,
+    the pixels inside it are cut out and that crop is resized on its own to
+    ``size`` by :func:`ops.geometry.crop_resize` (bilinear, the crop's edge
+    pixels extended past its border). There is no coin: every call crops.
 
     Antialiasing (default on, as torchvision's ``antialias=True``): when the
     crop shrinks by a factor ``s > 1`` along an axis, the cropped pixels are
