@@ -45,7 +45,7 @@ from ops._checks import (
     compute_dtype,
 )
 from ops.color import _check_gray_or_rgb, _shadows_highlights, default_tone_sigma, invert
-from ops.filters import gaussian_blur
+from ops.filters import _gaussian_blur_per_sample, gaussian_blur
 from ops.geometry import crop_resize
 from ops.noise import _check_band, _dog_filter, dog_band_sigmas
 from pipeline.errors import InvalidArgumentError
@@ -302,24 +302,23 @@ class DoGNoise(_BatchAugmentation[DoGNoiseParams]):
 
         def add_noise(v: torch.Tensor) -> torch.Tensor:
             chosen = [params[i] for i in applied]
-            white = torch.stack(
-                [
-                    torch.randn(
-                        shape,
-                        generator=torch.Generator().manual_seed(prm.seed),
-                        dtype=work_dtype,
-                    )
-                    for prm in chosen
-                ]
-            ).to(x.device)
+            # Each sample's white noise straight into its slot of one CPU buffer.
+            white = torch.empty((len(chosen), *shape), dtype=work_dtype)
+            for slot, prm in zip(white, chosen, strict=True):
+                torch.randn(
+                    shape,
+                    generator=torch.Generator().manual_seed(prm.seed),
+                    dtype=work_dtype,
+                    out=slot,
+                )
             sigmas = [dog_band_sigmas(prm.band) for prm in chosen]
             values = torch.tensor(
                 [[s1, s2, prm.rms] for (s1, s2), prm in zip(sigmas, chosen, strict=True)],
                 dtype=work_dtype,
                 device=x.device,
             )
-            noise = _dog_filter(white, values[:, 0], values[:, 1], values[:, 2])
-            return (v.to(work_dtype) + noise).to(x.dtype)
+            noise = _dog_filter(white.to(x.device), values[:, 0], values[:, 1], values[:, 2])
+            return noise.add_(v.to(work_dtype)).to(x.dtype)
 
         return _apply_where(x, applied, add_noise)
 
@@ -446,17 +445,15 @@ class RandomGaussianBlur(_BatchAugmentation[RandomGaussianBlurParams]):
         return RandomGaussianBlurParams(apply, _uniform(generator, self.sigma))
 
     def _apply(self, x: torch.Tensor, params: list[RandomGaussianBlurParams]) -> torch.Tensor:
-        groups: dict[float, list[int]] = {}
-        for i, prm in enumerate(params):
-            if prm.apply:
-                groups.setdefault(prm.sigma, []).append(i)
-        if len(groups) == 1 and len(next(iter(groups.values()))) == x.shape[0]:
-            return gaussian_blur(x, next(iter(groups)), truncate=self.truncate)
-        out = x.clone()
-        for sigma, members in groups.items():
-            index = torch.tensor(members, device=x.device)
-            out[index] = gaussian_blur(x[index], sigma, truncate=self.truncate)
-        return out
+        applied = [i for i, prm in enumerate(params) if prm.apply]
+        sigmas = [params[i].sigma for i in applied]
+        if len(set(sigmas)) == 1:
+            return _apply_where(
+                x, applied, lambda v: gaussian_blur(v, sigmas[0], truncate=self.truncate)
+            )
+        return _apply_where(
+            x, applied, lambda v: _gaussian_blur_per_sample(v, sigmas, truncate=self.truncate)
+        )
 
 
 class Compose:

@@ -147,16 +147,18 @@ def _dog_filter(
 ) -> torch.Tensor:
     """Filter white noise ``(N, C, H, W)`` by a DoG per sample, then fix mean 0 and ``rms``.
 
-    ``sigma1``, ``sigma2`` and ``rms`` are ``(N,)`` tensors of the dtype and
-    device of ``white`` (float32 or float64). Circular convolution on the
-    torus: the DFT of each plane times ``H`` sampled on the DFT grid.
+    ``sigma1``, ``sigma2`` and ``rms`` are ``(N,)`` or ``(1,)`` (shared by all
+    samples) tensors of the dtype and device of ``white`` (float32 or float64).
+    Circular convolution on the torus: the DFT of each plane times ``H``
+    sampled on the DFT grid. Not differentiable (works in place on its
+    intermediates).
     """
-    n, _, height, width = white.shape
+    height, width = white.shape[-2:]
     f2 = _frequency_squared(height, width, white.dtype, white.device)
-    spectrum = torch.fft.rfft2(white) * _transfer(f2, sigma1, sigma2)
+    spectrum = torch.fft.rfft2(white).mul_(_transfer(f2, sigma1, sigma2))
     noise = torch.fft.irfft2(spectrum, s=(height, width))
     var, mean = torch.var_mean(noise, dim=(-3, -2, -1), correction=0, keepdim=True)
-    return (noise - mean) * (rms.view(n, 1, 1, 1) * var.rsqrt())
+    return noise.sub_(mean).mul_(rms.view(-1, 1, 1, 1) * var.rsqrt())
 
 
 def _draw_white(
@@ -275,7 +277,6 @@ def dog_noise(
     work_dtype = compute_dtype(dtype)
     white = _draw_white(dims, generator, device, work_dtype).reshape(-1, *dims[-3:])
     s1, s2 = dog_band_sigmas((f_low, f_high))
-    params = torch.tensor([s1, s2, rms], dtype=work_dtype, device=device)
-    n = white.shape[0]
-    noise = _dog_filter(white, params[0].expand(n), params[1].expand(n), params[2].expand(n))
+    params = torch.tensor([[s1], [s2], [rms]], dtype=work_dtype, device=device)
+    noise = _dog_filter(white, params[0], params[1], params[2])
     return noise.reshape(dims).to(dtype)

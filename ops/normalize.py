@@ -171,4 +171,8 @@ def standardize(x: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
     std, mean = torch.std_mean(work, dim=(-2, -1), correction=0, keepdim=True)
     # Subtract first: a fused ``x * scale - mean * scale`` would lose digits to
     # cancellation when a channel's std is small next to its mean.
-    return ((work - mean) * std.clamp(min=eps).reciprocal()).to(x.dtype)
+    centered = work - mean
+    scale = std.clamp(min=eps).reciprocal()
+    if centered.requires_grad:
+        return (centered * scale).to(x.dtype)
+    return centered.mul_(scale).to(x.dtype)

@@ -239,6 +239,18 @@ def test_random_gaussian_blur_calls_the_function():
         torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(4, 2, 6, 1030), (3, 1, 1100, 5)])
+def test_random_gaussian_blur_long_axes(shape):
+    x = _rand(shape, 19, dtype=torch.float64)
+    aug = RandomGaussianBlur((0.0, 3.0), p=0.8)
+    seeds = range(shape[0])
+    out = aug(x, generators=_gens(seeds))
+    for i, g in enumerate(_gens(seeds)):
+        prm = aug.sample_params(g)
+        ref = gaussian_blur(x[i], prm.sigma) if prm.apply else x[i]
+        torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-12)
+
+
 def test_compose_chains_with_the_same_generators():
     x = _rand((4, 3, 16, 16), 10)
     steps = [RandomInvert(0.5), ShadowsHighlights((0.0, 1.0)), RandomGaussianBlur((0.1, 1.0))]
