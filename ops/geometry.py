@@ -16,7 +16,7 @@ from ops._checks import (
 )
 from pipeline.errors import InvalidArgumentError
 
-__all__ = ["crop_resize"]
+__all__ = ["crop_resize", "upsample2x"]
 
 _PADDING_MODES = ("border", "zeros", "reflection")
 
@@ -195,3 +195,59 @@ def crop_resize(
             images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners
         )
     return out.reshape(*batch, channels, h, w).to(x.dtype)
+
+
+def upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Upsample by 2 with bilinear interpolation, as one transposed convolution.
+
+    Equal to ``F.interpolate(x, scale_factor=2, mode="bilinear",
+    align_corners=False)`` everywhere, borders included (to rounding).
+
+    Derivation, per axis: output sample ``o`` reads the input at
+    ``s = (o + 0.5) / 2 - 0.5``, clamped to ``[0, n - 1]``. So
+    ``out[2k] = x[k - 1] / 4 + 3 x[k] / 4`` and
+    ``out[2k + 1] = 3 x[k] / 4 + x[k + 1] / 4``, where the clamp at both ends
+    is exactly "replicate the edge sample": ``x[-1] = x[0]``, ``x[n] = x[n - 1]``.
+    After replicate padding by 1 (``xp[i] = x[i - 1]``), the transposed
+    convolution with stride 2 and kernel ``k = (1, 3, 3, 1) / 4``,
+    ``y[m] = sum_i xp[i] k[m - 2 i]``, gives ``y[o + 3] = out[o]``; the
+    ``padding=3`` argument of ``conv_transpose2d`` removes those 3 samples on
+    each side and leaves exactly ``2 n``. In 2-D the kernel is ``k k^T``
+    (bilinear is separable, and so is the clamp).
+
+    Convention: pixel centres are aligned as in ``align_corners=False``: the
+    output covers the same extent (pixel edges) as the input, output pixel
+    centres at ``(o + 0.5) / 2 - 0.5`` in input pixel-index coordinates.
+    16-bit floats are computed in float32 and cast back.
+
+    Args:
+        x: images ``(*, C, H, W)``, floating point.
+
+    Returns:
+        Tensor ``(*, C, 2 H, 2 W)``, dtype and device of ``x``.
+
+    Raises:
+        InvalidArgumentError: ``x`` is not a floating-point image.
+
+    References:
+        Long, Shelhamer & Darrell, "Fully convolutional networks for semantic
+        segmentation", CVPR 2015 (bilinear upsampling as a fixed deconvolution).
+
+    Example:
+        >>> x = torch.rand(2, 3, 5, 8)
+        >>> upsample2x(x).shape
+        torch.Size([2, 3, 10, 16])
+        >>> ref = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        >>> torch.allclose(upsample2x(x), ref, atol=1e-6)
+        True
+    """
+    check_float_image(x)
+    *lead, height, width = x.shape
+    if x.numel() == 0:
+        return x.new_empty((*lead, 2 * height, 2 * width))
+    work = x.to(compute_dtype(x.dtype)).reshape(-1, 1, height, width)
+    k = torch.tensor([0.25, 0.75, 0.75, 0.25], dtype=work.dtype, device=work.device)
+    weight = (k[:, None] * k[None, :]).view(1, 1, 4, 4)
+    padded = F.pad(work, (1, 1, 1, 1), mode="replicate")
+    out = F.conv_transpose2d(padded, weight, stride=2, padding=3)
+    return out.reshape(*lead, 2 * height, 2 * width).to(x.dtype)

@@ -5,8 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ops import crop_resize
+from ops import crop_resize, upsample2x
 from pipeline.errors import InvalidArgumentError
 from tests.ops.checker import check_op, tol
 
@@ -100,6 +103,19 @@ def test_crop_resize_integer_box_at_own_size_is_a_slice():
         if x2 < 41 and y2 < 29:
             out = crop_resize(x, box, (y2 - y1 + 1, x2 - x1 + 1), align_corners=True)
             torch.testing.assert_close(out, x[..., y1 : y2 + 1, x1 : x2 + 1], rtol=0, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_crop_resize_property_integer_box_is_slice(data):
+    height, width = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
+    x1 = data.draw(st.integers(0, width - 1))
+    x2 = data.draw(st.integers(x1 + 1, width))
+    y1 = data.draw(st.integers(0, height - 1))
+    y2 = data.draw(st.integers(y1 + 1, height))
+    x = _random_images((2, 2, height, width), seed=data.draw(st.integers(0, 2**16)))
+    out = crop_resize(x, torch.tensor([x1, y1, x2, y2]), (y2 - y1, x2 - x1))
+    torch.testing.assert_close(out, x[..., y1:y2, x1:x2], rtol=0, atol=1e-12)
 
 
 def test_crop_resize_one_box_per_image_slices():
@@ -255,3 +271,79 @@ def test_crop_resize_rejects_bad_images():
         crop_resize(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), torch.zeros(4), 2)
     with pytest.raises(InvalidArgumentError, match=r"x must have H >= 1 and W >= 1"):
         crop_resize(torch.zeros(1, 3, 0, 4), torch.zeros(4), 2)
+
+
+# ---------------------------------------------------------------------------
+# upsample2x
+# ---------------------------------------------------------------------------
+
+
+def _interpolate2x(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(-1, *x.shape[-3:])
+    out = F.interpolate(flat, scale_factor=2, mode="bilinear", align_corners=False)
+    return out.reshape(*x.shape[:-2], *out.shape[-2:])
+
+
+def _np_upsample2x(a: np.ndarray) -> np.ndarray:
+    """Bilinear x2 of an (H, W) plane, per output pixel, with the source index clamped."""
+    height, width = a.shape
+    out = np.zeros((2 * height, 2 * width))
+    for i in range(2 * height):
+        v = max((i + 0.5) / 2 - 0.5, 0.0)
+        i0 = min(math.floor(v), height - 1)
+        i1 = min(i0 + 1, height - 1)
+        fy = v - i0
+        for j in range(2 * width):
+            u = max((j + 0.5) / 2 - 0.5, 0.0)
+            j0 = min(math.floor(u), width - 1)
+            j1 = min(j0 + 1, width - 1)
+            fx = u - j0
+            out[i, j] = (1 - fy) * ((1 - fx) * a[i0, j0] + fx * a[i0, j1]) + fy * (
+                (1 - fx) * a[i1, j0] + fx * a[i1, j1]
+            )
+    return out
+
+
+@pytest.mark.parametrize(
+    "hw", [(1, 1), (1, 7), (6, 1), (2, 2), (5, 9), (8, 12), (13, 4), (3, 16), (31, 17)]
+)
+def test_upsample2x_equals_interpolate(hw):
+    x = _random_images((2, 3, *hw), seed=sum(hw))
+    out = upsample2x(x)
+    assert out.shape == (2, 3, 2 * hw[0], 2 * hw[1])
+    torch.testing.assert_close(out, _interpolate2x(x), rtol=0, atol=1e-14)
+    # And against a loop written from the definition (clamped source index).
+    np.testing.assert_allclose(out[1, 2].numpy(), _np_upsample2x(x[1, 2].numpy()), atol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(1, 24), width=st.integers(1, 24), seed=st.integers(0, 2**16))
+def test_upsample2x_property_equals_interpolate(height, width, seed):
+    x = _random_images((1, 2, height, width), seed=seed)
+    torch.testing.assert_close(upsample2x(x), _interpolate2x(x), rtol=0, atol=1e-14)
+
+
+def test_upsample2x_op_contract(device, dtype):
+    x = _random_images((3, 2, 7, 10), seed=11, dtype=torch.float32).to(device=device, dtype=dtype)
+    out = check_op(upsample2x, x)
+    ref = _interpolate2x(x.double())
+    torch.testing.assert_close(out.double(), ref, **tol(dtype))
+
+
+def test_upsample2x_gradcheck():
+    check_op(upsample2x, _random_images((2, 2, 5, 4), seed=12), gradcheck=True)
+    check_op(upsample2x, _random_images((1, 1, 1, 3), seed=13), gradcheck=True)
+
+
+def test_upsample2x_leading_dims_and_empty():
+    x = _random_images((2, 3, 2, 4, 5), seed=14)
+    torch.testing.assert_close(upsample2x(x), _interpolate2x(x), rtol=0, atol=1e-14)
+    assert upsample2x(torch.rand(0, 3, 4, 5)).shape == (0, 3, 8, 10)
+    assert upsample2x(torch.rand(2, 3, 0, 5)).shape == (2, 3, 0, 10)
+
+
+def test_upsample2x_rejects_bad_images():
+    with pytest.raises(InvalidArgumentError, match="x must have a floating-point dtype"):
+        upsample2x(torch.zeros(1, 3, 4, 4, dtype=torch.int32))
+    with pytest.raises(InvalidArgumentError, match=r"x must have shape \(\*, C, H, W\)"):
+        upsample2x(torch.zeros(4, 4))
