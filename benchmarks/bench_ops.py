@@ -7,7 +7,8 @@ Usage::
     .venv/bin/python benchmarks/bench_ops.py --device cuda        # adds copy-bandwidth shares
 
 Each op runs on a float32 batch; the time is the median of ``--repeats`` runs
-after ``--warmup`` runs (CUDA timings synchronize). ``ratio`` is ours / kornia
+after ``--warmup`` runs, ours and kornia's runs alternating (CUDA timings
+synchronize). ``ratio`` is ours / kornia
 (below 1: we are faster). ``max|diff|`` compares the two outputs where they
 compute the same thing; the Gaussian blurs differ at the border on purpose
 (ours reflects half-sample symmetric like SciPy, kornia's ``"reflect"`` is
@@ -59,24 +60,37 @@ def _load_kornia() -> ModuleType | None:
         return None
 
 
-def _timer(device: torch.device, warmup: int, repeats: int) -> Callable[[Callable[[], Any]], float]:
+def _timer(device: torch.device, warmup: int, repeats: int) -> Callable[..., list[float]]:
+    """Time functions in alternation: run ``i`` of each before run ``i + 1`` of any.
+
+    Alternating keeps a burst of load from another process from landing on one
+    side of a comparison only. Returns each function's median time in seconds.
+    """
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def run(fn: Callable[[], Any]) -> float:
-        for _ in range(warmup):
-            fn()
+    def run(*fns: Callable[[], Any]) -> list[float]:
+        for fn in fns:
+            for _ in range(warmup):
+                fn()
         sync()
-        times = []
+        times: list[list[float]] = [[] for _ in fns]
         for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            sync()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            for fn, bucket in zip(fns, times, strict=True):
+                start = time.perf_counter()
+                fn()
+                sync()
+                bucket.append(time.perf_counter() - start)
+        return [statistics.median(bucket) for bucket in times]
 
     return run
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds with 3 significant digits (small sizes run in microseconds)."""
+    return f"{seconds * 1e3:.3g}"
 
 
 def _radius(sigma: float) -> int:
@@ -286,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kornia {kornia.__version__}")
     print(f"median of {args.repeats} runs after {args.warmup} warm-up runs\n")
 
-    clone_t = timer(lambda: x.clone()) if device.type == "cuda" else None
+    clone_t = timer(lambda: x.clone())[0] if device.type == "cuda" else None
     header = "| op | ours ms | kornia ms | ours/kornia | max\\|diff\\| |"
     rule = "|---|---:|---:|---:|---:|"
     if clone_t is not None:
@@ -295,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     print(header + " note |")
     print(rule + "---|")
     for case in _cases(x, kornia, args.seed):
-        ours_t = timer(case.ours)
-        cells = [case.name, f"{ours_t * 1e3:.1f}"]
         if case.kornia is not None:
-            theirs_t = timer(case.kornia)
-            cells += [f"{theirs_t * 1e3:.1f}", f"{ours_t / theirs_t:.2f}"]
+            ours_t, theirs_t = timer(case.ours, case.kornia)
+        else:
+            (ours_t,) = timer(case.ours)
+        cells = [case.name, _ms(ours_t)]
+        if case.kornia is not None:
+            cells += [_ms(theirs_t), f"{ours_t / theirs_t:.2f}"]
             if case.compare:
                 diff = (case.ours().float() - case.kornia().float()).abs().max().item()
                 cells.append(f"{diff:.1e}")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 from ops._checks import check_float_image, check_nonnegative, check_pair, compute_dtype
-from ops._padding import reflect_indices
+from ops._padding import _reflect_indices_list, reflect_indices
 from pipeline.errors import InvalidArgumentError
 
 __all__ = ["difference_of_gaussians", "gaussian_blur", "gaussian_kernel1d"]
@@ -73,16 +74,18 @@ def _axis_matrix(n: int, sigma: float, radius: int) -> torch.Tensor:
     part of the matrix (taps that reflect onto one index more than once add up).
     ``radius == 0`` gives the identity.
     """
+    # NumPy, not torch: tiny torch ops run as OpenMP regions, and those stall
+    # badly when other processes hold the cores (seen: 50x slower at 2 threads).
     if sigma == 0.0 or radius == 0:
-        return torch.eye(n, dtype=torch.float64)
+        return torch.from_numpy(np.eye(n))
     taps = 2 * radius + 1
-    kernel = torch.tensor(_kernel_values(sigma, radius), dtype=torch.float64)
-    source = reflect_indices(n, radius, radius, torch.device("cpu"))
-    out_index = torch.arange(n).repeat_interleave(taps)
-    tap = torch.arange(taps).repeat(n)
-    matrix = torch.zeros(n, n, dtype=torch.float64)
-    matrix.index_put_((source[out_index + tap], out_index), kernel[tap], accumulate=True)
-    return matrix
+    kernel = np.asarray(_kernel_values(sigma, radius))
+    source = np.asarray(_reflect_indices_list(n, radius, radius))
+    out_index = np.repeat(np.arange(n), taps)
+    tap = np.tile(np.arange(taps), n)
+    matrix = np.zeros((n, n))
+    np.add.at(matrix, (source[out_index + tap], out_index), kernel[tap])
+    return torch.from_numpy(matrix)
 
 
 @functools.lru_cache(maxsize=128)
@@ -99,12 +102,12 @@ def _tile_operator(
 ) -> torch.Tensor:
     """The banded ``(tile + 2 radius, tile)`` block mapping a padded window to ``tile`` outputs."""
     taps = 2 * radius + 1
-    kernel = torch.tensor(_kernel_values(sigma, radius), dtype=torch.float64)
-    out_index = torch.arange(tile).repeat_interleave(taps)
-    tap = torch.arange(taps).repeat(tile)
-    block = torch.zeros(tile + 2 * radius, tile, dtype=torch.float64)
+    kernel = np.asarray(_kernel_values(sigma, radius))
+    out_index = np.repeat(np.arange(tile), taps)
+    tap = np.tile(np.arange(taps), tile)
+    block = np.zeros((tile + 2 * radius, tile))
     block[out_index + tap, out_index] = kernel[tap]
-    return block.to(device=device, dtype=dtype)
+    return torch.from_numpy(block).to(device=device, dtype=dtype)
 
 
 def _windows(padded: torch.Tensor, axis: int, tiles: int, length: int) -> torch.Tensor:
