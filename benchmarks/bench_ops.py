@@ -89,8 +89,13 @@ def _timer(device: torch.device, warmup: int, repeats: int) -> Callable[..., lis
 
 
 def _ms(seconds: float) -> str:
-    """Milliseconds with 3 significant digits (small sizes run in microseconds)."""
-    return f"{seconds * 1e3:.3g}"
+    """Milliseconds, about 3 significant digits (small sizes run in microseconds)."""
+    ms = seconds * 1e3
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    return f"{ms:.3g}"
 
 
 def _radius(sigma: float) -> int:

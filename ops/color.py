@@ -82,6 +82,19 @@ def invert(x: torch.Tensor, *, max_value: float = 1.0) -> torch.Tensor:
 
 def _luminance(work: torch.Tensor) -> torch.Tensor:
     """BT.601 luma of a 3-channel ``(*, 3, H, W)`` tensor, in its dtype, as ``(*, 1, H, W)``."""
+    if work.device.type == "cpu":
+        # On the CPU a (1, 3) @ (3, H*W) product per image is one pass, ~4x faster
+        # than three elementwise passes. (Elsewhere the elementwise form is kept:
+        # a CUDA matmul could run in TF32 if a user enabled it.)
+        weights = torch.tensor([_BT601], dtype=work.dtype)
+        *lead, _, height, width = work.shape
+        flat = work.reshape(-1, 3, height * width)
+        return (weights @ flat).reshape(*lead, 1, height, width)
+    return _luminance_elementwise(work)
+
+
+def _luminance_elementwise(work: torch.Tensor) -> torch.Tensor:
+    """:func:`_luminance` as three elementwise passes (the non-CPU path)."""
     red, green, blue = work.unbind(-3)
     out = red * _BT601[0]
     out = out.add_(green, alpha=_BT601[1]).add_(blue, alpha=_BT601[2])

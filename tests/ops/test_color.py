@@ -6,6 +6,7 @@ import scipy.ndimage as ndi
 import torch
 
 from ops import adjust_shadows_highlights, default_tone_sigma, invert, luminance
+from ops.color import _luminance_elementwise
 from pipeline.errors import InvalidArgumentError
 from tests.ops.checker import check_op, tol
 
@@ -90,6 +91,14 @@ def test_luminance_op_contract(device, dtype):
     ref = (0.299 * a[:, 0] + 0.587 * a[:, 1] + 0.114 * a[:, 2])[:, None]
     np.testing.assert_allclose(out.double().cpu().numpy(), ref, **tol(dtype))
     check_op(luminance, x.double(), gradcheck=True)
+
+
+def test_luminance_elementwise_path_matches_numpy():
+    # The form used off the CPU, checked here on the CPU.
+    a = np.random.default_rng(15).random((2, 3, 7, 9))
+    out = _luminance_elementwise(torch.from_numpy(a)).numpy()
+    ref = 0.299 * a[:, 0] + 0.587 * a[:, 1] + 0.114 * a[:, 2]
+    np.testing.assert_allclose(out, ref[:, None], rtol=0, atol=1e-15)
 
 
 def test_luminance_gray_passes_through_as_copy():
