@@ -171,11 +171,13 @@ def _shadows_highlights(
     clamped = work.clamp(0.0, 1.0)
     luma = clamped if clamped.shape[-3] == 1 else _luminance(clamped)
     mask = gaussian_blur(luma, sigma).clamp_(0.0, 1.0)
-    lift = shadows.view(n, 1, 1, 1) * (1.0 - mask).square()
-    damp = highlights.view(n, 1, 1, 1) * mask.square()
-    gain = torch.exp2(lift - damp)
-    peak = clamped.amax(dim=-3, keepdim=True)
-    scale = gain / (gain * peak).clamp(min=1.0)
+    s = shadows.view(n, 1, 1, 1)
+    h = highlights.view(n, 1, 1, 1)
+    # s (1 - M)^2 - h M^2 = s + M (-2 s + (s - h) M): two fused passes over the mask.
+    stops = torch.addcmul(s, mask, torch.addcmul(-2.0 * s, mask, s - h))
+    gain = torch.exp2(stops)
+    # g / max(1, g peak) = min(g, 1 / peak); 1 / 0 = inf leaves black pixels alone.
+    scale = torch.minimum(gain, clamped.amax(dim=-3, keepdim=True).reciprocal())
     # The clamp only removes rounding: peak * scale <= 1 holds in exact arithmetic.
     return (clamped * scale).clamp_(0.0, 1.0)
 
