@@ -108,3 +108,29 @@ def test_difference_of_gaussians_op_contract(device, dtype):
 def test_difference_of_gaussians_rejects_inverted_sigmas():
     with pytest.raises(InvalidArgumentError, match="high_sigma must be >= low_sigma"):
         difference_of_gaussians(torch.rand(1, 1, 8, 8), 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma"),
+    [
+        ((1, 2, 6, 1300), (0.0, 1.5)),  # long W: tiled banded products
+        ((1, 1, 1100, 5), (40.0, 0.8)),  # long H, radius 160 > 1/2 tile
+        ((2, 1, 1030, 1025), 2.0),  # both axes just past the dense limit
+    ],
+)
+def test_gaussian_blur_long_axes_match_scipy(shape, sigma):
+    rng = np.random.default_rng(5)
+    a = rng.random(shape)
+    out = gaussian_blur(torch.from_numpy(a), sigma)
+    np.testing.assert_allclose(out.numpy(), _scipy_blur(a, sigma), rtol=0, atol=1e-12)
+    out32 = gaussian_blur(torch.from_numpy(a).float(), sigma)
+    np.testing.assert_allclose(out32.double().numpy(), _scipy_blur(a, sigma), rtol=0, atol=1e-5)
+
+
+def test_gaussian_blur_non_contiguous_input():
+    rng = np.random.default_rng(6)
+    a = rng.random((2, 3, 21, 17))
+    x = torch.from_numpy(a).transpose(-1, -2)  # (2, 3, 17, 21), strided view
+    out = gaussian_blur(x, (1.3, 0.6))
+    ref = _scipy_blur(np.ascontiguousarray(a.transpose(0, 1, 3, 2)), (1.3, 0.6))
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-12)

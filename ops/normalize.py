@@ -1,0 +1,178 @@
+"""Per-channel normalization with dataset statistics, its inverse, per-image standardization."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ops._checks import check_float_image, check_positive, compute_dtype
+from pipeline.errors import InvalidArgumentError
+
+__all__ = ["denormalize", "normalize", "standardize"]
+
+ChannelValues = Sequence[float] | torch.Tensor
+
+
+def _channel_values(
+    value: object,
+    name: str,
+    channels: int,
+    *,
+    positive: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """``value`` as a ``(C, 1, 1)`` tensor after checking its length and its values."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim != 1 or value.shape[0] != channels:
+            raise InvalidArgumentError(
+                f"{name} must be a 1-D tensor of length C={channels} (one value per channel), "
+                f"got shape {tuple(value.shape)}"
+            )
+        if value.is_complex() or value.dtype == torch.bool:
+            raise InvalidArgumentError(f"{name} must have a real dtype, got {value.dtype}")
+        out = value.to(device=device, dtype=dtype)
+        detached = value.detach()
+        bad = ~torch.isfinite(detached) | (detached <= 0) if positive else ~torch.isfinite(detached)
+        if bool(bad.any()):
+            rule = "finite and > 0" if positive else "finite"
+            raise InvalidArgumentError(f"{name} values must be {rule}, got {value.tolist()}")
+        return out.view(channels, 1, 1)
+    if (
+        not isinstance(value, Sequence)
+        or isinstance(value, str)
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    ):
+        raise InvalidArgumentError(
+            f"{name} must be a sequence or 1-D tensor of {channels} numbers, got {value!r}"
+        )
+    if len(value) != channels:
+        raise InvalidArgumentError(
+            f"{name} must have length C={channels} (one value per channel), "
+            f"got {len(value)} values: {list(value)!r}"
+        )
+    for v in value:
+        if not math.isfinite(v) or (positive and v <= 0):
+            rule = "finite and > 0" if positive else "finite"
+            raise InvalidArgumentError(f"{name} values must be {rule}, got {list(value)!r}")
+    return torch.tensor(value, dtype=dtype, device=device).view(channels, 1, 1)
+
+
+def normalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> torch.Tensor:
+    """Normalize each channel with dataset statistics: ``(x - mean[c]) / std[c]``.
+
+    Computed as one fused multiply-add ``x * (1 / std) + (-mean / std)``
+    (``torch.addcmul``, a single pass over the data), which differs from the
+    literal ``(x - mean) / std`` by a few units in the last place. 16-bit floats
+    are computed in float32 and cast back. Differentiable in ``x`` (and in
+    ``mean`` and ``std`` when they are tensors that require grad).
+
+    Convention: ``mean`` and ``std`` hold one value per channel ``C`` (the
+    third axis from the end), in the scale of ``x`` (``[0, 1]`` for the stats
+    JSON's ``mean``/``std``).
+
+    Args:
+        x: image tensor ``(*, C, H, W)``, floating point.
+        mean: ``C`` finite numbers (sequence or 1-D tensor).
+        std: ``C`` finite numbers ``> 0`` (sequence or 1-D tensor).
+
+    Returns:
+        The normalized tensor, same shape, dtype and device as ``x``.
+
+    Raises:
+        InvalidArgumentError: ``x`` is not a float image, ``mean`` or ``std`` has
+            the wrong length or type, or a ``std`` value is not ``> 0``.
+
+    Example:
+        >>> x = torch.rand(2, 3, 8, 8)
+        >>> out = normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        >>> out.shape
+        torch.Size([2, 3, 8, 8])
+        >>> back = denormalize(out, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+        >>> torch.allclose(back, x, atol=1e-6)
+        True
+    """
+    check_float_image(x)
+    work_dtype = compute_dtype(x.dtype)
+    channels = x.shape[-3]
+    m = _channel_values(mean, "mean", channels, positive=False, dtype=work_dtype, device=x.device)
+    s = _channel_values(std, "std", channels, positive=True, dtype=work_dtype, device=x.device)
+    if x.numel() == 0:
+        return x.clone()
+    scale = s.reciprocal()
+    return torch.addcmul(-m * scale, x.to(work_dtype), scale).to(x.dtype)
+
+
+def denormalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> torch.Tensor:
+    """Undo :func:`normalize`: ``x * std[c] + mean[c]`` per channel.
+
+    One fused multiply-add (``torch.addcmul``). 16-bit floats are computed in
+    float32 and cast back. Differentiable.
+
+    Args:
+        x: normalized image tensor ``(*, C, H, W)``, floating point.
+        mean: ``C`` finite numbers (sequence or 1-D tensor).
+        std: ``C`` finite numbers ``> 0`` (sequence or 1-D tensor).
+
+    Returns:
+        The denormalized tensor, same shape, dtype and device as ``x``.
+
+    Raises:
+        InvalidArgumentError: as :func:`normalize`.
+
+    Example:
+        >>> denormalize(torch.zeros(3, 2, 2), [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])[:, 0, 0]
+        tensor([0.5000, 0.4000, 0.3000])
+    """
+    check_float_image(x)
+    work_dtype = compute_dtype(x.dtype)
+    channels = x.shape[-3]
+    m = _channel_values(mean, "mean", channels, positive=False, dtype=work_dtype, device=x.device)
+    s = _channel_values(std, "std", channels, positive=True, dtype=work_dtype, device=x.device)
+    if x.numel() == 0:
+        return x.clone()
+    return torch.addcmul(m, x.to(work_dtype), s).to(x.dtype)
+
+
+def standardize(x: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
+    r"""Standardize each image and channel on its own: ``(x - mean) / max(std, eps)``.
+
+    ``mean`` and ``std`` are taken over the ``H x W`` pixels of each channel
+    of each image, ``std`` the population standard deviation
+    (``sqrt(mean((x - mean)^2))``, ``correction=0``), as in TensorFlow's
+    ``per_image_standardization`` but per channel. ``eps`` floors ``std`` so a
+    constant channel becomes 0 instead of NaN. 16-bit floats are computed in
+    float32 and cast back. Differentiable.
+
+    Args:
+        x: image tensor ``(*, C, H, W)``, floating point.
+        eps: floor of the standard deviation, ``> 0``.
+
+    Returns:
+        The standardized tensor, same shape, dtype and device as ``x``.
+
+    Raises:
+        InvalidArgumentError: ``x`` is not a float image or ``eps`` is not ``> 0``.
+
+    Example:
+        >>> out = standardize(torch.rand(2, 3, 16, 16))
+        >>> out.shape
+        torch.Size([2, 3, 16, 16])
+        >>> torch.allclose(out.mean(dim=(-2, -1)), torch.zeros(2, 3), atol=1e-6)
+        True
+    """
+    check_float_image(x)
+    eps = check_positive(eps, "eps")
+    if x.numel() == 0:
+        return x.clone()
+    work = x.to(compute_dtype(x.dtype))
+    std, mean = torch.std_mean(work, dim=(-2, -1), correction=0, keepdim=True)
+    # Subtract first: a fused ``x * scale - mean * scale`` would lose digits to
+    # cancellation when a channel's std is small next to its mean.
+    centered = work - mean
+    scale = std.clamp(min=eps).reciprocal()
+    if centered.requires_grad:
+        return (centered * scale).to(x.dtype)
+    return centered.mul_(scale).to(x.dtype)
