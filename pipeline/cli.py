@@ -22,6 +22,7 @@ import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress, TaskID
 
     from pipeline.config import RunConfig
     from pipeline.run import RunResult
@@ -305,8 +306,8 @@ class _RunProgress:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = None
-        self.tasks: dict[str, int] = {}
+        self.progress: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
 
     def __enter__(self) -> _RunProgress:
         if self.console.is_terminal:

@@ -127,7 +127,7 @@ def _run_threads(
     positions = {task.key: i for i, task in enumerate(tasks)}
     lock = threading.Lock()
 
-    class _Done(Callback):  # type: ignore[misc]
+    class _Done(Callback):
         def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
             pos = positions.get(key)
             if pos is not None and on_done is not None:

@@ -237,7 +237,8 @@ def resume_stats(config: RunConfig, manifest: Manifest) -> RunStats | None:
         or attrs.get("source_fingerprint") != manifest.fingerprint
     ):
         return None
-    paths = tuple(str(p) for p in group["paths"][:])
+    paths_array = group["paths"]
+    paths = tuple(str(p) for p in np.asarray(paths_array[:]))  # type: ignore[index]
     label_of = {f.path: f.label for f in manifest.files}
     if any(p not in label_of for p in paths):
         return None
