@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,7 @@ __all__ = [
     "open_output",
     "prepare",
     "resume_stats",
+    "validate_sources",
     "scan_source",
     "shard_jobs",
     "write_one_shard",
@@ -174,8 +175,8 @@ def compute_run_stats(
       resize/crop of ``transform.resize`` (no augmentation): resized pixels
       are still integers, so ``exact`` stays exact.
     - ``stats.file``: the statistics come from that JSON; the files are still
-      decoded once (``exact``) to find the rejected ones before the store is
-      laid out.
+      checked once (:func:`validate_sources`) to find the rejected ones before
+      the store is laid out.
 
     Args:
         config: the run config.
@@ -195,9 +196,13 @@ def compute_run_stats(
         "address": config.runtime.dask_address,
     }
     if st.file is not None:
-        computed = compute_stats(manifest, method="exact", **kwargs)
         stats = Stats.load(st.file)
-        stats.failures = computed.failures
+        stats.failures = validate_sources(
+            manifest,
+            workers=config.runtime.workers,
+            address=config.runtime.dask_address,
+            progress=progress,
+        )
     elif st.at == "resized":
         plan = TransformPlan.for_stats(config)
         stats = compute_stats(manifest, method=st.method, loader=_resized_loader(plan), **kwargs)
@@ -212,6 +217,47 @@ def compute_run_stats(
         labels=tuple(f.label for f in accepted),
         failures=failures,
     )
+
+
+def _validate_chunk(root: str, paths: Sequence[str]) -> list[Failure]:
+    from pipeline.decode import decode
+
+    failures = []
+    for rel in paths:
+        try:
+            # JPEGs decode at 1/8 scale: every entropy-coded byte is still read
+            # (truncation and corrupt streams fail the same way), the IDCT is cheap.
+            decode(os.path.join(root, rel), draft=(1, 1))
+        except DecodeError as exc:
+            failures.append(Failure(rel, exc.reason))
+    return failures
+
+
+def validate_sources(
+    manifest: Manifest,
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_size: int = 64,
+) -> list[Failure]:
+    """Decode every file once, cheaply, and return the rejected ones (scan's included).
+
+    Used when the statistics come from a file, so that the store's layout
+    (which files are accepted) is known before any shard is written.
+    """
+    import dask
+
+    paths = [f.path for f in manifest.files]
+    chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
+    tasks = [dask.delayed(_validate_chunk, pure=False)(str(manifest.root), c) for c in chunks]
+
+    def on_done(position: int, outcome: Any) -> None:
+        if progress is not None:
+            progress(len(chunks[position]))
+
+    results = run_tasks(tasks, workers=workers, address=address, on_done=on_done)
+    return sorted([*manifest.rejected, *(f for part in results for f in part)])
 
 
 def resume_stats(config: RunConfig, manifest: Manifest) -> RunStats | None:

@@ -45,7 +45,6 @@ __all__ = [
     "resized_shape",
     "sample_generator",
     "sample_seed",
-    "to_float",
 ]
 
 ResizeMode = Literal["shorter-side-crop", "stretch", "pad"]
@@ -177,19 +176,6 @@ def resize_image(
     return resized[:, top : top + th, left : left + tw].contiguous()
 
 
-def to_float(batch: torch.Tensor, *, bits: Sequence[int]) -> torch.Tensor:
-    """Scale a stacked batch of resized samples to float32 in ``[0, 1]``.
-
-    Args:
-        batch: ``(B, C, H, W)`` uint8, or int32 holding 8- or 16-bit values.
-        bits: bit depth of each sample's source (8 or 16).
-    """
-    if batch.dtype == torch.uint8:
-        return batch.to(torch.float32).div_(255.0)
-    scale = torch.tensor([float(2**b - 1) for b in bits], dtype=torch.float32, device=batch.device)
-    return batch.to(torch.float32).div_(scale.view(-1, 1, 1, 1))
-
-
 def draft_size(size: tuple[int, int], mode: str) -> tuple[int, int] | None:
     """Return the least ``(h, w)`` a JPEG may be draft-decoded to for this resize.
 
@@ -307,27 +293,49 @@ class TransformPlan:
     ) -> np.ndarray:
         """Augment, normalize and cast a batch of loaded samples.
 
+        Every operation is elementwise or per sample, so a sample's values do
+        not depend on the batch it is in. The batch is converted to float32
+        once; normalization then runs in place on that buffer as
+        ``x * (1 / std) + (-mean / std)``, folded into the ``[0, 1]`` scaling
+        when no augmentation needs the ``[0, 1]`` image.
+
         Returns:
             NumPy array ``(B, C, H, W)`` of the output dtype.
         """
-        from ops import normalize
-
         if not pixels:
             return np.zeros((0, 3, *self.size), dtype=self.out_dtype)
         device = torch.device(self.device)
-        if all(p.dtype == torch.uint8 for p in pixels):
-            x = to_float(torch.stack(list(pixels)).to(device), bits=bits)
-        else:
-            x = to_float(torch.stack([p.to(torch.int32) for p in pixels]).to(device), bits=bits)
-        for aug in _augmentations(self.augment):
-            x = aug(x, generators=generators)
+        batch = torch.stack([p if p.dtype == torch.uint8 else p.to(torch.int32) for p in pixels])
+        if batch.dtype != torch.uint8 and any(b == 8 for b in bits):
+            batch = batch.to(torch.int32)
+        augmentations = _augmentations(self.augment)
+        if self.out_dtype == "uint8" and not augmentations and batch.dtype == torch.uint8:
+            return batch.numpy()
+        batch = batch.to(device, non_blocking=True)
+        top = torch.tensor([float(2**b - 1) for b in bits], dtype=torch.float32, device=device)
+        x = batch.to(torch.float32)
+        channels = x.shape[1]
         if self.out_dtype == "uint8":
+            x.div_(top.view(-1, 1, 1, 1))
+            for aug in augmentations:
+                x = aug(x, generators=generators)
             out = x.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-        else:
+            return out.cpu().numpy()
+        mean = torch.tensor(self.mean[:channels], dtype=torch.float32, device=device)
+        inv_std = 1.0 / torch.tensor(self.std[:channels], dtype=torch.float32, device=device)
+        if augmentations:
+            x.div_(top.view(-1, 1, 1, 1))
+            for aug in augmentations:
+                x = aug(x, generators=generators)
             if self.normalize:
-                x = normalize(x, self.mean, self.std)
-            out = x.to(getattr(torch, self.out_dtype))
-        return out.cpu().numpy()
+                x.mul_(inv_std.view(1, -1, 1, 1)).add_((-mean * inv_std).view(1, -1, 1, 1))
+        elif self.normalize:
+            # (v / top - mean) / std == v * (1 / (top * std)) + (-mean / std), in one pass
+            x.mul_(inv_std.view(1, -1, 1, 1) / top.view(-1, 1, 1, 1))
+            x.add_((-mean * inv_std).view(1, -1, 1, 1))
+        else:
+            x.div_(top.view(-1, 1, 1, 1))
+        return x.to(getattr(torch, self.out_dtype)).cpu().numpy()
 
 
 def resolve_device(device: str) -> str:

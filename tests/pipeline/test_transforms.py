@@ -7,11 +7,11 @@ import torch.nn.functional as F
 
 from pipeline.errors import InvalidArgumentError
 from pipeline.transforms import (
+    TransformPlan,
     resize_image,
     resized_shape,
     sample_generator,
     sample_seed,
-    to_float,
 )
 
 
@@ -104,16 +104,60 @@ def test_resize_rejects_bad_images():
         resize_image(np.zeros((4, 4, 3), np.float32), (2, 2))
 
 
-def test_to_float_scales_by_bit_depth():
-    rng = np.random.default_rng(1)
-    a8 = rng.integers(0, 256, (2, 3, 4, 4)).astype(np.uint8)
-    np.testing.assert_allclose(
-        to_float(torch.from_numpy(a8), bits=[8, 8]).numpy(), a8 / 255.0, rtol=1e-7
+def _plan(**kw) -> TransformPlan:
+    base = dict(
+        size=(4, 5),
+        resize="stretch",
+        normalize=True,
+        mean=(0.4, 0.5, 0.6),
+        std=(0.2, 0.25, 0.3),
+        out_dtype="float32",
     )
-    mixed = np.stack([a8[0].astype(np.int32), rng.integers(0, 65536, (3, 4, 4)).astype(np.int32)])
-    got = to_float(torch.from_numpy(mixed), bits=[8, 16]).numpy()
-    np.testing.assert_allclose(got[0], mixed[0] / 255.0, rtol=1e-7)
-    np.testing.assert_allclose(got[1], mixed[1] / 65535.0, rtol=1e-7)
+    base.update(kw)
+    return TransformPlan(**base)
+
+
+@pytest.mark.parametrize("augment", [[], [{"op": "invert", "p": 1.0}]])
+def test_finish_normalizes_mixed_bit_depths_like_float64(augment):
+    rng = np.random.default_rng(1)
+    a8 = torch.from_numpy(rng.integers(0, 256, (3, 4, 5)).astype(np.uint8))
+    a16 = torch.from_numpy(rng.integers(0, 65536, (3, 4, 5)).astype(np.int32))
+    plan = _plan(augment=augment)
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = plan.finish([a8, a16], [8, 16], gens)
+    x = np.stack([a8.numpy() / 255.0, a16.numpy() / 65535.0])
+    if augment:
+        x = 1.0 - x
+    mean = np.array(plan.mean).reshape(1, 3, 1, 1)
+    std = np.array(plan.std).reshape(1, 3, 1, 1)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, (x - mean) / std, rtol=0, atol=2e-6)
+
+
+def test_finish_casts_to_store_dtypes():
+    rng = np.random.default_rng(2)
+    a8 = torch.from_numpy(rng.integers(0, 256, (3, 4, 5)).astype(np.uint8))
+    gens = [torch.Generator()]
+    raw = _plan(out_dtype="uint8", normalize=False).finish([a8], [8], gens)
+    np.testing.assert_array_equal(raw[0], a8.numpy())
+    inverted = _plan(out_dtype="uint8", normalize=False, augment=[{"op": "invert", "p": 1.0}])
+    np.testing.assert_array_equal(inverted.finish([a8], [8], gens)[0], 255 - a8.numpy())
+    half = _plan(out_dtype="float16", normalize=False).finish([a8], [8], gens)
+    np.testing.assert_array_equal(half[0], (a8.numpy() / 255.0).astype(np.float16))
+
+
+def test_finish_is_independent_of_the_batch():
+    rng = np.random.default_rng(3)
+    imgs = [torch.from_numpy(rng.integers(0, 256, (3, 6, 6)).astype(np.uint8)) for _ in range(4)]
+    steps = [
+        {"op": "invert", "p": 0.5},
+        {"op": "dog_noise", "band": (0.05, 0.25), "rms": (0.02, 0.08), "p": 1.0},
+        {"op": "gaussian_blur", "sigma": (0.1, 1.0), "p": 0.5},
+    ]
+    plan = _plan(size=(6, 6), augment=steps, out_dtype="float16")
+    whole = plan.finish(imgs, [8] * 4, [sample_generator(0, i, 0) for i in range(4)])
+    parts = [plan.finish(imgs[i : i + 1], [8], [sample_generator(0, i, 0)]) for i in range(4)]
+    np.testing.assert_array_equal(whole, np.concatenate(parts))
 
 
 def test_sample_seeds_are_deterministic_and_distinct():
