@@ -14,7 +14,9 @@ store. Timed in one run, with the same thread count, each in its own process:
 - baseline:  what a user writes by hand: a torch DataLoader(num_workers=W) whose
              Dataset does Pillow resize (shorter side 256) + centre crop 224 +
              to tensor + normalize, batches of 64 appended to a sharded Zarr
-             array (float16, zstd 3, chunk 1 sample, shard 256 samples).
+             array (float16, zstd 3, chunk 1 sample, shard 256 samples);
+- run/raw, baseline/raw: the same two without compression, which shows how
+             much of each is the zstd encoding of float16 samples.
 
 Throughput is (N2 - N1) / (t(N2) - t(N1)), so start-up cancels; CPU time
 (user + system of the process and its children) is reported beside, since a
@@ -42,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_stats import dataset, measure  # noqa: E402
 
-KINDS = ("floor", "run", "run+stats", "run+aug", "baseline")
+KINDS = ("floor", "run", "run+stats", "run+aug", "baseline", "run/raw", "baseline/raw")
 SIZE = (224, 224)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -104,8 +106,18 @@ def run_prepare(src: Path, workers: int, out: Path, kind: str) -> dict:
             "runtime": {"workers": workers, "device": "cpu"},
         }
     )
+    if kind.endswith("/raw"):
+        cfg = cfg.model_copy(
+            update={"output": cfg.output.model_copy(update={"compression": _none()})}
+        )
     result = prepare(cfg)
     return {"images": result.samples, "timings": result.timings}
+
+
+def _none():
+    from pipeline.config import CompressionConfig
+
+    return CompressionConfig(codec="none", level=None)
 
 
 class _Baseline:
@@ -136,7 +148,7 @@ class _Baseline:
         return (x - mean) / std
 
 
-def run_baseline(src: Path, workers: int, out: Path) -> dict:
+def run_baseline(src: Path, workers: int, out: Path, *, compress: bool = True) -> dict:
     import numpy as np
     import torch
     import zarr
@@ -151,7 +163,7 @@ def run_baseline(src: Path, workers: int, out: Path) -> dict:
         dtype="float16",
         chunks=(1, 3, 224, 224),
         shards=(256, 3, 224, 224),
-        compressors=ZstdCodec(level=3),
+        compressors=ZstdCodec(level=3) if compress else None,
     )
     loader = DataLoader(_Baseline(files), batch_size=64, num_workers=workers)
     n = 0
@@ -169,8 +181,8 @@ def child(kind: str, src: Path, workers: int) -> None:
         t0 = time.perf_counter()
         if kind == "floor":
             res = run_floor(src, workers)
-        elif kind == "baseline":
-            res = run_baseline(src, workers, out)
+        elif kind.startswith("baseline"):
+            res = run_baseline(src, workers, out, compress=not kind.endswith("/raw"))
         else:
             res = run_prepare(src, workers, out, kind)
         res["work_s"] = time.perf_counter() - t0

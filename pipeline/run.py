@@ -421,7 +421,7 @@ def write_one_shard(
                 ) from exc
             pixels.append(p)
             bits.append(b)
-        out[start:stop] = plan.finish(pixels, bits, generators[start:stop])
+        plan.finish(pixels, bits, generators[start:stop], out=out[start:stop])
     futures.clear()
     loads.clear()
 

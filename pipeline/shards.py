@@ -299,10 +299,11 @@ def shard_digest(
         True
     """
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images, dtype=images.dtype.newbyteorder("<")).tobytes())
-    h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(source_index, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(copy_index, dtype="<i4").tobytes())
+    # memoryviews of contiguous arrays: hashed in place, no copy of the shard
+    h.update(np.ascontiguousarray(images, dtype=images.dtype.newbyteorder("<")).data)
+    h.update(np.ascontiguousarray(labels, dtype="<i8").data)
+    h.update(np.ascontiguousarray(source_index, dtype="<i8").data)
+    h.update(np.ascontiguousarray(copy_index, dtype="<i4").data)
     return h.hexdigest()
 
 
@@ -766,7 +767,8 @@ def write_shard(
     done = _array(group, "records/done")
     sl = slice(rows.start, rows.stop)
     done[index] = False
-    _array(group, "images")[sl] = imgs
+    # every chunk is written, so zarr need not scan each one for "all fill value"
+    _array(group, "images").with_config({"write_empty_chunks": True})[sl] = imgs
     _array(group, "labels")[sl] = lab
     _array(group, "source_index")[sl] = src
     _array(group, "copy_index")[sl] = cpy

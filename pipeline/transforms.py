@@ -290,6 +290,8 @@ class TransformPlan:
         pixels: Sequence[torch.Tensor],
         bits: Sequence[int],
         generators: Sequence[torch.Generator],
+        *,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Augment, normalize and cast a batch of loaded samples.
 
@@ -297,45 +299,64 @@ class TransformPlan:
         not depend on the batch it is in. The batch is converted to float32
         once; normalization then runs in place on that buffer as
         ``x * (1 / std) + (-mean / std)``, folded into the ``[0, 1]`` scaling
-        when no augmentation needs the ``[0, 1]`` image.
+        when no augmentation needs the ``[0, 1]`` image; the cast to the
+        output dtype writes straight into ``out`` when it is given.
+
+        Args:
+            pixels: the loaded samples, ``(C, H, W)`` each (:meth:`load`).
+            bits: each sample's source bit depth (8 or 16).
+            generators: each sample's generator (after :meth:`load` drew from it).
+            out: optional ``(B, C, H, W)`` array of the output dtype to fill.
 
         Returns:
-            NumPy array ``(B, C, H, W)`` of the output dtype.
+            ``(B, C, H, W)`` array of the output dtype (``out`` when given).
         """
-        if not pixels:
-            return np.zeros((0, 3, *self.size), dtype=self.out_dtype)
+        n = len(pixels)
+        if out is None:
+            out = np.empty((n, 3, *self.size), dtype=self.out_dtype)
+        if n == 0:
+            return out
         device = torch.device(self.device)
-        batch = torch.stack([p if p.dtype == torch.uint8 else p.to(torch.int32) for p in pixels])
-        if batch.dtype != torch.uint8 and any(b == 8 for b in bits):
-            batch = batch.to(torch.int32)
+        target = torch.from_numpy(out)
         augmentations = _augmentations(self.augment)
-        if self.out_dtype == "uint8" and not augmentations and batch.dtype == torch.uint8:
-            return batch.numpy()
-        batch = batch.to(device, non_blocking=True)
+        eight_bit = all(p.dtype == torch.uint8 for p in pixels)
+        if self.out_dtype == "uint8" and not augmentations and eight_bit:
+            for i, p in enumerate(pixels):
+                target[i].copy_(p)
+            return out
+        if device.type == "cpu":
+            # one pass: each sample converted into the float32 batch
+            x = torch.empty((n, *pixels[0].shape), dtype=torch.float32)
+            for i, p in enumerate(pixels):
+                x[i].copy_(p)
+        else:  # move the compact integers, convert on the device
+            dtype = torch.uint8 if eight_bit else torch.int32
+            x = torch.stack([p.to(dtype) for p in pixels]).to(device).to(torch.float32)
         top = torch.tensor([float(2**b - 1) for b in bits], dtype=torch.float32, device=device)
-        x = batch.to(torch.float32)
+        top = top.view(-1, 1, 1, 1)
         channels = x.shape[1]
         if self.out_dtype == "uint8":
-            x.div_(top.view(-1, 1, 1, 1))
+            x.div_(top)
             for aug in augmentations:
                 x = aug(x, generators=generators)
-            out = x.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-            return out.cpu().numpy()
-        mean = torch.tensor(self.mean[:channels], dtype=torch.float32, device=device)
-        inv_std = 1.0 / torch.tensor(self.std[:channels], dtype=torch.float32, device=device)
-        if augmentations:
-            x.div_(top.view(-1, 1, 1, 1))
-            for aug in augmentations:
-                x = aug(x, generators=generators)
-            if self.normalize:
-                x.mul_(inv_std.view(1, -1, 1, 1)).add_((-mean * inv_std).view(1, -1, 1, 1))
-        elif self.normalize:
-            # (v / top - mean) / std == v * (1 / (top * std)) + (-mean / std), in one pass
-            x.mul_(inv_std.view(1, -1, 1, 1) / top.view(-1, 1, 1, 1))
-            x.add_((-mean * inv_std).view(1, -1, 1, 1))
+            x = x.clamp_(0.0, 1.0).mul_(255.0).round_()
         else:
-            x.div_(top.view(-1, 1, 1, 1))
-        return x.to(getattr(torch, self.out_dtype)).cpu().numpy()
+            mean = torch.tensor(self.mean[:channels], dtype=torch.float32, device=device)
+            inv_std = 1.0 / torch.tensor(self.std[:channels], dtype=torch.float32, device=device)
+            scale, shift = inv_std.view(1, -1, 1, 1), (-mean * inv_std).view(1, -1, 1, 1)
+            if augmentations:
+                x.div_(top)
+                for aug in augmentations:
+                    x = aug(x, generators=generators)
+                if self.normalize:
+                    x.mul_(scale).add_(shift)
+            elif self.normalize:
+                # (v / top - mean) / std == v * (1 / (top * std)) + (-mean / std)
+                x.mul_(scale / top).add_(shift)
+            else:
+                x.div_(top)
+        target.copy_(x)  # the cast to the output dtype, into the output buffer
+        return out
 
 
 def resolve_device(device: str) -> str:
