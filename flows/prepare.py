@@ -41,7 +41,7 @@ from flows.tasks import (
 from pipeline.config import RunConfig
 from pipeline.run import RunResult, ShardWriteError
 
-__all__ = ["FLOW_NAME", "main", "prepare_flow"]
+__all__ = ["FLOW_NAME", "main", "prepare_flow", "run_foreground"]
 
 #: Name of the flow in Prefect (deployments are ``imageprep-prepare/<name>``).
 FLOW_NAME = "imageprep-prepare"
@@ -117,6 +117,40 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
         description="imageprep run",
     )
     return result
+
+
+def run_foreground(
+    config: RunConfig,
+    *,
+    verify: bool = True,
+    refresh_stats: bool = False,
+    heartbeat: bool = False,
+) -> RunResult:
+    """Run :func:`prepare_flow` in this process, as ``imageprep run`` and ``demo`` do.
+
+    Prefect 3.8 emits flow-run heartbeats from a thread that sleeps in one
+    second steps and is joined when the run ends, which rounds every run's
+    wall time up to the next whole second (0 to 1 s, 0.5 s on average;
+    ``benchmarks/bench_flow.py`` measures it). Heartbeats let a server mark a
+    run whose machine died as crashed; a foreground run's crash is seen by
+    whoever started it, so here they are off unless ``heartbeat`` is true.
+    Served and deployed runs keep Prefect's setting.
+
+    Args:
+        config: the validated run config.
+        verify: as in :func:`prepare_flow`.
+        refresh_stats: as in :func:`prepare_flow`.
+        heartbeat: keep Prefect's flow-run heartbeat setting.
+
+    Returns:
+        The run summary; exceptions as in :func:`prepare_flow`.
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if heartbeat:
+        return prepare_flow(config, verify=verify, refresh_stats=refresh_stats)
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return prepare_flow(config, verify=verify, refresh_stats=refresh_stats)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

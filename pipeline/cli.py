@@ -5,9 +5,14 @@ Commands are plain decorated functions on :data:`app`; adding one (``run``,
 Heavy modules (numpy, PIL, dask, torch, zarr, prefect) are imported inside the
 commands, never at module level, so that ``imageprep --help`` answers at once.
 
+``run``, ``serve`` and ``demo`` run the Prefect flows of :mod:`flows` (imported
+inside those commands only: the CLI is the one entry point above ``flows/``).
+
 Exit codes (the CLI contract): 0 success; 1 the run finished but some inputs
-were rejected and ``--strict`` was given; 2 bad usage (missing folder, bad
-option, a source without any image file).
+were rejected and ``--strict`` was given, shards could not be written (the
+store stays resumable) or verification found a mismatch; 2 bad usage (missing
+folder, bad option or config, a source without any image file, a store made or
+held by another run).
 """
 
 from __future__ import annotations
@@ -343,9 +348,21 @@ def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: 
     try:
         if use_prefect:
             _prefect_defaults()
-            from flows.prepare import prepare_flow
+            import os
 
-            result: RunResult = prepare_flow(cfg, verify=verify, refresh_stats=refresh_stats)
+            from flows.prepare import run_foreground
+
+            # heartbeats only when asked for in the environment (see run_foreground)
+            heartbeat = any(
+                name in os.environ
+                for name in (
+                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
+                    "PREFECT_RUNNER_HEARTBEAT_FREQUENCY",
+                )
+            )
+            result: RunResult = run_foreground(
+                cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
+            )
         else:
             from pipeline.run import prepare
 
@@ -412,6 +429,7 @@ def demo(
     from pipeline.errors import ImageprepError
 
     console = _console()
+    out = out.expanduser().resolve()
     try:
         src = make_demo_source(out, seed=seed, n_per_class=n_per_class)
         from flows.demo import demo_config

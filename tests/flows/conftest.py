@@ -34,12 +34,36 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 
 BIN = Path(sys.executable).parent
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the flow tests after every other test of the session.
+
+    Once a Prefect flow has run in a process, multiprocessing children forked
+    from it exit with status 1 (Prefect 3.8.8 registers a thread-exit hook for
+    its log and event services that fails in a forked child:
+    ``QueueService._drain`` asserts ``_done_event is not None``). Tests that
+    fork DataLoader workers (tests/pipeline/test_reader.py) must therefore run
+    before the first flow, not after it.
+    """
+    flows_items = [i for i in items if HERE in Path(str(i.path)).resolve().parents]
+    if flows_items:
+        others = [i for i in items if HERE not in Path(str(i.path)).resolve().parents]
+        items[:] = others + flows_items
+
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def prefect_api() -> Iterator[str]:
-    """One temporary Prefect server (SQLite in a temporary folder) for the session: its URL."""
+    """One temporary Prefect server (SQLite in a temporary folder) for the flow tests: its URL.
+
+    Package scope: started once, by the first flow test that needs it, and
+    stopped after the last test of tests/flows, so that the rest of the suite
+    does not run (nor fork DataLoader workers) next to its threads.
+    """
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
