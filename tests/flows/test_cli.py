@@ -251,3 +251,79 @@ def test_demo_runs_the_flow_and_prints_store_failures_and_preview(tmp_path: Path
     r = runner.invoke(app, ["demo", "--out", str(other)])
     assert r.exit_code == 2
     assert (other / "images" / "keep.txt").exists()
+
+
+# ------------------------------------------------------------------- heartbeats, entry points
+
+
+def test_run_foreground_turns_heartbeats_off_unless_asked(monkeypatch, tmp_path: Path):
+    from prefect.settings import get_current_settings
+
+    seen = []
+
+    def fake_flow(config, *, verify, refresh_stats):
+        seen.append((get_current_settings().flows.heartbeat_frequency, verify, refresh_stats))
+        return "result"
+
+    monkeypatch.setattr(flows.prepare, "prepare_flow", fake_flow)
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None
+    assert flows.prepare.run_foreground("cfg", verify=False, refresh_stats=True) == "result"
+    assert flows.prepare.run_foreground("cfg", heartbeat=True) == "result"
+    assert seen == [(None, False, True), (default, True, False)]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, False), ({"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "60"}, True)],
+)
+def test_cli_run_keeps_heartbeats_only_when_configured(
+    monkeypatch, source, tmp_path: Path, env, expected
+):
+    calls = []
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+    def fake(cfg, **kwargs):
+        calls.append(kwargs)
+        return pipeline.run.prepare(cfg)
+
+    monkeypatch.setattr(flows.prepare, "run_foreground", fake)
+    r = runner.invoke(app, _run_args(source.root, tmp_path / "h.zarr", "--no-verify"))
+    assert r.exit_code == 0, r.output
+    assert calls == [{"verify": False, "refresh_stats": False, "heartbeat": expected}]
+
+
+def test_flows_package_exports_lazily():
+    import flows
+
+    assert flows.prepare_flow is flows.prepare.prepare_flow
+    assert flows.stats_flow.name == "imageprep-stats"
+    assert callable(flows.serve_prepare)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = flows.nope
+
+
+def test_module_runners(source, tmp_path: Path, prefect_api):
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    cfg = str(CONFIGS / "demo.yaml")
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.stats", cfg, "--set", f"source.path={source.root}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == compute_stats(source.root).to_json()
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.prepare", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--no-prefect" in r.stdout
