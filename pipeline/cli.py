@@ -5,9 +5,14 @@ Commands are plain decorated functions on :data:`app`; adding one (``run``,
 Heavy modules (numpy, PIL, dask, torch, zarr, prefect) are imported inside the
 commands, never at module level, so that ``imageprep --help`` answers at once.
 
+``run``, ``serve`` and ``demo`` run the Prefect flows of :mod:`flows` (imported
+inside those commands only: the CLI is the one entry point above ``flows/``).
+
 Exit codes (the CLI contract): 0 success; 1 the run finished but some inputs
-were rejected and ``--strict`` was given; 2 bad usage (missing folder, bad
-option, a source without any image file).
+were rejected and ``--strict`` was given, shards could not be written (the
+store stays resumable) or verification found a mismatch; 2 bad usage (missing
+folder, bad option or config, a source without any image file, a store made or
+held by another run).
 """
 
 from __future__ import annotations
@@ -69,9 +74,17 @@ def _fmt(v: float) -> str:
 
 
 def print_stats(
-    stats: Stats, *, console: Console, title: str, seconds: float | None = None
+    stats: Stats,
+    *,
+    console: Console,
+    title: str,
+    seconds: float | None = None,
+    max_failures: int | None = FAILURES_SHOWN,
 ) -> None:
-    """Print the statistics as a table, and a summary of the rejected inputs."""
+    """Print the statistics as a table, and a summary of the rejected inputs.
+
+    ``max_failures`` rejected inputs are listed (``None``: all of them).
+    """
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
@@ -101,10 +114,11 @@ def print_stats(
     if stats.failures:
         n = len(stats.failures)
         console.print(f"[yellow]{n} input{'s' if n != 1 else ''} rejected[/]:")
-        for f in stats.failures[:FAILURES_SHOWN]:
+        shown = n if max_failures is None else max_failures
+        for f in stats.failures[:shown]:
             console.print(f"  {f.path}: {f.error}", markup=False, soft_wrap=True)
-        if n > FAILURES_SHOWN:
-            console.print(f"  ... and {n - FAILURES_SHOWN} more (all in the stats JSON)")
+        if n > shown:
+            console.print(f"  ... and {n - shown} more (all in the stats JSON)")
 
 
 def _usage_error(message: str) -> typer.Exit:
@@ -242,55 +256,6 @@ def stats(
         raise typer.Exit(EXIT_REJECTED)
 
 
-def make_demo_source(out: Path, *, seed: int = 0) -> Path:
-    """Write the synthetic demo dataset into ``out/images`` and return that folder."""
-    from pipeline.synthetic import make_dataset
-
-    ds = make_dataset(out / "images", seed=seed)
-    return ds.root
-
-
-@app.command()
-def demo(
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Output folder (the synthetic images go to OUT/images).", file_okay=False
-        ),
-    ] = Path("demo-output"),
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="Decoding threads (default: all cores).", show_default=False),
-    ] = None,
-) -> None:
-    """Make a small synthetic dataset (with a few broken files) and show its statistics."""
-    from pipeline.errors import ImageprepError
-
-    console = _console()
-    try:
-        src = make_demo_source(out, seed=seed)
-    except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-    console.print(f"synthetic dataset written to {src}")
-    t0 = time.perf_counter()
-    result = _run_stats(
-        src,
-        method="exact",
-        workers=workers,
-        chunk_size=64,
-        max_pixels=PILLOW_MAX_PIXELS,
-    )
-    print_stats(
-        result,
-        console=console,
-        title=f"imageprep stats: {src}",
-        seconds=time.perf_counter() - t0,
-    )
-    result.save(out / "stats.json")
-    console.print(f"stats JSON written to {out / 'stats.json'}")
-
-
 def _load_config(config: Path, overrides: list[str] | None) -> RunConfig:
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
@@ -336,17 +301,155 @@ class _RunProgress:
             self.progress.stop()
 
 
-def print_run_result(result: RunResult, *, console: Console) -> None:
+def print_run_result(
+    result: RunResult, *, console: Console, max_failures: int | None = FAILURES_SHOWN
+) -> None:
     """Print the outcome of a prepare run: statistics, store, shards, failures."""
     from pipeline.stats import Stats
 
-    print_stats(Stats.from_json(result.stats), console=console, title="dataset statistics")
+    print_stats(
+        Stats.from_json(result.stats),
+        console=console,
+        title="dataset statistics",
+        max_failures=max_failures,
+    )
     verb = "resumed" if result.resumed else "written"
     console.print(
         f"store {verb}: {result.store} ({result.samples} samples in {result.shards} shards; "
         f"{result.shards_written} written now, {result.shards_skipped} already done) "
-        f"in {result.seconds:.1f} s"
+        f"in {result.seconds:.1f} s",
+        soft_wrap=True,
     )
+
+
+def _prefect_defaults() -> None:
+    """Defaults for the temporary Prefect server a run starts without ``PREFECT_API_URL``.
+
+    Its anonymous usage telemetry is off unless the environment says
+    otherwise (a throwaway server has nothing to report, and on a fresh
+    ``PREFECT_HOME`` its first write races the database set-up).
+    """
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: bool) -> RunResult:
+    """Run the prepare job (the flow, or the plain function) and map errors to exit codes.
+
+    Exit 1: shards failed (the store stays resumable) or a shard does not
+    match its checksum; exit 2: bad config, a store of another run, a store
+    held by another run.
+    """
+    from pipeline.errors import ImageprepError
+    from pipeline.run import ShardWriteError
+
+    err = _console(stderr=True)
+    try:
+        if use_prefect:
+            _prefect_defaults()
+            import os
+
+            from flows.prepare import run_foreground
+
+            # heartbeats only when asked for in the environment (see run_foreground)
+            heartbeat = any(
+                name in os.environ
+                for name in (
+                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
+                    "PREFECT_RUNNER_HEARTBEAT_FREQUENCY",
+                )
+            )
+            result: RunResult = run_foreground(
+                cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
+            )
+        else:
+            from pipeline.run import prepare
+
+            with _RunProgress(err) as progress:
+                result = prepare(cfg, progress=progress)
+            if verify:
+                from pipeline.shards import verify as verify_store
+
+                report = verify_store(cfg.output.path, workers=cfg.runtime.workers)
+                if not report.ok:
+                    err.print(f"verification failed: {report.summary()}", markup=False)
+                    raise typer.Exit(EXIT_REJECTED)
+    except ShardWriteError as e:
+        err.print(str(e), markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_REJECTED) from e
+    except ImageprepError as e:
+        from flows.tasks import StoreVerificationError
+
+        if isinstance(e, StoreVerificationError):
+            err.print(str(e), markup=False, soft_wrap=True)
+            raise typer.Exit(EXIT_REJECTED) from e
+        raise _usage_error(str(e)) from e
+    return result
+
+
+_PREFECT_HELP = (
+    "Run the plain pipeline function without Prefect (no server, no retries, cache or artifacts)."
+)
+
+
+def make_demo_source(out: Path, *, seed: int = 0, n_per_class: int = 12) -> Path:
+    """Write the synthetic demo dataset into ``out/images`` and return that folder."""
+    from pipeline.synthetic import make_dataset
+
+    ds = make_dataset(out / "images", seed=seed, n_per_class=n_per_class)
+    return ds.root
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder: synthetic images in OUT/images, the store in OUT/dataset.zarr, "
+            "the preview in OUT/preview.png.",
+            file_okay=False,
+        ),
+    ] = Path("demo-output"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
+    n_per_class: Annotated[
+        int, typer.Option(min=1, help="Synthetic images per class (4 classes).")
+    ] = 12,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker threads (default: all cores).", show_default=False),
+    ] = None,
+    no_prefect: Annotated[bool, typer.Option("--no-prefect", help=_PREFECT_HELP)] = False,
+) -> None:
+    """Make a synthetic dataset (with broken files) and prepare it with configs/demo.yaml.
+
+    Runs the prepare flow (statistics, augmentation, sharded Zarr store), then
+    prints the statistics, the store, the rejected inputs and the preview.
+    """
+    from pipeline.errors import ImageprepError
+
+    console = _console()
+    out = out.expanduser().resolve()
+    try:
+        src = make_demo_source(out, seed=seed, n_per_class=n_per_class)
+        from flows.demo import demo_config
+
+        cfg = demo_config(out, workers=workers)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
+    console.print(f"synthetic dataset written to {src}", soft_wrap=True)
+    result = _prepare(cfg, use_prefect=not no_prefect, verify=True, refresh_stats=False)
+    print_run_result(result, console=console, max_failures=None)
+    from pipeline.report import write_previews
+    from pipeline.stats import Stats
+
+    stats_json = out / "stats.json"
+    Stats.from_json(result.stats).save(stats_json)
+    grid, plot = write_previews(result.store, out / "preview.png")
+    console.print(f"store: {result.store}", soft_wrap=True)
+    console.print(f"stats JSON: {stats_json}", soft_wrap=True)
+    console.print(f"preview: {grid}", soft_wrap=True)
+    console.print(f"stats plot: {plot}", soft_wrap=True)
 
 
 @app.command()
@@ -371,30 +474,89 @@ def run(
         bool,
         typer.Option("--strict", help="Exit with status 1 when any input was rejected."),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="Recompute every shard's SHA-256 after writing (exit 1 on a mismatch).",
+        ),
+    ] = True,
+    refresh_stats: Annotated[
+        bool,
+        typer.Option(
+            "--refresh-stats", help="Recompute the statistics even when cached for this source."
+        ),
+    ] = False,
+    no_prefect: Annotated[bool, typer.Option("--no-prefect", help=_PREFECT_HELP)] = False,
 ) -> None:
-    """Prepare a dataset: statistics, resize, augment, normalize, write a sharded Zarr store.
+    """Prepare a dataset with the Prefect flow: statistics, augment, normalize, Zarr shards.
 
-    Resumable: rerunning the same config on the same source writes only the
-    shards still missing. Rejected inputs are listed, not fatal.
+    Without PREFECT_API_URL Prefect starts a temporary local server for the
+    run. Resumable: rerunning the same config on the same source writes only
+    the shards still missing. Rejected inputs are listed, not fatal. Exit 1
+    when shards failed (or --strict and inputs were rejected), 2 on a bad
+    config or a store in use by another run.
     """
-    from pipeline.errors import ImageprepError, StoreError
-    from pipeline.run import ShardWriteError, prepare
-
     cfg = _load_config(config, set_)
-    console = _console()
-    try:
-        with _RunProgress(_console(stderr=True)) as progress:
-            result = prepare(cfg, progress=progress)
-    except ShardWriteError as e:
-        _console(stderr=True).print(str(e), markup=False)
-        raise typer.Exit(EXIT_REJECTED) from e
-    except StoreError as e:
-        raise _usage_error(str(e)) from e
-    except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-    print_run_result(result, console=console)
+    result = _prepare(cfg, use_prefect=not no_prefect, verify=verify, refresh_stats=refresh_stats)
+    print_run_result(result, console=_console())
     if strict and result.failures:
         raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path,
+        typer.Argument(help="Run config (YAML) of the scheduled runs.", dir_okay=False),
+    ],
+    cron: Annotated[
+        str,
+        typer.Option(
+            "--cron",
+            help='Cron schedule, e.g. "0 3 * * *" (every day at 03:00).',
+            show_default=False,
+        ),
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config key: --set key.path=value (YAML value; repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Deployment name (imageprep-prepare/NAME); default: the config file's stem.",
+            show_default=False,
+        ),
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(help="IANA time zone of the schedule (default UTC).", show_default=False),
+    ] = None,
+    verify: Annotated[
+        bool,
+        typer.Option("--verify/--no-verify", help="Verify the shards' checksums in each run."),
+    ] = True,
+) -> None:
+    """Serve the prepare flow on a cron schedule (needs a Prefect server, see the README).
+
+    Creates the deployment imageprep-prepare/NAME on the server at
+    PREFECT_API_URL and executes its scheduled and triggered runs until
+    stopped (Ctrl-C pauses the schedule).
+    """
+    from pipeline.errors import ImageprepError
+
+    cfg = _load_config(config, set_)
+    from flows.serve import serve_prepare
+
+    try:
+        serve_prepare(cfg, cron=cron, name=name or config.stem, timezone=timezone, verify=verify)
+    except ImageprepError as e:
+        raise _usage_error(str(e)) from e
 
 
 @app.command()

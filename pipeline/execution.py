@@ -148,7 +148,7 @@ def _run_distributed(
         futures = client.compute(list(tasks))
         positions = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(futures)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             pos = positions[future.key]
             try:
                 result = future.result()

@@ -563,7 +563,7 @@ def _remote_chunks(
         ]
         position = {f.key: i for i, f in enumerate(futures)}
         parts: list[_Partial] = [_Partial()] * len(futures)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):
             i = position[future.key]
             parts[i] = future.result()
             if progress is not None:

@@ -149,28 +149,6 @@ def test_max_pixels_option(tmp_path, mixed_source):
     assert r.exit_code == 0, r.output
 
 
-def test_demo(tmp_path):
-    out = tmp_path / "demo"
-    r = runner.invoke(app, ["demo", "--out", str(out), "--workers", "2"])
-    assert r.exit_code == 0, r.output
-    assert "statistic" in r.stdout
-    assert "rejected" in r.stdout
-    d = json.loads((out / "stats.json").read_text())
-    assert d["images"] > 0
-    assert len(d["failures"]) == 6
-    assert d == compute_stats(out / "images").to_json()
-    # a second run rewrites its own dataset
-    r = runner.invoke(app, ["demo", "--out", str(out)])
-    assert r.exit_code == 0, r.output
-    # but refuses a folder it did not write
-    other = tmp_path / "other"
-    (other / "images").mkdir(parents=True)
-    (other / "images" / "keep.txt").write_text("mine")
-    r = runner.invoke(app, ["demo", "--out", str(other)])
-    assert r.exit_code == 2
-    assert (other / "images" / "keep.txt").exists()
-
-
 def test_progress_bar_draws_on_a_terminal():
     from rich.console import Console
 
