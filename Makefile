@@ -40,6 +40,8 @@ bench: .venv
 	$(BIN)/python benchmarks/bench_stats.py
 	$(BIN)/python benchmarks/bench_ops.py
 	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_store.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
