@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.utilities.annotations import quote
 
 from flows.artifacts import artifact_key, failed_run_markdown, run_markdown
 from flows.tasks import (
@@ -80,16 +81,20 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
     with StoreLock(config.output.path):
         t0 = time.perf_counter()
         stats = stats_task.with_options(refresh_cache=True) if refresh_stats else stats_task
-        stats_state = stats(config, manifest, reuse_store=True, return_state=True)
+        # large values are passed quoted: Prefect would otherwise walk every
+        # element of them (the manifest, the accepted files) for each task call
+        stats_state = stats(config, quote(manifest), reuse_store=True, return_state=True)
         run_stats = stats_state.result()
         cached = stats_state.name == "Cached"
         if cached:
             logger.info("statistics reused from the cache: the source is unchanged")
         timings["stats"] = time.perf_counter() - t0
-        state = open_store_task(config, manifest, run_stats)
+        state = open_store_task(config, quote(manifest), quote(run_stats))
         t0 = time.perf_counter()
         try:
-            write = write_shards_task(config, state, run_stats, root=str(manifest.root))
+            write = write_shards_task(
+                config, quote(state), quote(run_stats), root=str(manifest.root)
+            )
         except ShardWriteError as exc:
             create_markdown_artifact(
                 failed_run_markdown(
@@ -104,7 +109,9 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
             t0 = time.perf_counter()
             verify_task(str(config.output.path), workers=config.runtime.workers)
             timings["verify"] = time.perf_counter() - t0
-        result: RunResult = finish_task(config, state, run_stats, write, timings=timings)
+        result: RunResult = finish_task(
+            config, quote(state), quote(run_stats), quote(write), timings=timings
+        )
     create_markdown_artifact(
         run_markdown(
             result,

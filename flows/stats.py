@@ -21,6 +21,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.utilities.annotations import quote
 
 from flows.artifacts import artifact_key, stats_markdown
 from flows.tasks import scan_task, stats_task
@@ -47,7 +48,7 @@ def stats_flow(config: RunConfig, refresh: bool = False) -> dict[str, Any]:
     """
     manifest = scan_task(config)
     stats = stats_task.with_options(refresh_cache=True) if refresh else stats_task
-    state = stats(config, manifest, return_state=True)
+    state = stats(config, quote(manifest), return_state=True)
     run_stats = state.result()
     create_markdown_artifact(
         stats_markdown(run_stats.stats, source=str(manifest.root), cached=state.name == "Cached"),

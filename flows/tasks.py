@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import quote
 
 import pipeline.run as run
 from pipeline.config import RunConfig
@@ -258,7 +259,9 @@ def stats_cache_key(config: RunConfig, fingerprint: str) -> str:
 
 def _stats_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Prefect ``cache_key_fn`` of :func:`stats_task`."""
-    manifest: Manifest = parameters["manifest"]
+    manifest = parameters["manifest"]
+    if isinstance(manifest, quote):  # the flows pass large values quoted (not introspected)
+        manifest = manifest.unquote()
     return stats_cache_key(parameters["config"], manifest.fingerprint)
 
 
