@@ -55,6 +55,17 @@ app = typer.Typer(
 )
 
 
+SetOverrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a config key: --set key.path=value (YAML value; repeatable).",
+        show_default=False,
+    ),
+]
+"""The ``--set key.path=value`` option of the commands that take a config."""
+
+
 class StatsMethod(str, Enum):
     """Choices of ``--method``."""
 
@@ -462,14 +473,7 @@ def run(
             dir_okay=False,
         ),
     ],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override a config key: --set key.path=value (YAML value; repeatable).",
-            show_default=False,
-        ),
-    ] = None,
+    set_: SetOverrides = None,
     strict: Annotated[
         bool,
         typer.Option("--strict", help="Exit with status 1 when any input was rejected."),
@@ -518,14 +522,7 @@ def serve(
             show_default=False,
         ),
     ],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Override a config key: --set key.path=value (YAML value; repeatable).",
-            show_default=False,
-        ),
-    ] = None,
+    set_: SetOverrides = None,
     name: Annotated[
         str | None,
         typer.Option(
