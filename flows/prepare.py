@@ -70,9 +70,11 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
             names each shard and its cause.
         StoreError: verification found a shard that does not match its record.
     """
+    from pipeline.run import check_runtime
     from pipeline.shards import StoreLock
 
     logger = get_run_logger()
+    check_runtime(config)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     manifest = scan_task(config)

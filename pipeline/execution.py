@@ -99,6 +99,7 @@ def run_tasks(
     workers: int | None = None,
     address: str | None = None,
     on_done: Callable[[int, Any], None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[Any]:
     """Run ``dask.delayed`` tasks; return their results in order.
 
@@ -107,6 +108,8 @@ def run_tasks(
         workers: local threads (default: every core); ignored with ``address``.
         address: a ``dask.distributed`` scheduler address to run on instead.
         on_done: called as ``on_done(position, result)`` as each task finishes.
+        names: what to call each task in a :class:`TaskError` when its worker
+            dies on a cluster (default: the Dask key).
 
     Returns:
         The results, in the order of ``tasks``.
@@ -114,7 +117,7 @@ def run_tasks(
     if not tasks:
         return []
     if address:
-        return _run_distributed(tasks, address, on_done)
+        return _run_distributed(tasks, address, on_done, names)
     return _run_threads(tasks, resolve_workers(workers), on_done)
 
 
@@ -140,7 +143,10 @@ def _run_threads(
 
 
 def _run_distributed(
-    tasks: Sequence[Any], address: str, on_done: Callable[[int, Any], None] | None
+    tasks: Sequence[Any],
+    address: str,
+    on_done: Callable[[int, Any], None] | None,
+    names: Sequence[str] | None = None,
 ) -> list[Any]:
     from distributed import Client, as_completed
 
@@ -153,9 +159,8 @@ def _run_distributed(
             try:
                 result = future.result()
             except Exception as exc:  # a worker died or the task raised
-                result = TaskError(
-                    name=str(future.key), error=f"{type(exc).__name__}: {exc}", traceback=""
-                )
+                name = names[pos] if names is not None else str(future.key)
+                result = TaskError(name=name, error=f"{type(exc).__name__}: {exc}", traceback="")
             results[pos] = result
             if on_done is not None:
                 on_done(pos, result)

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RunResult",
+    "check_runtime",
     "RunStats",
     "ShardJob",
     "ShardWriteError",
@@ -136,6 +137,26 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- 1. scan
+
+
+def check_runtime(config: RunConfig) -> None:
+    """Check what the config asks of this machine before any work starts.
+
+    A CUDA ``runtime.device`` must exist here, unless the work runs on a Dask
+    cluster (``runtime.dask_address``), whose workers resolve it themselves.
+
+    Raises:
+        ConfigError: the device does not exist on this machine.
+    """
+    from pipeline.errors import ConfigError, InvalidArgumentError
+    from pipeline.transforms import resolve_device
+
+    if config.runtime.dask_address is not None:
+        return
+    try:
+        resolve_device(config.runtime.device)
+    except InvalidArgumentError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def scan_source(config: RunConfig) -> Manifest:
@@ -466,6 +487,7 @@ def write_shards(
     from pipeline.transforms import TransformPlan
 
     plan = TransformPlan.from_config(config, run_stats.stats)
+    check_runtime(config)  # fail here rather than in every shard
     jobs = shard_jobs(
         run_stats, copies=config.transform.copies, shard_size=config.output.shard_size
     )
@@ -495,7 +517,11 @@ def write_shards(
 
     start = time.perf_counter()
     outcomes = run_tasks(
-        tasks, workers=workers, address=config.runtime.dask_address, on_done=on_done
+        tasks,
+        workers=workers,
+        address=config.runtime.dask_address,
+        on_done=on_done,
+        names=[f"shard {job.index}" for job in todo],
     )
     result.seconds = time.perf_counter() - start
     for job, outcome in zip(todo, outcomes, strict=True):
@@ -571,12 +597,14 @@ def prepare(
         The run summary.
 
     Raises:
+        ConfigError: ``runtime.device`` does not exist on this machine.
         StoreLockedError: another run holds the output.
         StoreMismatchError: the output holds a store of another run.
         ShardWriteError: some shards failed (the store stays resumable).
     """
     from pipeline.shards import StoreLock
 
+    check_runtime(config)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     manifest = scan_source(config)

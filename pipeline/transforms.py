@@ -221,7 +221,7 @@ class TransformPlan:
             out_dtype=config.output.dtype,
             augment=steps,
             seed=int(config.runtime.seed),
-            device=resolve_device(config.runtime.device),
+            device=config.runtime.device,
         )
 
     @classmethod
@@ -316,7 +316,7 @@ class TransformPlan:
             out = np.empty((n, 3, *self.size), dtype=self.out_dtype)
         if n == 0:
             return out
-        device = torch.device(self.device)
+        device = torch.device(resolve_device(self.device))
         target = torch.from_numpy(out)
         augmentations = _augmentations(self.augment)
         eight_bit = all(p.dtype == torch.uint8 for p in pixels)
@@ -360,9 +360,30 @@ class TransformPlan:
 
 
 def resolve_device(device: str) -> str:
-    """Resolve ``auto`` to ``cuda`` when CUDA is available, else ``cpu``."""
+    """Resolve ``runtime.device`` where the work runs: ``auto`` is ``cuda`` when available.
+
+    The plan keeps the configured string and resolves it in each worker, so
+    ``auto`` means the GPU of the machine that runs the shard.
+
+    Raises:
+        InvalidArgumentError: a CUDA device is asked for and this machine has
+            none (or not that many).
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+    """
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= available:
+            raise InvalidArgumentError(
+                f"runtime.device: {device!r} asked for, but this machine has "
+                f"{available} CUDA device(s) (torch.cuda.is_available() is "
+                f"{torch.cuda.is_available()}); use 'auto' or 'cpu'"
+            )
     return device
 
 

@@ -372,3 +372,13 @@ def test_cuda_run_equals_cpu_run(source, tmp_path):
     ).store
     a, b = _arrays(cpu)["images"], _arrays(gpu)["images"]
     np.testing.assert_allclose(b.astype(np.float32), a.astype(np.float32), rtol=0, atol=2e-2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_missing_cuda_device_is_a_config_error_before_any_work(source, tmp_path):
+    from pipeline.errors import ConfigError
+
+    out = tmp_path / "ds.zarr"
+    with pytest.raises(ConfigError, match=r"runtime\.device: 'cuda' asked for, but this machine"):
+        prepare(_config(source.root, out, runtime={"device": "cuda"}))
+    assert not out.exists()  # nothing scanned into a store, nothing decoded
