@@ -44,11 +44,14 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 import pipeline.run as run
+from flows._fork import install as _install_fork_handler
 from pipeline.config import RunConfig
 from pipeline.errors import StoreError
 from pipeline.run import RunResult, RunStats, ShardWriteError, WriteResult
 from pipeline.shards import StoreState
 from pipeline.sources import Manifest
+
+_install_fork_handler()  # forked children (DataLoader workers) of a flow's process exit cleanly
 
 if TYPE_CHECKING:
     import logging

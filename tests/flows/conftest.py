@@ -40,12 +40,10 @@ HERE = Path(__file__).resolve().parent
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the flow tests after every other test of the session.
 
-    Once a Prefect flow has run in a process, multiprocessing children forked
-    from it exit with status 1 (Prefect 3.8.8 registers a thread-exit hook for
-    its log and event services that fails in a forked child:
-    ``QueueService._drain`` asserts ``_done_event is not None``). Tests that
-    fork DataLoader workers (tests/pipeline/test_reader.py) must therefore run
-    before the first flow, not after it.
+    The rest of the suite then never runs next to the Prefect server's
+    threads. (Forked children of a process that ran a flow used to exit with
+    status 1 because of a Prefect 3.8.8 exit hook; flows/_fork.py fixes that,
+    and tests/flows/test_prepare.py checks it.)
     """
     flows_items = [i for i in items if HERE in Path(str(i.path)).resolve().parents]
     if flows_items:

@@ -280,3 +280,19 @@ def test_a_store_locked_by_another_process_is_refused(source, tmp_path: Path):
         lambda: StoreLock(cfg.output.path).acquire().release() is None, timeout=10, what="lock"
     )
     assert prepare_flow(cfg).samples == 2 * source.n_valid
+
+
+def test_dataloader_workers_fork_cleanly_after_a_flow_ran(source, tmp_path: Path, prefect_api):
+    """Prefect leaves exit hooks in forked children; flows/_fork.py neutralizes them."""
+    import torch
+
+    from flows.prepare import run_foreground
+    from pipeline.reader import ShardDataset
+
+    out = tmp_path / "ds.zarr"
+    run_foreground(run_config(source.root, out), verify=False)
+    loader = torch.utils.data.DataLoader(
+        ShardDataset(out), batch_size=8, num_workers=2, multiprocessing_context="fork"
+    )
+    n = sum(len(labels) for _, labels in loader)
+    assert n == len(ShardDataset(out))
