@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from pipeline.config import RunConfig
 
 __all__ = [
-    "ResizeMode",
     "TransformPlan",
     "draft_size",
     "resize_image",
@@ -47,7 +46,6 @@ __all__ = [
     "sample_seed",
 ]
 
-ResizeMode = Literal["shorter-side-crop", "stretch", "pad"]
 _RESIZE_MODES = ("shorter-side-crop", "stretch", "pad")
 
 
