@@ -71,7 +71,6 @@ __all__ = [
     "is_transient",
     "open_store_task",
     "scan_task",
-    "shard_failure_message",
     "stats_cache_key",
     "stats_task",
     "verify_task",
@@ -361,31 +360,6 @@ def open_store_task(config: RunConfig, manifest: Manifest, run_stats: RunStats) 
     return state
 
 
-def shard_failure_message(
-    config: RunConfig, state: StoreState, write: WriteResult, *, attempts: int | None = None
-) -> str:
-    """The message of a run whose shards failed: count, store, one line per shard and cause.
-
-    Example:
-        >>> from pipeline.execution import TaskError
-        >>> from pipeline.shards import StoreLayout
-        >>> cfg = RunConfig.model_validate({"source": {"path": "/d"}, "output": {"path": "/o"}})
-        >>> layout = StoreLayout(n_samples=4, channels=3, height=2, width=2, dtype="float16",
-        ...                      shard_size=2)
-        >>> state = StoreState(Path("/o"), layout, resumed=False, done=frozenset())
-        >>> write = WriteResult(errors=[TaskError("shard 1", "OSError: disk full", "")])
-        >>> print(shard_failure_message(cfg, state, write))
-        1 of 2 shards failed; the store at /o is resumable (rerun the same command):
-          - shard 1: OSError: disk full
-    """
-    after = f" after {attempts} attempts" if attempts and attempts > 1 else ""
-    lines = "\n".join(f"  - {e}" for e in write.errors)
-    return (
-        f"{len(write.errors)} of {state.layout.n_shards} shards failed{after}; the store at "
-        f"{config.output.path} is resumable (rerun the same command):\n{lines}"
-    )
-
-
 @_io_task("write-shards")
 def write_shards_task(
     config: RunConfig, state: StoreState, run_stats: RunStats, *, root: str
@@ -431,7 +405,7 @@ def write_shards_task(
 
     write = run.write_shards(config, state, run_stats, root=root, on_shard=on_shard)
     if write.errors:
-        raise ShardWriteError(shard_failure_message(config, state, write, attempts=attempt))
+        raise ShardWriteError(run.shard_failure_message(config, state, write, attempts=attempt))
     return write
 
 

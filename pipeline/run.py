@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.errors import DecodeError, Failure, ImageprepError
-from pipeline.execution import TaskError, decode_pool, resolve_workers, run_tasks
+from pipeline.execution import TaskError, decode_pool, resolve_workers, run_tasks, torch_threads
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
@@ -56,6 +56,7 @@ __all__ = [
     "resume_stats",
     "validate_sources",
     "scan_source",
+    "shard_failure_message",
     "shard_jobs",
     "write_one_shard",
     "write_shards",
@@ -412,7 +413,9 @@ def write_one_shard(
     from pipeline.shards import write_shard
     from pipeline.transforms import sample_generator
 
-    torch.set_num_threads(1)  # parallelism is Dask's; one thread keeps results bit-stable
+    # parallelism is Dask's; one torch thread keeps results bit-stable (on a cluster
+    # worker this stays set; locally write_shards restores the caller's setting)
+    torch.set_num_threads(1)
     generators = [
         sample_generator(plan.seed, s, k)
         for s, k in zip(job.source_index, job.copy_index, strict=True)
@@ -516,13 +519,16 @@ def write_shards(
             on_shard(todo[position].index, done_count + result.skipped, len(jobs))
 
     start = time.perf_counter()
-    outcomes = run_tasks(
-        tasks,
-        workers=workers,
-        address=config.runtime.dask_address,
-        on_done=on_done,
-        names=[f"shard {job.index}" for job in todo],
-    )
+    # shard tasks run torch single-threaded (write_one_shard); in this process
+    # the setting is restored afterwards
+    with torch_threads(1):
+        outcomes = run_tasks(
+            tasks,
+            workers=workers,
+            address=config.runtime.dask_address,
+            on_done=on_done,
+            names=[f"shard {job.index}" for job in todo],
+        )
     result.seconds = time.perf_counter() - start
     for job, outcome in zip(todo, outcomes, strict=True):
         if isinstance(outcome, TaskError):
@@ -534,6 +540,32 @@ def write_shards(
 
 
 # ----------------------------------------------------------------------------- 5. finish
+
+
+def shard_failure_message(
+    config: RunConfig, state: StoreState, write: WriteResult, *, attempts: int | None = None
+) -> str:
+    """The message of a run whose shards failed: count, store, one line per shard and cause.
+
+    Example:
+        >>> from pipeline.config import RunConfig
+        >>> from pipeline.execution import TaskError
+        >>> from pipeline.shards import StoreLayout, StoreState
+        >>> cfg = RunConfig.model_validate({"source": {"path": "/d"}, "output": {"path": "/o"}})
+        >>> layout = StoreLayout(n_samples=4, channels=3, height=2, width=2, dtype="float16",
+        ...                      shard_size=2)
+        >>> state = StoreState(Path("/o"), layout, resumed=False, done=frozenset())
+        >>> write = WriteResult(errors=[TaskError("shard 1", "OSError: disk full", "")])
+        >>> print(shard_failure_message(cfg, state, write))
+        1 of 2 shards failed; the store at /o is resumable (rerun the same command):
+          - shard 1: OSError: disk full
+    """
+    after = f" after {attempts} attempts" if attempts and attempts > 1 else ""
+    lines = "\n".join(f"  - {e}" for e in write.errors)
+    return (
+        f"{len(write.errors)} of {state.layout.n_shards} shards failed{after}; the store at "
+        f"{config.output.path} is resumable (rerun the same command):\n{lines}"
+    )
 
 
 def finish(
@@ -552,11 +584,7 @@ def finish(
     from pipeline.shards import finalize
 
     if write.errors:
-        lines = "\n".join(f"  - {e}" for e in write.errors)
-        raise ShardWriteError(
-            f"{len(write.errors)} of {state.layout.n_shards} shards failed; the store at "
-            f"{config.output.path} is resumable (rerun the same command):\n{lines}"
-        )
+        raise ShardWriteError(shard_failure_message(config, state, write))
     finalize(
         config.output.path,
         {

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -247,6 +248,19 @@ class TransformPlan:
                 return step
         return None
 
+    @cached_property
+    def crop_op(self) -> Any:
+        """The :class:`ops.RandomResizedCrop` of the crop step (built once per plan)."""
+        step = self.crop_step
+        if step is None:
+            raise InvalidArgumentError("this plan has no random_resized_crop step")
+        return _crop_op(self.size, step)
+
+    @cached_property
+    def augmentations(self) -> list[Any]:
+        """The ops augmentation objects of the steps, crop excluded (built once per plan)."""
+        return _augmentations(self.augment)
+
     def load(
         self, path: str | Path, generator: torch.Generator | None, *, crop: bool = True
     ) -> tuple[torch.Tensor, int]:
@@ -274,9 +288,7 @@ class TransformPlan:
         if crop_step is not None:
             if generator is None:
                 raise InvalidArgumentError("generator is required with random_resized_crop")
-            box = _crop_op(self.size, crop_step).sample_box(
-                image.shape[0], image.shape[1], generator
-            )
+            box = self.crop_op.sample_box(image.shape[0], image.shape[1], generator)
             ibox = tuple(int(round(float(v))) for v in box)
             return resize_image(image, self.size, box=ibox), bits  # type: ignore[arg-type]
         return resize_image(image, self.size, mode=self.resize), bits
@@ -316,7 +328,7 @@ class TransformPlan:
             return out
         device = torch.device(resolve_device(self.device))
         target = torch.from_numpy(out)
-        augmentations = _augmentations(self.augment)
+        augmentations = self.augmentations
         eight_bit = all(p.dtype == torch.uint8 for p in pixels)
         if self.out_dtype == "uint8" and not augmentations and eight_bit:
             for i, p in enumerate(pixels):
