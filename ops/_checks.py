@@ -1,6 +1,6 @@
 """Argument checks shared by every op (kornia's ``core/check.py`` habit).
 
-Each check raises :class:`pipeline.errors.InvalidArgumentError` naming the
+Each check raises :class:`ops.errors.InvalidArgumentError` naming the
 parameter, what was expected and what was got. Messages are formatted only
 when a check fails, so the checks cost next to nothing on the hot path.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = [
     "check_choice",

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ops._checks import check_float_image, check_int, check_positive, compute_dtype
 from ops._padding import pad_symmetric
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = ["local_affinity"]
 

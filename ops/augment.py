@@ -48,7 +48,7 @@ from ops.color import _check_gray_or_rgb, _shadows_highlights, default_tone_sigm
 from ops.filters import _gaussian_blur_per_sample, gaussian_blur
 from ops.geometry import crop_resize
 from ops.noise import _check_band, _dog_filter, dog_band_sigmas
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = [
     "Compose",

@@ -9,7 +9,7 @@ import torch
 
 from ops._checks import check_float_image, check_nonnegative, check_pair, compute_dtype
 from ops._padding import _reflect_indices_list, reflect_indices
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = ["difference_of_gaussians", "gaussian_blur", "gaussian_kernel1d"]
 

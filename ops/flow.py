@@ -17,7 +17,7 @@ from ops._checks import (
 from ops._padding import pad_symmetric
 from ops.filters import gaussian_blur
 from ops.geometry import upsample2x
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = ["Flow", "lucas_kanade"]
 

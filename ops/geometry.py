@@ -14,7 +14,7 @@ from ops._checks import (
     check_size,
     compute_dtype,
 )
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = ["crop_resize", "upsample2x"]
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ops._checks import check_nonnegative, compute_dtype
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = ["dog_band_sigmas", "dog_noise", "dog_peak_frequency", "dog_transfer"]
 

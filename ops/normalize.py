@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ops._checks import check_float_image, check_positive, compute_dtype
-from pipeline.errors import InvalidArgumentError
+from ops.errors import InvalidArgumentError
 
 __all__ = ["denormalize", "normalize", "standardize"]
 

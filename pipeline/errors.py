@@ -1,8 +1,8 @@
 """The project's exceptions and the record of a rejected input.
 
-This module is a leaf: it imports nothing from the project, so that ``ops``
-(the kernel layer below ``pipeline``) can raise these errors without pulling in
-any of the library.
+The base classes live in :mod:`ops.errors` (the layer below, which imports
+nothing from ``pipeline``); this module re-exports them and adds the library's
+own errors, so ``except ImageprepError`` catches a bad kernel argument too.
 
 Bad *arguments* and bad *configuration* raise; bad *data* (a corrupt file) does
 not stop a run: it becomes a :class:`Failure` record with the path and a human
@@ -12,6 +12,8 @@ reason, and the run goes on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ops.errors import ImageprepError, InvalidArgumentError
 
 __all__ = [
     "ConfigError",
@@ -23,18 +25,6 @@ __all__ = [
     "StoreLockedError",
     "StoreMismatchError",
 ]
-
-
-class ImageprepError(ValueError):
-    """Base class of every error imageprep raises on purpose."""
-
-
-class InvalidArgumentError(ImageprepError):
-    """A function argument has the wrong type, shape, dtype or value.
-
-    The message names the parameter, what was expected and what was got, e.g.
-    ``sigma must be >= 0, got -1.0``.
-    """
 
 
 class ConfigError(ImageprepError):
