@@ -45,10 +45,10 @@ from ops._checks import (
     compute_dtype,
 )
 from ops.color import _check_gray_or_rgb, _shadows_highlights, default_tone_sigma, invert
+from ops.errors import InvalidArgumentError
 from ops.filters import _gaussian_blur_per_sample, gaussian_blur
 from ops.geometry import crop_resize
 from ops.noise import _check_band, _dog_filter, dog_band_sigmas
-from ops.errors import InvalidArgumentError
 
 __all__ = [
     "Compose",

@@ -7,8 +7,8 @@ import math
 import torch
 
 from ops._checks import check_float_image, check_image, check_nonnegative, compute_dtype
-from ops.filters import gaussian_blur
 from ops.errors import InvalidArgumentError
+from ops.filters import gaussian_blur
 
 __all__ = ["adjust_shadows_highlights", "default_tone_sigma", "invert", "luminance"]
 

@@ -15,9 +15,9 @@ from ops._checks import (
     compute_dtype,
 )
 from ops._padding import pad_symmetric
+from ops.errors import InvalidArgumentError
 from ops.filters import gaussian_blur
 from ops.geometry import upsample2x
-from ops.errors import InvalidArgumentError
 
 __all__ = ["Flow", "lucas_kanade"]
 
