@@ -17,9 +17,9 @@ from ops.augment import (
 from ops.color import adjust_shadows_highlights, default_tone_sigma, invert, luminance
 from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
 from ops.flow import Flow, lucas_kanade
-from ops.geometry import crop_resize, upsample2x
+from ops.geometry import crop_resize, resize, resize_to, resized_crop, resized_shape, upsample2x
 from ops.noise import dog_band_sigmas, dog_noise, dog_peak_frequency, dog_transfer
-from ops.normalize import denormalize, normalize, standardize
+from ops.normalize import denormalize, normalize, normalize_, standardize
 
 __all__ = [
     "Compose",
@@ -45,6 +45,11 @@ __all__ = [
     "lucas_kanade",
     "luminance",
     "normalize",
+    "normalize_",
+    "resize",
+    "resize_to",
+    "resized_crop",
+    "resized_shape",
     "standardize",
     "upsample2x",
 ]

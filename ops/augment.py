@@ -47,7 +47,7 @@ from ops._checks import (
 from ops.color import _check_gray_or_rgb, _shadows_highlights, default_tone_sigma, invert
 from ops.errors import InvalidArgumentError
 from ops.filters import _gaussian_blur_per_sample, gaussian_blur
-from ops.geometry import crop_resize
+from ops.geometry import resized_crop
 from ops.noise import _check_band, _dog_filter, dog_band_sigmas
 
 __all__ = [
@@ -85,11 +85,26 @@ def _value_or_range(value: Any, name: str, *, low: float, high: float) -> Range:
     """``value`` (a number or a ``(lo, hi)`` pair) as a range inside ``[low, high]``."""
     lo, hi = check_pair(value, name)
     if not (low <= lo <= hi <= high):
+        rule = "lo <= hi"
+        if math.isfinite(low):
+            rule = f"{low} <= {rule}"
+        if math.isfinite(high):
+            rule = f"{rule} <= {high}"
         raise InvalidArgumentError(
-            f"{name} must be a number or a (lo, hi) range with {low} <= lo <= hi <= {high}, "
-            f"got {value!r}"
+            f"{name} must be a number or a (lo, hi) range with {rule}, got {value!r}"
         )
     return lo, hi
+
+
+def _shown(value: Any) -> str:
+    """A value as the run config writes it (a pair as ``[lo, hi]``), for messages."""
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(str(float(v)) for v in value) + "]"
+    return str(float(value)) if isinstance(value, int | float) else repr(value)
+
+
+def _shown_pair(lo: float, hi: float) -> str:
+    return _shown((lo, hi))
 
 
 def _check_generators(x: Any, generators: Any, name: str = "x") -> int:
@@ -236,7 +251,7 @@ class DoGNoise(_BatchAugmentation[DoGNoiseParams]):
             ``((f_low_min, f_low_max), (f_high_min, f_high_max))`` with
             ``f_low_max < f_high_min``; every band drawn must satisfy
             ``0 < f_low < f_high <= 0.5``.
-        rms: the noise RMS per sample, or a ``(lo, hi)`` range, ``>= 0``.
+        rms: the noise RMS per sample, or a ``(lo, hi)`` range, ``> 0``.
         p: probability of adding noise to a sample.
 
     Raises:
@@ -256,12 +271,58 @@ class DoGNoise(_BatchAugmentation[DoGNoiseParams]):
         p: float = 1.0,
     ) -> None:
         self.low, self.high = self._check_band_ranges(band)
-        self.rms = _value_or_range(rms, "rms", low=0.0, high=math.inf)
+        self.rms = self.check_rms(rms)
         self.p = check_probability(p, "p")
 
     @staticmethod
-    def _check_band_ranges(band: Any) -> tuple[Range, Range]:
+    def check_band(band: Any) -> Range:
+        """Return one band ``(f_low, f_high)`` after the rule ``0 < f_low < f_high <= 0.5``.
+
+        The one rule for a noise band in cycles per pixel (0.5 is Nyquist),
+        used by this class and by the run config's ``dog_noise`` step.
+
+        Raises:
+            InvalidArgumentError: not a pair of numbers, ``f_low >= f_high``, or
+                outside ``(0, 0.5]``.
+        """
+        if not (
+            isinstance(band, Sequence)
+            and not isinstance(band, str)
+            and len(band) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in band)
+        ):
+            raise InvalidArgumentError(
+                "band must be a pair (f_low, f_high) in cycles per pixel with "
+                f"0 < f_low < f_high <= 0.5, got {band!r}"
+            )
+        lo, hi = float(band[0]), float(band[1])
+        if not lo < hi:
+            raise InvalidArgumentError(f"f_low must be < f_high, got {_shown_pair(lo, hi)}")
+        if not (0.0 < lo and hi <= 0.5):
+            raise InvalidArgumentError(
+                "the band must lie in (0, 0.5] cycles/pixel (0.5 is Nyquist), "
+                f"got {_shown_pair(lo, hi)}"
+            )
+        return lo, hi
+
+    @staticmethod
+    def check_rms(rms: Any) -> Range:
+        """Return ``rms`` (a number or a ``(lo, hi)`` range) as a range with ``0 < lo <= hi``.
+
+        Raises:
+            InvalidArgumentError: not a number or a range, ``lo > hi``, or ``lo <= 0``.
+        """
+        lo, hi = _value_or_range(rms, "rms", low=0.0, high=math.inf)
+        if lo <= 0.0:
+            raise InvalidArgumentError(f"rms must be > 0, got {_shown(rms)}")
+        return lo, hi
+
+    @classmethod
+    def _check_band_ranges(cls, band: Any) -> tuple[Range, Range]:
         if isinstance(band, Sequence) and not isinstance(band, str) and len(band) == 2:
+            if all(isinstance(v, int | float) and not isinstance(v, bool) for v in band):
+                lo, hi = cls.check_band(band)
+                return (lo, lo), (hi, hi)
             try:
                 low = check_pair(band[0], "band")
                 high = check_pair(band[1], "band")
@@ -432,9 +493,21 @@ class RandomGaussianBlur(_BatchAugmentation[RandomGaussianBlurParams]):
     """
 
     def __init__(self, sigma: float | Range, p: float = 1.0, *, truncate: float = 4.0) -> None:
-        self.sigma = _value_or_range(sigma, "sigma", low=0.0, high=math.inf)
+        self.sigma = self.check_sigma(sigma)
         self.p = check_probability(p, "p")
         self.truncate = check_nonnegative(truncate, "truncate")
+
+    @staticmethod
+    def check_sigma(sigma: Any) -> Range:
+        """Return ``sigma`` (a number or a ``(lo, hi)`` range) as a range with ``0 <= lo <= hi``.
+
+        Raises:
+            InvalidArgumentError: not a number or a range, ``lo > hi``, or ``lo < 0``.
+        """
+        lo, hi = _value_or_range(sigma, "sigma", low=-math.inf, high=math.inf)
+        if lo < 0.0:
+            raise InvalidArgumentError(f"sigma must be >= 0, got {_shown(sigma)}")
+        return lo, hi
 
     def __repr__(self) -> str:
         return f"RandomGaussianBlur(sigma={self.sigma}, p={self.p})"
@@ -503,18 +576,19 @@ class RandomResizedCrop:
     then the fallback: the largest centred crop whose aspect ratio is clamped
     into ``ratio``. The crop box ``(x1, y1, x2, y2) = (left, top, left + w,
     top + h)`` is in pixel-edge coordinates. As torchvision's ``resized_crop``,
-    the pixels inside it are cut out and that crop is resized on its own to
-    ``size`` by :func:`ops.geometry.crop_resize` (bilinear, the crop's edge
-    pixels extended past its border). There is no coin: every call crops.
+    the pixels inside it are cut out and that cut is resized on its own to
+    ``size`` by :func:`ops.geometry.resized_crop` (bilinear,
+    ``align_corners=False``). There is no coin: every call crops.
 
     Antialiasing (default on, as torchvision's ``antialias=True``): when the
-    crop shrinks by a factor ``s > 1`` along an axis, the cropped pixels are
-    first blurred along it with ``sigma = (s - 1) / 2`` (scikit-image's
-    ``resize(anti_aliasing=True)`` rule; the crop's own edges are reflected).
+    crop shrinks along an axis the bilinear (triangle) filter is widened by
+    the scale factor, as Pillow's ``BILINEAR`` resize does. ``uint8`` images
+    are resampled by torch's integer kernel and stay ``uint8``: this class is
+    exactly what the prepare run applies to the decoded pixels.
 
     Args:
         size: output ``(h, w)`` or one int for a square.
-        scale: range of the crop's area as a share of the source's, ``0 < lo <= hi``.
+        scale: range of the crop's area as a share of the source's, ``0 < lo <= hi <= 1``.
         ratio: range of the crop's aspect ratio ``w / h``, ``0 < lo <= hi``.
         antialias: blur before shrinking (see above).
 
@@ -542,25 +616,53 @@ class RandomResizedCrop:
         antialias: bool = True,
     ) -> None:
         self.size = check_size(size, "size")
-        self.scale = self._check_range(scale, "scale")
-        self.ratio = self._check_range(ratio, "ratio")
+        self.scale = self.check_scale(scale)
+        self.ratio = self.check_ratio(ratio)
         if not isinstance(antialias, bool):
             raise InvalidArgumentError(f"antialias must be a bool, got {antialias!r}")
         self.antialias = antialias
 
     @staticmethod
-    def _check_range(value: Any, name: str) -> Range:
+    def _pair_of_numbers(value: Any, name: str) -> Range:
         if not (
             isinstance(value, Sequence)
             and not isinstance(value, str)
             and len(value) == 2
             and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            and 0 < value[0] <= value[1] < math.inf
         ):
-            raise InvalidArgumentError(
-                f"{name} must be a pair (lo, hi) with 0 < lo <= hi, got {value!r}"
-            )
+            raise InvalidArgumentError(f"{name} must be a pair (lo, hi) of numbers, got {value!r}")
         return float(value[0]), float(value[1])
+
+    @classmethod
+    def check_scale(cls, scale: Any) -> Range:
+        """Return ``scale`` as ``(lo, hi)`` with ``0 < lo <= hi <= 1`` (a share of the area).
+
+        The one rule for the crop's area, used by this class and by the run
+        config's ``random_resized_crop`` step.
+
+        Raises:
+            InvalidArgumentError: not a pair of numbers, or out of ``(0, 1]``.
+        """
+        lo, hi = cls._pair_of_numbers(scale, "scale")
+        if not (0.0 < lo <= hi <= 1.0):
+            raise InvalidArgumentError(
+                f"scale must satisfy 0 < lo <= hi <= 1, got {_shown_pair(lo, hi)}"
+            )
+        return lo, hi
+
+    @classmethod
+    def check_ratio(cls, ratio: Any) -> Range:
+        """Return ``ratio`` as ``(lo, hi)`` with ``0 < lo <= hi`` (aspect ratio ``w / h``).
+
+        Raises:
+            InvalidArgumentError: not a pair of numbers, or not ``0 < lo <= hi < inf``.
+        """
+        lo, hi = cls._pair_of_numbers(ratio, "ratio")
+        if not (0.0 < lo <= hi < math.inf):
+            raise InvalidArgumentError(
+                f"ratio must satisfy 0 < lo <= hi, got {_shown_pair(lo, hi)}"
+            )
+        return lo, hi
 
     def __repr__(self) -> str:
         return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio})"
@@ -617,23 +719,20 @@ class RandomResizedCrop:
         return left, top, left + w, top + h
 
     def crop(self, image: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
-        """Resample the integer ``box`` of ``image`` ``(C, H, W)`` to ``size``, antialiased."""
-        x1, y1, x2, y2 = box
-        h, w = self.size
-        region = image[:, y1:y2, x1:x2]
-        if self.antialias:
-            sigma_y = max(0.0, ((y2 - y1) / h - 1.0) / 2.0)
-            sigma_x = max(0.0, ((x2 - x1) / w - 1.0) / 2.0)
-            if sigma_y > 0 or sigma_x > 0:
-                region = gaussian_blur(region, (sigma_y, sigma_x))
-        full = torch.tensor([0.0, 0.0, float(x2 - x1), float(y2 - y1)])
-        return crop_resize(region.unsqueeze(0), full.unsqueeze(0), self.size)[0]
+        """Resize the integer ``box`` of ``image`` ``(*, C, H, W)`` to ``size``.
+
+        :func:`ops.geometry.resized_crop` with this object's ``antialias``:
+        float images stay float, ``uint8`` and wider integer images stay
+        integers (rounded), which is how the prepare run crops its samples.
+        """
+        return resized_crop(image, box, self.size, antialias=self.antialias)
 
     def __call__(self, image: torch.Tensor, *, generator: torch.Generator) -> torch.Tensor:
         """Crop one source image.
 
         Args:
-            image: ``(C, H, W)`` or ``(1, C, H, W)``, floating point, any size.
+            image: ``(C, H, W)`` or ``(1, C, H, W)``, any size, floating point
+                or integer (``uint8`` pixels stay ``uint8``).
             generator: the sample's CPU generator.
 
         Returns:
@@ -642,7 +741,8 @@ class RandomResizedCrop:
         Raises:
             InvalidArgumentError: bad ``image`` or ``generator``.
         """
-        check_float_image(image, "image")
+        if not isinstance(image, torch.Tensor):
+            raise InvalidArgumentError(f"image must be a torch.Tensor, got {type(image).__name__}")
         if image.ndim == 4 and image.shape[0] == 1:
             image = image[0]
         if image.ndim != 3:

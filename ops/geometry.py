@@ -1,4 +1,10 @@
-"""Geometry: crop-and-resize through affine sampling grids, bilinear 2x upsampling."""
+"""Geometry: resizing, crop-and-resize through affine sampling grids, 2x upsampling.
+
+:func:`resize`, :func:`resize_to` and :func:`resized_crop` are the resampling
+the prepare run applies to decoded pixels (antialiased bilinear, integer
+pixels kept integer); :func:`crop_resize` samples arbitrary (sub-pixel,
+differentiable) boxes.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +22,204 @@ from ops._checks import (
 )
 from ops.errors import InvalidArgumentError
 
-__all__ = ["crop_resize", "upsample2x"]
+__all__ = ["crop_resize", "resize", "resize_to", "resized_crop", "resized_shape", "upsample2x"]
 
 _PADDING_MODES = ("border", "zeros", "reflection")
+RESIZE_MODES = ("shorter-side-crop", "stretch", "pad")
+_INTEGER_DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)
+
+
+def _check_resizable(x: object, name: str = "image") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise InvalidArgumentError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 3:
+        raise InvalidArgumentError(f"{name} must have shape (*, C, H, W), got {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in _INTEGER_DTYPES):
+        raise InvalidArgumentError(
+            f"{name} must be floating point or uint8/int16/int32/int64, got {x.dtype}"
+        )
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise InvalidArgumentError(f"{name} must have H >= 1 and W >= 1, got {tuple(x.shape)}")
+    return x
+
+
+def resize(
+    image: torch.Tensor, size: int | tuple[int, int], *, antialias: bool = True
+) -> torch.Tensor:
+    """Resize images to ``size`` with (antialiased) bilinear interpolation, keeping the dtype.
+
+    The resampling is ``F.interpolate(mode="bilinear", align_corners=False)``:
+    pixel-edge coordinates, output pixel ``j`` centred on input
+    ``x = (j + 0.5) W / w - 0.5``. With ``antialias`` (default), shrinking
+    widens the triangle filter by the scale factor, as Pillow's ``BILINEAR``
+    and torchvision's ``resize(antialias=True)`` do, so fine detail does not
+    alias; enlarging is plain bilinear.
+
+    Per dtype:
+
+    - floating point: computed in the dtype (16-bit floats in float32, cast back);
+    - ``uint8``: torch's vectorized uint8 kernel (channels-last), rounded to
+      nearest: integer pixels stay integers, so exact integer statistics can
+      be taken after the resize;
+    - ``int16``/``int32``/``int64`` (e.g. 16-bit pixels held in int32):
+      computed in float64, rounded to nearest, clamped to the input's range
+      of values of the dtype, cast back.
+
+    Args:
+        image: ``(*, C, H, W)``, floating point or integer, ``H, W >= 1``.
+        size: output ``(h, w)`` or one int for a square.
+        antialias: widen the filter when shrinking.
+
+    Returns:
+        ``(*, C, h, w)``, dtype and device of ``image``; ``image`` itself when
+        it already has that size.
+
+    Raises:
+        InvalidArgumentError: bad ``image``, ``size`` or ``antialias``.
+
+    Example:
+        >>> x = torch.randint(0, 256, (3, 375, 500), dtype=torch.uint8)
+        >>> resize(x, (224, 299)).dtype, resize(x, (224, 299)).shape
+        (torch.uint8, torch.Size([3, 224, 299]))
+    """
+    x = _check_resizable(image)
+    h, w = check_size(size)
+    if not isinstance(antialias, bool):
+        raise InvalidArgumentError(f"antialias must be a bool, got {antialias!r}")
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    lead = x.shape[:-3]
+    flat = x.reshape(-1, *x.shape[-3:])
+    if flat.shape[0] == 0:
+        return x.new_empty((*lead, x.shape[-3], h, w))
+    if x.dtype == torch.uint8:
+        # torch's vectorized uint8 path wants channels-last memory
+        flat = flat.contiguous(memory_format=torch.channels_last)
+        out = F.interpolate(
+            flat, size=(h, w), mode="bilinear", antialias=antialias, align_corners=False
+        )
+    elif x.is_floating_point():
+        work = flat.to(compute_dtype(x.dtype))
+        out = F.interpolate(
+            work, size=(h, w), mode="bilinear", antialias=antialias, align_corners=False
+        ).to(x.dtype)
+    else:
+        out = F.interpolate(
+            flat.to(torch.float64),
+            size=(h, w),
+            mode="bilinear",
+            antialias=antialias,
+            align_corners=False,
+        )
+        info = torch.iinfo(x.dtype)
+        out = out.round_().clamp_(info.min, info.max).to(x.dtype)
+    return out.reshape(*lead, x.shape[-3], h, w).contiguous()
+
+
+def resized_shape(height: int, width: int, size: tuple[int, int], mode: str) -> tuple[int, int]:
+    """Return the ``(h, w)`` an image is resized to before its centre crop or pad.
+
+    Convention: ``size`` is the target ``(H, W)``.
+
+    - ``shorter-side-crop``: scale by ``max(H / height, W / width)`` (the image
+      covers the target), rounded; the centre is then cropped to ``(H, W)``
+      (torchvision's ``Resize`` + ``CenterCrop`` when ``H == W``).
+    - ``stretch``: exactly ``(H, W)``; the aspect ratio changes.
+    - ``pad``: scale by ``min(H / height, W / width)`` (the image fits inside
+      the target), rounded; the rest is padded with zeros (black).
+
+    Raises:
+        InvalidArgumentError: ``mode`` is not one of the three.
+
+    Example:
+        >>> resized_shape(375, 500, (224, 224), "shorter-side-crop")
+        (224, 299)
+        >>> resized_shape(375, 500, (224, 224), "pad")
+        (168, 224)
+    """
+    th, tw = size
+    if mode == "stretch":
+        return th, tw
+    if mode == "shorter-side-crop":
+        scale = max(th / height, tw / width)
+        return max(th, round(height * scale)), max(tw, round(width * scale))
+    if mode == "pad":
+        scale = min(th / height, tw / width)
+        return min(th, max(1, round(height * scale))), min(tw, max(1, round(width * scale)))
+    raise InvalidArgumentError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def resize_to(
+    image: torch.Tensor, size: int | tuple[int, int], *, mode: str = "shorter-side-crop"
+) -> torch.Tensor:
+    """Bring images to exactly ``size``: resize (:func:`resize`), then centre crop or pad.
+
+    ``mode`` (see :func:`resized_shape`): ``shorter-side-crop`` scales the
+    image to cover the target and cuts its centre (offsets ``(rh - H) // 2``,
+    ``(rw - W) // 2``); ``stretch`` resizes to the target; ``pad`` scales the
+    image to fit inside and centres it on zeros (black).
+
+    Args:
+        image: ``(*, C, H, W)``, floating point or integer.
+        size: target ``(h, w)`` or one int.
+        mode: ``shorter-side-crop``, ``stretch`` or ``pad``.
+
+    Returns:
+        ``(*, C, h, w)``, dtype and device of ``image``.
+
+    Example:
+        >>> resize_to(torch.rand(3, 375, 500), (224, 224)).shape
+        torch.Size([3, 224, 224])
+    """
+    x = _check_resizable(image)
+    th, tw = check_size(size)
+    check_choice(mode, "mode", RESIZE_MODES)
+    rh, rw = resized_shape(int(x.shape[-2]), int(x.shape[-1]), (th, tw), mode)
+    resized = resize(x, (rh, rw))
+    if mode == "pad":
+        out = resized.new_zeros((*x.shape[:-2], th, tw))
+        top, left = (th - rh) // 2, (tw - rw) // 2
+        out[..., top : top + rh, left : left + rw] = resized
+        return out
+    top, left = (rh - th) // 2, (rw - tw) // 2
+    return resized[..., top : top + th, left : left + tw].contiguous()
+
+
+def resized_crop(
+    image: torch.Tensor,
+    box: tuple[int, int, int, int],
+    size: int | tuple[int, int],
+    *,
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Cut the integer ``box`` out of images and resize the cut to ``size`` (:func:`resize`).
+
+    torchvision's ``resized_crop``: the pixels inside the box are resized on
+    their own, so nothing outside the box leaks in.
+
+    Convention: ``box = (x1, y1, x2, y2)`` in integer pixel-edge coordinates,
+    ``0 <= x1 < x2 <= W`` and ``0 <= y1 < y2 <= H``.
+
+    Raises:
+        InvalidArgumentError: bad ``image`` or ``size``, or a box outside the image.
+
+    Example:
+        >>> resized_crop(torch.rand(3, 100, 80), (0, 23, 79, 91), (32, 32)).shape
+        torch.Size([3, 32, 32])
+    """
+    x = _check_resizable(image)
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if (
+        not (isinstance(box, tuple | list) and len(box) == 4)
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
+        or not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height)
+    ):
+        raise InvalidArgumentError(
+            f"box must be integers (x1, y1, x2, y2) with 0 <= x1 < x2 <= {width} and "
+            f"0 <= y1 < y2 <= {height}, got {box!r}"
+        )
+    x1, y1, x2, y2 = box
+    return resize(x[..., y1:y2, x1:x2], size, antialias=antialias).contiguous()
 
 
 def _check_boxes(boxes: object) -> torch.Tensor:

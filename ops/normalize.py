@@ -10,7 +10,7 @@ import torch
 from ops._checks import check_float_image, check_positive, compute_dtype
 from ops.errors import InvalidArgumentError
 
-__all__ = ["denormalize", "normalize", "standardize"]
+__all__ = ["denormalize", "normalize", "normalize_", "standardize"]
 
 ChannelValues = Sequence[float] | torch.Tensor
 
@@ -103,6 +103,55 @@ def normalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> torch
         return x.clone()
     scale = s.reciprocal()
     return torch.addcmul(-m * scale, x.to(work_dtype), scale).to(x.dtype)
+
+
+def normalize_(
+    x: torch.Tensor,
+    mean: ChannelValues,
+    std: ChannelValues,
+    *,
+    scale: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In-place :func:`normalize` of ``x * scale``: ``x = (x * scale - mean[c]) / std[c]``.
+
+    The prepare run's normalization: pixels converted to a float buffer it
+    owns are scaled to ``[0, 1]`` and normalized in one pass, as
+    ``x * (scale / std) + (-mean / std)``, which differs from the two-step
+    ``normalize(x * scale, mean, std)`` by a few units in the last place.
+
+    Convention: ``scale`` is ``1 / max_value`` of the pixels (``1 / 255`` for
+    8-bit), a number or a tensor that broadcasts against ``x`` (one value per
+    sample of a batch of mixed bit depths: shape ``(B, 1, 1, 1)``);
+    ``None`` means 1.
+
+    Args:
+        x: float image tensor ``(*, C, H, W)``; modified in place, not
+            differentiable (use :func:`normalize` for autograd).
+        mean: ``C`` finite numbers (sequence or 1-D tensor).
+        std: ``C`` finite numbers ``> 0``.
+        scale: the pixel scale (see above).
+
+    Returns:
+        ``x``.
+
+    Raises:
+        InvalidArgumentError: as :func:`normalize`.
+
+    Example:
+        >>> x = torch.tensor([[[255.0]], [[0.0]], [[51.0]]])
+        >>> normalize_(x, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], scale=1 / 255).flatten()
+        tensor([ 1.0000, -1.0000, -0.6000])
+    """
+    check_float_image(x)
+    channels = x.shape[-3]
+    m = _channel_values(mean, "mean", channels, positive=False, dtype=x.dtype, device=x.device)
+    s = _channel_values(std, "std", channels, positive=True, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return x
+    inv = s.reciprocal()
+    shift = -m * inv
+    factor = inv if scale is None else inv * scale
+    return x.mul_(factor).add_(shift)
 
 
 def denormalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> torch.Tensor:

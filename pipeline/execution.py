@@ -3,10 +3,11 @@
 One entry point, :func:`run_tasks`, takes a list of ``dask.delayed`` tasks and
 runs them either with Dask's threaded scheduler (the default: ``workers``
 threads in this process) or on a ``dask.distributed`` cluster reached at
-``address`` (``tcp://host:8786``). Each task's outcome is reported to a
-callback as it finishes, so callers can log progress and so that one failing
-task does not hide the others: exceptions are captured per task and returned
-as :class:`TaskError` objects, never raised half-way through a run.
+``address`` (``tcp://host:8786``). Each task's outcome is handed to a callback
+as it finishes, so callers can log progress and fold results as they arrive
+(:class:`TreeMerge`), and one failing task does not hide the others:
+exceptions are captured per task and returned as :class:`TaskError` objects,
+never raised half-way through a run.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 __all__ = [
     "TaskError",
+    "TreeMerge",
     "decode_pool",
     "guarded",
     "resolve_workers",
     "run_tasks",
     "torch_threads",
 ]
+
+T = TypeVar("T")
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -100,6 +104,7 @@ def run_tasks(
     address: str | None = None,
     on_done: Callable[[int, Any], None] | None = None,
     names: Sequence[str] | None = None,
+    keep: bool = True,
 ) -> list[Any]:
     """Run ``dask.delayed`` tasks; return their results in order.
 
@@ -107,9 +112,13 @@ def run_tasks(
         tasks: delayed objects, each computing one independent result.
         workers: local threads (default: every core); ignored with ``address``.
         address: a ``dask.distributed`` scheduler address to run on instead.
-        on_done: called as ``on_done(position, result)`` as each task finishes.
+        on_done: called as ``on_done(position, result)`` as each task finishes
+            (one call at a time; from a worker thread when local).
         names: what to call each task in a :class:`TaskError` when its worker
             dies on a cluster (default: the Dask key).
+        keep: return the results; with ``False`` each result is dropped once
+            ``on_done`` has seen it (memory bounded by the tasks in flight)
+            and the returned list holds ``None``.
 
     Returns:
         The results, in the order of ``tasks``.
@@ -117,36 +126,38 @@ def run_tasks(
     if not tasks:
         return []
     if address:
-        return _run_distributed(tasks, address, on_done, names)
-    return _run_threads(tasks, resolve_workers(workers), on_done)
+        return _run_distributed(tasks, address, on_done, names, keep)
+    return _run_threads(tasks, resolve_workers(workers), on_done, keep)
 
 
 def _run_threads(
-    tasks: Sequence[Any], workers: int, on_done: Callable[[int, Any], None] | None
+    tasks: Sequence[Any],
+    workers: int,
+    on_done: Callable[[int, Any], None] | None,
+    keep: bool,
 ) -> list[Any]:
     import dask
-    from dask.callbacks import Callback
 
-    positions = {task.key: i for i, task in enumerate(tasks)}
     lock = threading.Lock()
 
-    class _Done(Callback):
-        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-            pos = positions.get(key)
-            if pos is not None and on_done is not None:
-                with lock:
-                    on_done(pos, result)
+    def report(result: Any, position: int) -> Any:
+        # runs in the worker thread right after the task; Dask then frees the
+        # task's result unless it is kept
+        if on_done is not None:
+            with lock:
+                on_done(position, result)
+        return result if keep else None
 
-    with _Done():
-        results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
-    return list(results)
+    wrapped = [dask.delayed(report, pure=False)(task, i) for i, task in enumerate(tasks)]
+    return list(dask.compute(*wrapped, scheduler="threads", num_workers=workers))
 
 
 def _run_distributed(
     tasks: Sequence[Any],
     address: str,
     on_done: Callable[[int, Any], None] | None,
-    names: Sequence[str] | None = None,
+    names: Sequence[str] | None,
+    keep: bool,
 ) -> list[Any]:
     from distributed import Client, as_completed
 
@@ -161,7 +172,60 @@ def _run_distributed(
             except Exception as exc:  # a worker died or the task raised
                 name = names[pos] if names is not None else str(future.key)
                 result = TaskError(name=name, error=f"{type(exc).__name__}: {exc}", traceback="")
-            results[pos] = result
+            future.release()
             if on_done is not None:
                 on_done(pos, result)
+            if keep:
+                results[pos] = result
         return results
+
+
+class TreeMerge(Generic[T]):
+    """Merge ``n`` partial results in a fixed tree as they arrive, in any order.
+
+    Items ``0..n-1`` are merged in groups of ``fan_in`` consecutive positions,
+    then the group results in groups of ``fan_in``, and so on up to one root:
+    the same tree whatever the order of arrival, so a merge that is not
+    associative in floating point (Chan et al.'s update) gives the same bits
+    for every worker count. A group is merged as soon as all its members are
+    there, so only the pending groups are held in memory. Thread-safe.
+
+    Example:
+        >>> tree = TreeMerge(5, lambda *xs: "(" + "+".join(xs) + ")", fan_in=2)
+        >>> for i in (3, 0, 4, 2, 1):
+        ...     tree.add(i, str(i))
+        >>> tree.result()
+        '(((0+1)+(2+3))+((4)))'
+    """
+
+    def __init__(self, n: int, merge: Callable[..., T], *, fan_in: int = 8) -> None:
+        self.merge = merge
+        self.fan_in = fan_in
+        self.sizes = [n]
+        while self.sizes[-1] > 1:
+            self.sizes.append(-(-self.sizes[-1] // fan_in))
+        self._levels: list[dict[int, T]] = [{} for _ in self.sizes]
+        self._root: T | None = None
+        self._lock = threading.Lock()
+
+    def add(self, position: int, item: T) -> None:
+        """Add the item at ``position`` (each position once); merge what is complete."""
+        with self._lock:
+            level = 0
+            while True:
+                if self.sizes[level] == 1:
+                    self._root = item
+                    return
+                pending = self._levels[level]
+                pending[position] = item
+                group = position // self.fan_in
+                lo = group * self.fan_in
+                hi = min(lo + self.fan_in, self.sizes[level])
+                if any(p not in pending for p in range(lo, hi)):
+                    return
+                item = self.merge(*(pending.pop(p) for p in range(lo, hi)))
+                position, level = group, level + 1
+
+    def result(self) -> T | None:
+        """The root, once every item is added (``None`` for ``n == 0`` or before the end)."""
+        return self._root

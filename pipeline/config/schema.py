@@ -1,0 +1,331 @@
+"""The run config's sections and :class:`RunConfig`, with its identity.
+
+See :mod:`pipeline.config` for the rules (paths, ranges, cross-checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from pipeline.config._values import (
+    Bool,
+    Int,
+    Model,
+    PathValue,
+    PositiveInt,
+    Size,
+    resolve_path,
+    show,
+)
+from pipeline.config.steps import (
+    AugmentStep,
+    DogNoiseStep,
+    GaussianBlurStep,
+    InvertStep,
+    RandomResizedCropStep,
+    ShadowsHighlightsStep,
+    Step,
+)
+from pipeline.errors import ConfigError
+from pipeline.store.codecs import CODEC_LEVELS, Compression
+
+__all__ = [
+    "IDENTITY_VERSION",
+    "NOT_IN_IDENTITY",
+    "PATH_KEYS",
+    "CompressionConfig",
+    "OutputConfig",
+    "RunConfig",
+    "RuntimeConfig",
+    "SourceConfig",
+    "StatsConfig",
+    "TransformConfig",
+    "default_augment",
+]
+
+
+def default_augment() -> tuple[Step, ...]:
+    """The default ``transform.augment``: the contract's example list."""
+    return (
+        InvertStep(op="invert", p=0.5),
+        DogNoiseStep(op="dog_noise", band=(0.05, 0.2), rms=0.08, p=1.0),
+        ShadowsHighlightsStep(op="shadows_highlights", shadows=0.3, highlights=-0.2),
+        GaussianBlurStep(op="gaussian_blur", sigma=(0.1, 1.5)),
+        RandomResizedCropStep(op="random_resized_crop", scale=(0.35, 1.0), ratio=(0.75, 1.333)),
+    )
+
+
+#: Version of the identity hash's input; bump it when the meaning of a key changes.
+IDENTITY_VERSION = "imageprep-config/1"
+
+#: Keys left out of :meth:`RunConfig.identity`: they do not determine the stored bytes.
+NOT_IN_IDENTITY: tuple[tuple[str, str], ...] = (
+    ("source", "path"),  # where the source is; its content enters through the source fingerprint
+    ("output", "path"),  # where the store is; moving a store does not change it
+    ("output", "overwrite"),  # what to do with an existing store, not what to write
+    ("runtime", "workers"),  # results are bit-identical whatever the worker count
+    ("runtime", "dask_address"),  # ... and whatever the cluster
+)
+
+#: The keys that hold paths (relative ones resolve against the config file's folder).
+PATH_KEYS: tuple[tuple[str, str], ...] = (("source", "path"), ("stats", "file"), ("output", "path"))
+
+# --------------------------------------------------------------------------- sections
+
+
+class SourceConfig(Model):
+    """Where the images come from and how they are labelled."""
+
+    path: PathValue = Field(description="Folder of images, scanned recursively. Required.")
+    labels: Literal["folders", "none"] = Field(
+        default="folders",
+        description="folders: the first-level subfolder is the class; none: every label is -1.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        return resolve_path(value, info)
+
+
+class StatsConfig(Model):
+    """How the dataset statistics are obtained."""
+
+    method: Literal["exact", "chan", "two-pass"] = Field(
+        default="exact", description="exact (integer sums) | chan (pairwise merge) | two-pass."
+    )
+    at: Literal["source", "resized"] = Field(
+        default="source",
+        description="source: decoded pixels; resized: after resize, before normalize.",
+    )
+    file: PathValue | None = Field(
+        default=None, description="Reuse this stats JSON instead of computing (must exist)."
+    )
+
+    @field_validator("file")
+    @classmethod
+    def _check_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = resolve_path(value, info)
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+
+class TransformConfig(Model):
+    """What every sample goes through between decoding and the store."""
+
+    size: Size = Field(default=(224, 224), description="[H, W] of every sample, positive integers.")
+    resize: Literal["shorter-side-crop", "stretch", "pad"] = Field(
+        default="shorter-side-crop",
+        description="shorter-side-crop (scale shorter side, center crop) | stretch | pad.",
+    )
+    normalize: Bool = Field(default=True, description="(x - mean) / std with the dataset stats.")
+    copies: PositiveInt = Field(
+        default=1, description="Independently augmented samples per source image (>= 1)."
+    )
+    augment: tuple[AugmentStep, ...] = Field(
+        default_factory=default_augment,
+        description="Augmentation steps, applied in order after the resize; [] for none.",
+    )
+
+    @field_validator("augment")
+    @classmethod
+    def _check_augment(cls, steps: tuple[Any, ...]) -> tuple[Any, ...]:
+        crops = [i for i, s in enumerate(steps) if s.op == "random_resized_crop"]
+        if len(crops) > 1:
+            raise ValueError(
+                f"random_resized_crop may appear at most once, got {len(crops)} "
+                f"(steps {', '.join(map(str, crops))})"
+            )
+        return steps
+
+
+class CompressionConfig(Model):
+    """The compressor of every array in the store.
+
+    ``zstd`` and ``gzip`` are the plain codecs; ``blosc`` is Blosc with LZ4
+    and the shuffle filter chosen by Zarr for the dtype; ``none`` stores raw
+    bytes. ``level`` defaults per codec (zstd 3, blosc 5, gzip 6).
+    """
+
+    codec: Literal["zstd", "blosc", "gzip", "none"] = Field(
+        default="zstd", description="zstd | blosc | gzip | none."
+    )
+    level: Int | None = Field(
+        default=None,
+        validate_default=True,
+        description="zstd 1..22 (default 3), blosc 0..9 (5), gzip 0..9 (6); none takes no level.",
+    )
+
+    @field_validator("level")
+    @classmethod
+    def _check_level(cls, level: int | None, info: ValidationInfo) -> int | None:
+        codec = info.data.get("codec")
+        if codec is None:  # the codec itself is invalid: reported on its own
+            return level
+        if codec == "none":
+            if level is not None:
+                raise ValueError(f"codec 'none' takes no level, got {level}")
+            return None
+        lo, hi, default = CODEC_LEVELS[codec]
+        if level is None:
+            return default
+        if not lo <= level <= hi:
+            raise ValueError(f"{codec} level must be in {lo}..{hi}, got {level}")
+        return level
+
+    def compression(self) -> Compression:
+        """The storage layer's :class:`~pipeline.store.Compression` of this section."""
+        return Compression(self.codec, self.level)
+
+
+class OutputConfig(Model):
+    """The Zarr store written by the run."""
+
+    path: PathValue = Field(description="The Zarr v3 store (a folder). Required.")
+    dtype: Literal["float16", "float32", "uint8"] = Field(
+        default="float16",
+        description="float16 | float32 | uint8 (uint8 stores un-normalized pixels).",
+    )
+    shard_size: PositiveInt = Field(
+        default=256, description="Samples per shard; one shard is written by one task."
+    )
+    compression: CompressionConfig = Field(
+        default_factory=lambda: CompressionConfig(codec="zstd", level=3),
+        description="Compressor: {codec, level}.",
+    )
+    overwrite: Bool = Field(
+        default=False, description="Replace an existing store made with another config or source."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        return resolve_path(value, info)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+")
+_ADDRESS = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/]+")
+
+
+class RuntimeConfig(Model):
+    """How the run executes; only ``seed``, ``device`` and ``batch_size`` can change bytes."""
+
+    seed: Int = Field(
+        default=0, ge=0, lt=2**63, description="Sample i, copy k always gets the same randomness."
+    )
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N.")
+    workers: PositiveInt | None = Field(
+        default=None, description="Local worker threads (null: all cores)."
+    )
+    batch_size: PositiveInt = Field(default=64, description="Images per kernel call.")
+    dask_address: str | None = Field(
+        default=None, description="scheme://host:port of an existing Dask scheduler (null: local)."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, device: str) -> str:
+        if not _DEVICE.fullmatch(device):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {show(device)}")
+        return device
+
+    @field_validator("dask_address")
+    @classmethod
+    def _check_address(cls, address: str | None) -> str | None:
+        if address is not None and not _ADDRESS.fullmatch(address):
+            raise ValueError(
+                f"expected scheme://host:port (e.g. tcp://host:8786), got {show(address)}"
+            )
+        return address
+
+
+class RunConfig(Model):
+    """A validated run configuration (see the module docstring for the rules).
+
+    Build it with :func:`load_config` from a YAML file, or with
+    ``RunConfig.model_validate(dict)`` (relative paths then resolve against
+    ``context={"base_dir": ...}`` or the working directory); invalid input
+    raises pydantic's ``ValidationError`` there, and :func:`validate_config`
+    turns it into a :class:`~pipeline.errors.ConfigError`.
+    """
+
+    source: SourceConfig = Field(description="The input images.")
+    stats: StatsConfig = Field(default_factory=StatsConfig, description="Dataset statistics.")
+    transform: TransformConfig = Field(
+        default_factory=TransformConfig, description="Resize, normalize, augment."
+    )
+    output: OutputConfig = Field(description="The Zarr store.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Execution.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _required_sections(cls, data: Any) -> Any:
+        # A missing section is reported as its missing required key (source.path),
+        # which says more than "source: required key is missing".
+        if isinstance(data, dict):
+            data = dict(data)
+            for section in ("source", "output"):
+                data.setdefault(section, {})
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.output.dtype == "uint8" and self.transform.normalize:
+            raise ValueError(
+                "output.dtype: uint8 stores un-normalized pixels; set transform.normalize: false "
+                "(or use float16/float32), got dtype uint8 with normalize true"
+            )
+        return self
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """Return every key with its value, JSON-safe (paths as absolute strings).
+
+        This is what the store records as the run's config;
+        ``RunConfig.model_validate(cfg.resolved_dict()) == cfg``.
+        """
+        return self.model_dump(mode="json")
+
+    def identity(self) -> str:
+        """Return a hex SHA-256 of everything in the config that determines the stored bytes.
+
+        Two configs with the same identity write the same samples from the same
+        source, so a store can be resumed only by a run of the same identity
+        (and the same source fingerprint, compared separately). Left out:
+        ``source.path`` and ``output.path`` (locations: the source's content
+        enters through its fingerprint, and a store may be moved),
+        ``output.overwrite`` (a policy), ``runtime.workers`` and
+        ``runtime.dask_address`` (results are bit-identical whatever the
+        parallelism). ``stats.file`` enters as the SHA-256 of the file's
+        content, not its path. Everything else is in, including
+        ``runtime.device`` and ``runtime.batch_size``, which may change the
+        last float16 ulp.
+
+        Raises:
+            ConfigError: ``stats.file`` can no longer be read.
+        """
+        data = self.resolved_dict()
+        for section, key in NOT_IN_IDENTITY:
+            data[section].pop(key)
+        if self.stats.file is not None:
+            try:
+                digest = hashlib.sha256(self.stats.file.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise ConfigError(f"stats.file: cannot read {self.stats.file}: {exc}") from exc
+            data["stats"]["file"] = {"sha256": digest}
+        canonical = json.dumps(
+            {"version": IDENTITY_VERSION, "config": data},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+            allow_nan=False,
+        )
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()

@@ -1,0 +1,203 @@
+"""The augmentation steps of ``transform.augment``: one registry, op name -> model -> ops class.
+
+Each step is a config model (its keys, defaults and descriptions) that knows
+the :mod:`ops` augmentation it configures (:attr:`Step.augmentation`) and
+builds it (:meth:`Step.build`). The rules on the values (a band inside
+``(0, 0.5]``, ``rms > 0``, ``scale`` inside ``(0, 1]``, ...) are the ops
+classes' own checks (``DoGNoise.check_band``, ``RandomResizedCrop.check_scale``,
+...): the config calls them, so a value the config accepts is one the kernel
+accepts, and the message is the same. The models only shape YAML values into
+numbers and ``[lo, hi]`` ranges.
+
+:data:`STEPS` maps each op name to its model; :data:`AugmentStep` is the
+discriminated union pydantic validates a list item with.
+
+Example:
+    >>> step = DogNoiseStep(op="dog_noise", band=(0.05, 0.2), rms=0.08)
+    >>> step.build((64, 64))
+    DoGNoise(band=((0.05, 0.05), (0.2, 0.2)), rms=(0.08, 0.08), p=1.0)
+    >>> sorted(STEPS)
+    ['dog_noise', 'gaussian_blur', 'invert', 'random_resized_crop', 'shadows_highlights']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal, get_args
+
+from pydantic import Field, ValidationInfo, field_validator
+
+import ops
+from ops.errors import InvalidArgumentError
+from pipeline.config._values import Model, Pair, Probability, ValueOrRange, show
+
+__all__ = [
+    "STEPS",
+    "AugmentStep",
+    "DogNoiseStep",
+    "GaussianBlurStep",
+    "InvertStep",
+    "RandomResizedCropStep",
+    "ShadowsHighlightsStep",
+    "Step",
+]
+
+
+def _rule(check: Callable[[Any], Any], value: Any) -> Any:
+    """Apply an ops class's value check; its message becomes the key's message."""
+    try:
+        check(value)
+    except InvalidArgumentError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+class Step(Model):
+    """Base of the augment steps: ``op`` names the step, ``p`` its probability."""
+
+    #: The :mod:`ops` class this step configures.
+    augmentation: ClassVar[type]
+
+    op: str
+    p: Probability = Field(default=1.0, description="Probability of applying the step to a sample.")
+
+    def build(self, size: tuple[int, int]) -> Any:
+        """The :mod:`ops` augmentation of this step for samples of ``size`` ``(H, W)``."""
+        raise NotImplementedError
+
+
+class InvertStep(Step):
+    """``1 - x`` on the [0, 1] image, with probability ``p``."""
+
+    augmentation = ops.RandomInvert
+    op: Literal["invert"] = Field(description="Invert the image: 1 - x.")
+
+    def build(self, size: tuple[int, int]) -> ops.RandomInvert:
+        """:class:`ops.RandomInvert` with this step's ``p``."""
+        return ops.RandomInvert(p=self.p)
+
+
+class DogNoiseStep(Step):
+    """Band-pass (difference-of-Gaussians) noise added to the image."""
+
+    augmentation = ops.DoGNoise
+    op: Literal["dog_noise"] = Field(description="Add band-pass (DoG-filtered) Gaussian noise.")
+    band: Pair = Field(
+        description="[f_low, f_high] pass band in cycles/pixel, 0 < f_low < f_high <= 0.5."
+    )
+    rms: ValueOrRange = Field(
+        description="RMS of the added noise (> 0), a value or a [lo, hi] range."
+    )
+
+    @field_validator("band")
+    @classmethod
+    def _check_band(cls, band: tuple[float, float]) -> tuple[float, float]:
+        return _rule(ops.DoGNoise.check_band, band)  # type: ignore[no-any-return]
+
+    @field_validator("rms")
+    @classmethod
+    def _check_rms(cls, rms: float | tuple[float, float]) -> float | tuple[float, float]:
+        return _rule(ops.DoGNoise.check_rms, rms)  # type: ignore[no-any-return]
+
+    def build(self, size: tuple[int, int]) -> ops.DoGNoise:
+        """:class:`ops.DoGNoise` with this step's band, rms and ``p``."""
+        return ops.DoGNoise(band=self.band, rms=self.rms, p=self.p)
+
+
+class ShadowsHighlightsStep(Step):
+    """Lift or darken shadows and highlights; 0 leaves them unchanged."""
+
+    augmentation = ops.ShadowsHighlights
+    op: Literal["shadows_highlights"] = Field(description="Shadows/highlights tone adjustment.")
+    shadows: ValueOrRange = Field(
+        default=0.0,
+        description="Shadow amount in [-1, 1] (> 0 lifts), a value or a [lo, hi] range.",
+    )
+    highlights: ValueOrRange = Field(
+        default=0.0,
+        description="Highlight amount in [-1, 1] (< 0 darkens), a value or a [lo, hi] range.",
+    )
+
+    @field_validator("shadows", "highlights")
+    @classmethod
+    def _check_amount(cls, value: float | tuple[float, float], info: ValidationInfo) -> Any:
+        lo, hi = (value, value) if isinstance(value, float) else value
+        if lo < -1.0 or hi > 1.0:
+            raise ValueError(f"{info.field_name} must lie in [-1, 1], got {show(value)}")
+        return value
+
+    def build(self, size: tuple[int, int]) -> ops.ShadowsHighlights:
+        """:class:`ops.ShadowsHighlights` with this step's amounts and ``p``."""
+        return ops.ShadowsHighlights(shadows=self.shadows, highlights=self.highlights, p=self.p)
+
+
+class GaussianBlurStep(Step):
+    """Gaussian blur with standard deviation ``sigma`` (pixels)."""
+
+    augmentation = ops.RandomGaussianBlur
+    op: Literal["gaussian_blur"] = Field(description="Gaussian blur.")
+    sigma: ValueOrRange = Field(
+        description="Standard deviation in pixels (>= 0), a value or a [lo, hi] range."
+    )
+
+    @field_validator("sigma")
+    @classmethod
+    def _check_sigma(cls, sigma: float | tuple[float, float]) -> float | tuple[float, float]:
+        return _rule(ops.RandomGaussianBlur.check_sigma, sigma)  # type: ignore[no-any-return]
+
+    def build(self, size: tuple[int, int]) -> ops.RandomGaussianBlur:
+        """:class:`ops.RandomGaussianBlur` with this step's sigma and ``p``."""
+        return ops.RandomGaussianBlur(sigma=self.sigma, p=self.p)
+
+
+class RandomResizedCropStep(Step):
+    """A random crop of random area and aspect ratio, resized to ``transform.size``.
+
+    It replaces the resize: it is applied first, wherever it is listed.
+    """
+
+    augmentation = ops.RandomResizedCrop
+    op: Literal["random_resized_crop"] = Field(
+        description="Random crop resized to transform.size; replaces the resize."
+    )
+    scale: Pair = Field(
+        default=(0.08, 1.0), description="[lo, hi] crop area as a fraction of the image, in (0, 1]."
+    )
+    ratio: Pair = Field(
+        default=(0.75, 4.0 / 3.0), description="[lo, hi] crop aspect ratio W/H, > 0."
+    )
+    p: Probability = Field(default=1.0, description="Must be 1 (the crop replaces the resize).")
+
+    @field_validator("scale")
+    @classmethod
+    def _check_scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        return _rule(ops.RandomResizedCrop.check_scale, scale)  # type: ignore[no-any-return]
+
+    @field_validator("ratio")
+    @classmethod
+    def _check_ratio(cls, ratio: tuple[float, float]) -> tuple[float, float]:
+        return _rule(ops.RandomResizedCrop.check_ratio, ratio)  # type: ignore[no-any-return]
+
+    @field_validator("p")
+    @classmethod
+    def _check_p(cls, p: float) -> float:
+        if p != 1.0:
+            raise ValueError(f"random_resized_crop replaces the resize, so p must be 1, got {p}")
+        return p
+
+    def build(self, size: tuple[int, int]) -> ops.RandomResizedCrop:
+        """:class:`ops.RandomResizedCrop` to ``size`` with this step's scale and ratio."""
+        return ops.RandomResizedCrop(size, scale=self.scale, ratio=self.ratio)
+
+
+#: The step models pydantic chooses between by ``op`` (the registry's one listing).
+AugmentStep = Annotated[
+    InvertStep | DogNoiseStep | ShadowsHighlightsStep | GaussianBlurStep | RandomResizedCropStep,
+    Field(discriminator="op"),
+]
+
+#: op name -> step model.
+STEPS: dict[str, type[Step]] = {
+    get_args(model.model_fields["op"].annotation)[0]: model
+    for model in get_args(get_args(AugmentStep)[0])
+}

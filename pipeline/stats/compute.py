@@ -1,0 +1,149 @@
+"""Statistics of a source: chunks of files decoded in parallel, partials merged in a fixed tree.
+
+Files are decoded in chunks of ``chunk_size`` by Dask tasks (local threads, or
+the workers of a Dask cluster, :func:`pipeline.execution.run_tasks`); each
+task returns a small :class:`~pipeline.stats.exact.Partial` (histograms and
+exact sums, a few kB), and the partials are merged as they arrive in the same
+fixed tree whatever the worker count (:class:`pipeline.execution.TreeMerge`),
+so memory is bounded by the chunks in flight, not the dataset.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
+from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
+from pipeline.sources import Manifest, scan
+from pipeline.stats.exact import Partial, finish, hist_moments, merge
+from pipeline.stats.model import Stats
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "METHODS", "Method", "compute_stats"]
+
+Method = Literal["exact", "chan", "two-pass"]
+METHODS: tuple[str, ...] = ("exact", "chan", "two-pass")
+DEFAULT_CHUNK_SIZE = 64
+"""Files per Dask task in :func:`compute_stats`."""
+
+
+def _chunk(
+    root: str,
+    paths: tuple[str, ...],
+    method: str,
+    max_pixels: int | None,
+    loader: Callable[[str], ImageHistogram] | None = None,
+) -> Partial:
+    part = Partial()
+    for rel in paths:
+        try:
+            path = os.path.join(root, rel)
+            if loader is None:
+                h = decode_histogram(path, max_pixels=max_pixels)
+            else:
+                h = loader(path)
+        except DecodeError as e:
+            part.failures.append(Failure(rel, e.reason))
+        else:
+            part.add_image(h)
+    if method == "chan":
+        part.moments = hist_moments(part.hist8, part.hist16)
+    return part
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(f"{name} must be a positive int, got {value!r}")
+
+
+def compute_stats(
+    source: str | Path | Manifest,
+    *,
+    method: Method = "exact",
+    workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+    loader: Callable[[str], ImageHistogram] | None = None,
+    address: str | None = None,
+) -> Stats:
+    """Compute per-channel statistics of a folder of images (or of its manifest).
+
+    See :mod:`pipeline.stats.exact` for what each method computes.
+
+    Args:
+        source: a folder (scanned with :func:`pipeline.sources.scan`) or a
+            manifest.
+        method: ``exact`` (default), ``chan`` or ``two-pass``.
+        workers: threads; ``None`` for every core.
+        chunk_size: files per task.
+        max_pixels: decompression bomb limit per image (``None``: none).
+        progress: called with the chunk's file count as each chunk ends.
+        loader: per-file function returning the :class:`ImageHistogram` to
+            count, instead of :func:`decode_histogram` (the prepare step
+            passes decode + resize for ``stats.at: resized``); it must raise
+            :class:`DecodeError` for a bad file.
+        address: run the chunk tasks on the ``dask.distributed`` scheduler
+            at this address; the result equals a local run.
+
+    Returns:
+        The statistics; ``failures`` holds the scan's rejections and every file
+        that could not be decoded, sorted by path; ``fingerprint`` the
+        manifest's.
+
+    Raises:
+        InvalidArgumentError: an option is invalid or ``source`` is not a folder.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> d = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (4, 2), (0, 255, 51)).save(d / "a.png")
+        >>> _ = (d / "b.jpg").write_bytes(b"not a jpeg")
+        >>> s = compute_stats(d, workers=1)
+        >>> s.images, s.count, s.mean, s.std
+        (1, 8, [0.0, 1.0, 0.2], [0.0, 0.0, 0.0])
+        >>> s.failures
+        [Failure(path='b.jpg', error='not an image: cannot identify image file')]
+    """
+    if method not in METHODS:
+        raise InvalidArgumentError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if workers is not None:
+        _check_positive_int("workers", workers)
+    _check_positive_int("chunk_size", chunk_size)
+    if max_pixels is not None:
+        _check_positive_int("max_pixels", max_pixels)
+    manifest = source if isinstance(source, Manifest) else scan(source)
+
+    import dask
+
+    from pipeline.execution import TaskError, TreeMerge, run_tasks
+
+    root = str(manifest.root)
+    paths = [f.path for f in manifest.files]
+    chunks = [tuple(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
+    tasks = [
+        dask.delayed(_chunk, pure=False)(root, chunk, method, max_pixels, loader)
+        for chunk in chunks
+    ]
+    tree: TreeMerge[Partial] = TreeMerge(len(chunks), merge)
+    errors: list[TaskError] = []
+
+    def on_done(position: int, part: Any) -> None:
+        if isinstance(part, TaskError):
+            errors.append(TaskError(f"{position}", part.error, part.traceback))
+        else:
+            tree.add(position, part)
+        if progress is not None:
+            progress(len(chunks[position]))
+
+    run_tasks(tasks, workers=workers, address=address, on_done=on_done, keep=False)
+    if errors:  # a worker died: the chunk's files were never measured
+        raise ImageprepError(f"statistics could not be computed: chunk {errors[0]}")
+    part = tree.result() or Partial()
+    stats = finish(part, method)
+    stats.failures = sorted([*manifest.rejected, *part.failures])
+    stats.fingerprint = manifest.fingerprint
+    return stats

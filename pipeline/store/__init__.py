@@ -1,0 +1,85 @@
+"""The Zarr v3 store: layout, codecs, creation and resume, shard writer, verify, lock.
+
+The storage layer takes plain values (shapes, a :class:`Compression`, JSON
+attributes), never the run config: :mod:`pipeline.run` turns a config into
+those values.
+
+- :mod:`~pipeline.store.layout`: :class:`StoreLayout` (shape, dtype, shard size).
+- :mod:`~pipeline.store.codecs`: :class:`Compression` and the codec table.
+- :mod:`~pipeline.store.group`: opening a store, its attribute and arrays.
+- :mod:`~pipeline.store.create`: :func:`create_store`, :func:`open_or_create`.
+- :mod:`~pipeline.store.writer`: :func:`write_shard`, records, :func:`finalize`.
+- :mod:`~pipeline.store.verify`: :func:`verify`.
+- :mod:`~pipeline.store.lock`: :class:`StoreLock`.
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> path = tempfile.mkdtemp() + "/ds.zarr"
+    >>> layout = StoreLayout(n_samples=5, channels=3, height=4, width=4, dtype="float16",
+    ...                      shard_size=2)
+    >>> layout.n_shards, list(layout.shard_rows(2))
+    (3, [4])
+    >>> attrs = {"config_identity": "abc", "source_fingerprint": "fp", "classes": ["a", "b"]}
+    >>> create_store(path, layout, attrs=attrs, paths=["a/0.png", "b/1.png"])
+    >>> rng = np.random.default_rng(0)
+    >>> for i in range(layout.n_shards):
+    ...     n = len(layout.shard_rows(i))
+    ...     _ = write_shard(path, i, images=rng.random((n, 3, 4, 4)), labels=np.zeros(n, int),
+    ...                     source_index=np.zeros(n, int), copy_index=np.zeros(n, int))
+    >>> sorted(done_shards(path)), verify(path).ok
+    ([0, 1, 2], True)
+"""
+
+from pipeline.store.codecs import CODEC_LEVELS, CODECS, Compression
+from pipeline.store.create import StoreState, create_store, differences, open_or_create
+from pipeline.store.group import (
+    ATTRIBUTE,
+    FORMAT_VERSION,
+    format_ranges,
+    get_array,
+    open_group,
+    read_array,
+    read_attrs,
+    read_layout,
+)
+from pipeline.store.layout import DTYPES, StoreLayout
+from pipeline.store.lock import StoreLock
+from pipeline.store.verify import ShardProblem, VerifyReport, verify
+from pipeline.store.writer import (
+    ShardRecord,
+    done_shards,
+    finalize,
+    read_records,
+    shard_digest,
+    write_shard,
+)
+
+__all__ = [
+    "ATTRIBUTE",
+    "CODECS",
+    "CODEC_LEVELS",
+    "DTYPES",
+    "FORMAT_VERSION",
+    "Compression",
+    "ShardProblem",
+    "ShardRecord",
+    "StoreLayout",
+    "StoreLock",
+    "StoreState",
+    "VerifyReport",
+    "create_store",
+    "differences",
+    "done_shards",
+    "finalize",
+    "format_ranges",
+    "get_array",
+    "open_group",
+    "open_or_create",
+    "read_array",
+    "read_attrs",
+    "read_layout",
+    "read_records",
+    "shard_digest",
+    "verify",
+    "write_shard",
+]

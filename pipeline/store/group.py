@@ -1,0 +1,163 @@
+"""Opening an imageprep store: the group, its ``imageprep`` attribute, its arrays.
+
+The helpers here are the public way for the rest of the library (reader,
+report, run) to reach into a store: :func:`open_group`, :func:`read_attrs`,
+:func:`read_layout`, :func:`get_array`, :func:`read_array`, and
+:func:`format_ranges` for messages that list shard indices.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.errors import InvalidArgumentError, StoreError
+from pipeline.store.layout import StoreLayout
+
+__all__ = [
+    "ATTRIBUTE",
+    "CREATING",
+    "FORMAT_VERSION",
+    "PathLike",
+    "format_ranges",
+    "get_array",
+    "group_of",
+    "now",
+    "open_group",
+    "open_zarr_group",
+    "read_array",
+    "read_attrs",
+    "read_layout",
+]
+
+#: Name of the group attribute that holds imageprep's metadata.
+ATTRIBUTE = "imageprep"
+#: Version of the store layout; a reader refuses versions it does not know.
+FORMAT_VERSION = 1
+#: Group attribute present only while :func:`pipeline.store.create_store` runs.
+CREATING = "imageprep_creating"
+PathLike = str | os.PathLike[str]
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second (what the store records)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def open_group(path: PathLike, *, mode: str = "r") -> zarr.Group:
+    """Open an imageprep store's root group.
+
+    Args:
+        path: the store folder.
+        mode: ``"r"`` (read-only) or ``"r+"`` (read and write).
+
+    Raises:
+        StoreError: there is no complete imageprep store at ``path``, or its
+            format version is unknown.
+    """
+    group = open_zarr_group(path, mode=mode)
+    meta = group.attrs.get(ATTRIBUTE)
+    if not isinstance(meta, dict):
+        if CREATING in group.attrs:
+            raise StoreError(f"{path}: the store was not completely created (interrupted run)")
+        raise StoreError(f"{path}: not an imageprep store (no '{ATTRIBUTE}' group attribute)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: store format_version must be {FORMAT_VERSION}, got {version!r} "
+            f"(written by another imageprep version)"
+        )
+    return group
+
+
+def open_zarr_group(path: PathLike, *, mode: str) -> zarr.Group:
+    """Open the Zarr v3 group at ``path`` without checking that imageprep made it.
+
+    Raises:
+        StoreError: no folder, or not a Zarr v3 group.
+    """
+    if mode not in ("r", "r+"):
+        raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r}")
+    if not Path(path).is_dir():
+        raise StoreError(f"{path}: no such store (not a folder)")
+    try:
+        return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)  # type: ignore[arg-type]
+    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError) as exc:
+        raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
+
+
+def group_of(store: PathLike | zarr.Group, *, mode: str = "r") -> zarr.Group:
+    """``store`` itself when it is an open group, else :func:`open_group` of it."""
+    if isinstance(store, zarr.Group):
+        return store
+    return open_group(store, mode=mode)
+
+
+def read_array(array: zarr.Array, selection: Any = slice(None)) -> np.ndarray:
+    """Read ``array[selection]`` as a NumPy array."""
+    return np.asarray(array[selection])
+
+
+def get_array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group``.
+
+    Raises:
+        StoreError: it is missing or is a group.
+    """
+    try:
+        node = group[name]
+    except KeyError as exc:
+        raise StoreError(f"{group.store}: array '{name}' is missing") from exc
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.store}: '{name}' must be an array, got a group")
+    return node
+
+
+def read_attrs(store: PathLike | zarr.Group) -> dict[str, Any]:
+    """Return the store's ``imageprep`` attribute (a copy).
+
+    Raises:
+        StoreError: not an imageprep store.
+    """
+    meta: dict[str, Any] = json.loads(json.dumps(group_of(store).attrs[ATTRIBUTE]))
+    return meta
+
+
+def read_layout(store: PathLike | zarr.Group) -> StoreLayout:
+    """Return the store's layout, checked against the ``images`` array's metadata.
+
+    Raises:
+        StoreError: not an imageprep store, or the attribute and the arrays disagree.
+    """
+    group = group_of(store)
+    layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    images = get_array(group, "images")
+    expected = (layout.n_samples, *layout.sample_shape)
+    if images.shape != expected or str(images.dtype) != layout.dtype:
+        raise StoreError(
+            f"{group.store}: images must have shape {expected} and dtype {layout.dtype} as its "
+            f"layout says, got {images.shape} {images.dtype}"
+        )
+    return layout
+
+
+def format_ranges(indices: Sequence[int], limit: int = 10) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (at most ``limit`` parts)."""
+    parts: list[str] = []
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs]
+    if len(parts) > limit:
+        return ", ".join(parts[:limit]) + f", ... ({len(parts) - limit} more)"
+    return ", ".join(parts)

@@ -1,0 +1,239 @@
+"""Writing shards: one task writes one whole shard, its checksummed record, ``done`` last.
+
+A shard is written in this order: its ``done`` flag is cleared, the data is
+written, then ``rows`` and ``sha256``, then ``done``; a shard counts as
+written only once ``done`` is True, so a process killed anywhere in between
+leaves the shard "not done" and a resumed run writes it again. Zarr's local
+store writes every object to a temporary file and renames it, so no object is
+ever half-written. Records are one-element chunks, so concurrent shard tasks
+never rewrite a shared document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.errors import InvalidArgumentError, StoreError
+from pipeline.store.group import (
+    ATTRIBUTE,
+    PathLike,
+    format_ranges,
+    get_array,
+    group_of,
+    now,
+    read_array,
+    read_attrs,
+    read_layout,
+)
+from pipeline.store.layout import StoreLayout
+
+__all__ = [
+    "FROZEN_KEYS",
+    "ShardRecord",
+    "done_shards",
+    "finalize",
+    "read_records",
+    "shard_digest",
+    "write_shard",
+]
+
+#: Keys of the ``imageprep`` attribute that finalize() may not change.
+FROZEN_KEYS = frozenset(
+    {"format_version", "layout", "config", "config_identity", "source_fingerprint"}
+)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """The record of one shard.
+
+    Attributes:
+        index: shard index.
+        rows: rows written (0 when never written).
+        sha256: hex digest of :func:`shard_digest` ("" when never written).
+        done: True once the shard is completely written.
+    """
+
+    index: int
+    rows: int
+    sha256: str
+    done: bool
+
+
+def shard_digest(
+    images: np.ndarray, labels: np.ndarray, source_index: np.ndarray, copy_index: np.ndarray
+) -> str:
+    """Return the hex SHA-256 of one shard's decoded values.
+
+    Canonical byte order: the bytes of ``images`` (C order, little-endian, in
+    the store's dtype), then ``labels`` (int64 LE), ``source_index`` (int64
+    LE) and ``copy_index`` (int32 LE). The arrays are hashed exactly as they
+    are stored, so the digest can be recomputed from a read-back with any Zarr
+    implementation.
+
+    Example:
+        >>> z = np.zeros(1, np.int64)
+        >>> digest = shard_digest(np.zeros((1, 1, 1, 1), np.uint8), z, z, z.astype(np.int32))
+        >>> digest == hashlib.sha256(bytes(1 + 8 + 8 + 4)).hexdigest()  # 1 uint8, 2 int64, 1 int32
+        True
+    """
+    h = hashlib.sha256()
+    # memoryviews of contiguous arrays: hashed in place, no copy of the shard
+    h.update(np.ascontiguousarray(images, dtype=images.dtype.newbyteorder("<")).data)
+    h.update(np.ascontiguousarray(labels, dtype="<i8").data)
+    h.update(np.ascontiguousarray(source_index, dtype="<i8").data)
+    h.update(np.ascontiguousarray(copy_index, dtype="<i4").data)
+    return h.hexdigest()
+
+
+def _as_int_array(value: Any, name: str, rows: int, dtype: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.shape != (rows,):
+        raise InvalidArgumentError(f"{name} must have shape ({rows},), got {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"{name} must have an integer dtype, got {arr.dtype}")
+    info = np.iinfo(dtype)
+    if rows and (arr.min() < info.min or arr.max() > info.max):
+        raise InvalidArgumentError(
+            f"{name} must fit in {dtype}, got values in [{arr.min()}, {arr.max()}]"
+        )
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def write_shard(
+    store: PathLike | zarr.Group,
+    index: int,
+    *,
+    images: np.ndarray,
+    labels: np.ndarray,
+    source_index: np.ndarray,
+    copy_index: np.ndarray,
+) -> ShardRecord:
+    """Write shard ``index``: its rows of every array, then its record, ``done`` last.
+
+    Rows ``layout.shard_rows(index)`` of ``images``, ``labels``,
+    ``source_index`` and ``copy_index`` are written, the SHA-256 of the stored
+    values (:func:`shard_digest`) and the row count go to ``records/``, and
+    ``records/done[index]`` is set last. Writing a shard again (a retried task)
+    first clears its ``done`` flag, so a record never vouches for data being
+    replaced. Safe to call concurrently for different shards (threads or
+    processes); never call it twice at once for the same shard.
+
+    Args:
+        store: the store folder or its open root group (``mode="r+"``).
+        index: the shard index.
+        images: ``(rows, C, H, W)``; float data is cast to the store's float
+            dtype (round to nearest); a uint8 store takes uint8 only.
+        labels: ``(rows,)`` integers, -1 for "no class".
+        source_index: ``(rows,)`` integers, rows of ``paths``.
+        copy_index: ``(rows,)`` integers that fit in int32.
+
+    Returns:
+        The shard's record.
+
+    Raises:
+        InvalidArgumentError: a shape, dtype or index is wrong.
+        StoreError: ``store`` is not an imageprep store.
+    """
+    group = group_of(store, mode="r+")
+    layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    rows = layout.shard_rows(index)
+    n = len(rows)
+    imgs = np.asarray(images)
+    if imgs.shape != (n, *layout.sample_shape):
+        raise InvalidArgumentError(
+            f"images must have shape {(n, *layout.sample_shape)} for shard {index}, "
+            f"got {imgs.shape}"
+        )
+    if layout.dtype == "uint8":
+        if imgs.dtype != np.uint8:
+            raise InvalidArgumentError(f"images must be uint8 for a uint8 store, got {imgs.dtype}")
+    elif imgs.dtype.kind != "f":
+        raise InvalidArgumentError(
+            f"images must be floating-point for a {layout.dtype} store, got {imgs.dtype}"
+        )
+    imgs = np.ascontiguousarray(imgs, dtype=layout.dtype)
+    lab = _as_int_array(labels, "labels", n, "int64")
+    src = _as_int_array(source_index, "source_index", n, "int64")
+    cpy = _as_int_array(copy_index, "copy_index", n, "int32")
+    digest = shard_digest(imgs, lab, src, cpy)
+
+    done = get_array(group, "records/done")
+    sl = slice(rows.start, rows.stop)
+    done[index] = False
+    # every chunk is written, so zarr need not scan each one for "all fill value"
+    get_array(group, "images").with_config({"write_empty_chunks": True})[sl] = imgs
+    get_array(group, "labels")[sl] = lab
+    get_array(group, "source_index")[sl] = src
+    get_array(group, "copy_index")[sl] = cpy
+    get_array(group, "records/rows")[index] = n
+    get_array(group, "records/sha256")[index] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+    done[index] = True
+    return ShardRecord(index=int(index), rows=n, sha256=digest, done=True)
+
+
+def read_records(store: PathLike | zarr.Group) -> list[ShardRecord]:
+    """Return every shard's record, written or not, in index order."""
+    group = group_of(store)
+    rows = read_array(get_array(group, "records/rows"))
+    sha = read_array(get_array(group, "records/sha256"))
+    done = read_array(get_array(group, "records/done"))
+    out = []
+    for i in range(len(rows)):
+        n = int(rows[i])
+        out.append(
+            ShardRecord(
+                index=i, rows=n, sha256=bytes(sha[i]).hex() if n else "", done=bool(done[i])
+            )
+        )
+    return out
+
+
+def done_shards(store: PathLike | zarr.Group) -> set[int]:
+    """Return the indices of the shards whose ``done`` flag is set."""
+    group = group_of(store)
+    done = read_array(get_array(group, "records/done"))
+    return {int(i) for i in np.flatnonzero(done)}
+
+
+def finalize(store: PathLike | zarr.Group, attrs_update: Mapping[str, Any]) -> dict[str, Any]:
+    """Record the run's final metadata once every shard is written.
+
+    Merges ``attrs_update`` (e.g. ``failures``, ``timings``) into the
+    ``imageprep`` attribute and sets ``complete: true`` and ``finalized`` (UTC
+    time). Called once, by the coordinating process.
+
+    Returns:
+        The new ``imageprep`` attribute.
+
+    Raises:
+        StoreError: some shards are not done (their indices are listed).
+        InvalidArgumentError: ``attrs_update`` changes a key that defines the
+            store (layout, config, identity, fingerprint, format version) or
+            is not JSON-safe.
+    """
+    group = group_of(store, mode="r+")
+    layout = read_layout(group)
+    missing = sorted(set(range(layout.n_shards)) - done_shards(group))
+    if missing:
+        raise StoreError(
+            f"{group.store}: cannot finalize, {len(missing)} of {layout.n_shards} shards are "
+            f"not written: {format_ranges(missing)}"
+        )
+    frozen = FROZEN_KEYS & set(attrs_update)
+    if frozen:
+        raise InvalidArgumentError(f"attrs_update must not change {', '.join(sorted(frozen))}")
+    try:
+        update = json.loads(json.dumps(dict(attrs_update), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"attrs_update must be JSON-safe, got {exc}") from exc
+    meta = {**read_attrs(group), **update, "complete": True, "finalized": now()}
+    group.attrs[ATTRIBUTE] = meta
+    return meta
