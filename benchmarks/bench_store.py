@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import CompressionConfig
 from pipeline.reader import ShardDataset, iter_shards
-from pipeline.shards import StoreLayout, create_store, verify, write_shard
+from pipeline.store import StoreLayout, create_store, verify, write_shard
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -113,7 +113,7 @@ def main() -> None:
 
     def plain_zarr() -> None:
         shutil.rmtree(tmp / "plain.zarr", ignore_errors=True)
-        from pipeline.shards import _compressors
+        from pipeline.store import _compressors
 
         arr = zarr.create_array(
             tmp / "plain.zarr",

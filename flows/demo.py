@@ -1,10 +1,10 @@
 """The demo: a synthetic dataset prepared by the flow with ``configs/demo.yaml``.
 
-``configs/demo.yaml`` is the one source of truth for the demo's config. It
-lives at the repository root, which a wheel does not package, so
-:data:`DEMO_CONFIG` embeds the same mapping and is used when the file is not
-there (a test keeps the two equal). :func:`demo_config` points the config's
-source at ``OUT/images`` and its store at ``OUT/dataset.zarr``.
+``configs/demo.yaml`` is the one demo config. The ``configs/`` folder is
+installed as the package data ``imageprep_configs`` (an editable install maps
+it to the checkout's folder), so a wheel install finds the same file.
+:func:`demo_config` points the config's source at ``OUT/images`` and its store
+at ``OUT/dataset.zarr``.
 
 Example:
     >>> import tempfile
@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,58 +23,16 @@ import yaml
 
 from pipeline.config import RunConfig, validate_config
 
-__all__ = ["DEMO_CONFIG", "DEMO_CONFIG_FILE", "demo_config", "demo_config_data"]
+__all__ = ["DEMO_CONFIG", "demo_config", "demo_config_data", "make_demo_source"]
 
-#: ``configs/demo.yaml`` in a source checkout (absent from a wheel install).
-DEMO_CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-#: The content of ``configs/demo.yaml``, embedded (equal to the file, tested).
-DEMO_CONFIG: dict[str, Any] = {
-    "source": {"path": "../demo-output/images", "labels": "folders"},
-    "stats": {"method": "exact", "at": "source", "file": None},
-    "transform": {
-        "size": [64, 64],
-        "resize": "shorter-side-crop",
-        "normalize": True,
-        "copies": 2,
-        "augment": [
-            {"op": "random_resized_crop", "scale": [0.5, 1.0], "ratio": [0.75, 1.333]},
-            {"op": "invert", "p": 0.25},
-            {"op": "dog_noise", "band": [0.05, 0.25], "rms": [0.02, 0.08], "p": 0.8},
-            {
-                "op": "shadows_highlights",
-                "shadows": [0.0, 0.4],
-                "highlights": [-0.3, 0.0],
-                "p": 0.5,
-            },
-            {"op": "gaussian_blur", "sigma": [0.1, 1.2], "p": 0.5},
-        ],
-    },
-    "output": {
-        "path": "../demo-output/dataset.zarr",
-        "dtype": "float16",
-        "shard_size": 32,
-        "compression": {"codec": "zstd", "level": 3},
-        "overwrite": True,
-    },
-    "runtime": {
-        "seed": 0,
-        "device": "auto",
-        "workers": None,
-        "batch_size": 32,
-        "dask_address": None,
-    },
-}
+#: The installed ``configs/demo.yaml``.
+DEMO_CONFIG = resources.files("imageprep_configs").joinpath("demo.yaml")
 
 
 def demo_config_data() -> tuple[dict[str, Any], str]:
-    """Return the demo config mapping and where it came from (the file, or ``<embedded>``)."""
-    if DEMO_CONFIG_FILE.is_file():
-        data = yaml.safe_load(DEMO_CONFIG_FILE.read_text(encoding="utf-8"))
-        return data, str(DEMO_CONFIG_FILE)
-    import copy
-
-    return copy.deepcopy(DEMO_CONFIG), "<embedded demo config>"
+    """Return the demo config mapping and where it came from."""
+    data = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    return data, str(DEMO_CONFIG)
 
 
 def demo_config(out: Path, *, workers: int | None = None) -> RunConfig:
@@ -90,3 +49,11 @@ def demo_config(out: Path, *, workers: int | None = None) -> RunConfig:
     if workers is not None:
         data["runtime"]["workers"] = workers
     return validate_config(data, base_dir=out, source=source)
+
+
+def make_demo_source(out: Path, *, seed: int = 0, n_per_class: int = 12) -> Path:
+    """Write the synthetic demo dataset into ``out/images`` and return that folder."""
+    from pipeline.synthetic import make_dataset
+
+    ds = make_dataset(out / "images", seed=seed, n_per_class=n_per_class)
+    return ds.root

@@ -1,12 +1,16 @@
-"""The prepare flow: scan, statistics (cached), store, shards, verify, finish.
+"""The prepare flow: :func:`pipeline.run.prepare` with its steps as Prefect tasks.
 
-:func:`prepare_flow` is :func:`pipeline.run.prepare` as a Prefect flow, step
-for step, with the tasks of :mod:`flows.tasks`. The output store is locked
-(:class:`pipeline.shards.StoreLock`) from the statistics to the end, so a
-second run against the same output, from this machine or a schedule, is
-refused with :class:`~pipeline.errors.StoreLockedError` instead of
-interleaving. A run that fails leaves the store resumable: the next run
-writes only the shards still missing.
+:func:`prepare_flow` is the plain run, step for step: it calls
+:func:`pipeline.run.prepare` with :class:`flows.tasks.TaskRunner`, so each step
+runs as a task (retries, the statistics cache, logs) and the order lives in
+one place. The flow adds the run's Markdown artifact (statistics table,
+rejected inputs, store) and, when shards fail, an artifact saying so. The
+output store is locked from the statistics to the end
+(:class:`pipeline.store.StoreLock`), so a second run against the same output,
+from this machine or a schedule, is refused with
+:class:`~pipeline.errors.StoreLockedError` instead of interleaving. A run that
+fails leaves the store resumable: the next run writes only the shards still
+missing.
 
 Run it from Python, from the command line (``imageprep run CONFIG``), or as
 a module::
@@ -23,24 +27,17 @@ Parameters are typed: ``config`` is a :class:`pipeline.config.RunConfig`
 # validates the JSON parameters against the annotations, which must therefore
 # be the classes themselves, not strings naming them.
 import sys
-import time
 from collections.abc import Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.utilities.annotations import quote
 
 from flows.artifacts import artifact_key, failed_run_markdown, run_markdown
-from flows.tasks import (
-    finish_task,
-    open_store_task,
-    scan_task,
-    stats_task,
-    verify_task,
-    write_shards_task,
-)
+from flows.tasks import TaskRunner
 from pipeline.config import RunConfig
-from pipeline.run import RunResult, ShardWriteError
+from pipeline.errors import ShardWriteError
+from pipeline.progress import LogProgress
+from pipeline.run import RunResult, prepare
 
 __all__ = ["FLOW_NAME", "main", "prepare_flow", "run_foreground"]
 
@@ -60,7 +57,7 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
             them for this source.
 
     Returns:
-        The :class:`~pipeline.run.RunResult` of :func:`pipeline.run.finish`.
+        The :class:`~pipeline.run.RunResult` of :func:`pipeline.run.prepare`.
 
     Raises:
         StoreLockedError: another run holds the output.
@@ -68,59 +65,34 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
             ``output.overwrite`` is false.
         ShardWriteError: shards still failed after the retries; the message
             names each shard and its cause.
-        StoreError: verification found a shard that does not match its record.
+        StoreVerificationError: a shard does not match its record.
     """
-    from pipeline.run import check_runtime
-    from pipeline.shards import StoreLock
-
-    logger = get_run_logger()
-    check_runtime(config)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    manifest = scan_task(config)
-    timings["scan"] = time.perf_counter() - t0
+    runner = TaskRunner(refresh_stats=refresh_stats)
     key = artifact_key("imageprep-run", config.output.path.name)
-    with StoreLock(config.output.path):
-        t0 = time.perf_counter()
-        stats = stats_task.with_options(refresh_cache=True) if refresh_stats else stats_task
-        # large values are passed quoted: Prefect would otherwise walk every
-        # element of them (the manifest, the accepted files) for each task call
-        stats_state = stats(config, quote(manifest), reuse_store=True, return_state=True)
-        run_stats = stats_state.result()
-        cached = stats_state.name == "Cached"
-        if cached:
-            logger.info("statistics reused from the cache: the source is unchanged")
-        timings["stats"] = time.perf_counter() - t0
-        state = open_store_task(config, quote(manifest), quote(run_stats))
-        t0 = time.perf_counter()
-        try:
-            write = write_shards_task(
-                config, quote(state), quote(run_stats), root=str(manifest.root)
-            )
-        except ShardWriteError as exc:
-            create_markdown_artifact(
-                failed_run_markdown(
-                    store=str(config.output.path), source=str(manifest.root), error=str(exc)
-                ),
-                key=key,
-                description="imageprep run (failed)",
-            )
-            raise
-        timings["write"] = time.perf_counter() - t0
-        if verify:
-            t0 = time.perf_counter()
-            verify_task(str(config.output.path), workers=config.runtime.workers)
-            timings["verify"] = time.perf_counter() - t0
-        result: RunResult = finish_task(
-            config, quote(state), quote(run_stats), quote(write), timings=timings
+    try:
+        result = prepare(
+            config,
+            progress=LogProgress(get_run_logger()),
+            verify=verify,
+            refresh_stats=refresh_stats,
+            runner=runner,
         )
+    except ShardWriteError as exc:
+        create_markdown_artifact(
+            failed_run_markdown(
+                store=str(config.output.path), source=str(config.source.path), error=str(exc)
+            ),
+            key=key,
+            description="imageprep run (failed)",
+        )
+        raise
     create_markdown_artifact(
         run_markdown(
             result,
-            source=str(manifest.root),
-            stats_cached=cached,
+            source=str(config.source.path),
+            stats_cached=runner.states.get("stats") == "Cached",
             verified=True if verify else None,
-            images_per_second=write.samples_per_second or None,
+            images_per_second=result.samples_per_second or None,
         ),
         key=key,
         description="imageprep run",
@@ -164,7 +136,7 @@ def run_foreground(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m flows.prepare CONFIG [--set key=value ...]``: ``imageprep run`` (exits)."""
-    from pipeline.cli import app
+    from flows.cli import app
 
     args = list(sys.argv[1:] if argv is None else argv)
     app(["run", *args], prog_name="python -m flows.prepare")

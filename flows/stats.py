@@ -1,6 +1,6 @@
 """The statistics flow: scan the source and compute (or reuse) its dataset statistics.
 
-:func:`stats_flow` runs the same cached :func:`flows.tasks.stats_task` as
+:func:`stats_flow` runs the same cached :data:`flows.tasks.stats_task` as
 :func:`flows.prepare.prepare_flow`, so statistics computed by one are reused
 by the other while the source is unchanged. It writes nothing but an artifact
 (the statistics table and the rejected inputs) and returns the stats JSON.
@@ -19,13 +19,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.utilities.annotations import quote
 
+import pipeline.run as run
 from flows.artifacts import artifact_key, stats_markdown
-from flows.tasks import scan_task, stats_task
+from flows.tasks import TaskRunner
 from pipeline.config import RunConfig
+from pipeline.progress import LogProgress
 
 __all__ = ["FLOW_NAME", "main", "stats_flow"]
 
@@ -46,12 +47,14 @@ def stats_flow(config: RunConfig, refresh: bool = False) -> dict[str, Any]:
     Returns:
         The stats JSON (contract shape), ``failures`` included.
     """
-    manifest = scan_task(config)
-    stats = stats_task.with_options(refresh_cache=True) if refresh else stats_task
-    state = stats(config, quote(manifest), return_state=True)
-    run_stats = state.result()
+    runner = TaskRunner(refresh_stats=refresh)
+    manifest = runner(run.scan_source, config)
+    run_stats = runner(
+        run.compute_run_stats, config, manifest, progress=LogProgress(get_run_logger())
+    )
+    cached = runner.states.get("stats") == "Cached"
     create_markdown_artifact(
-        stats_markdown(run_stats.stats, source=str(manifest.root), cached=state.name == "Cached"),
+        stats_markdown(run_stats.stats, source=str(manifest.root), cached=cached),
         key=artifact_key("imageprep-stats", manifest.root.name),
         description="imageprep statistics",
     )

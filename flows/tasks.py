@@ -1,10 +1,13 @@
-"""The Prefect tasks of a run: scan, statistics, open store, write shards, verify, finish.
+"""The run's steps as Prefect tasks, and the runner that calls them.
 
-Each task is a thin call of one :mod:`pipeline.run` step (or
-:func:`pipeline.shards.verify`); what Prefect adds is stated here once:
+Each task is a :mod:`pipeline.run` step function with Prefect's policies in
+the decorator, nothing else; :class:`TaskRunner` is the
+:class:`pipeline.run.StepRunner` that :func:`pipeline.run.prepare` calls each
+step through inside the flow, so the order of a run is written once, in
+:func:`pipeline.run.prepare`. What Prefect adds is stated here once:
 
 - **Granularity.** A run is six tasks whatever its size. The per-shard
-  parallelism is Dask's: :func:`write_shards_task` runs
+  parallelism is Dask's: :data:`write_shards_task` runs
   :func:`pipeline.run.write_shards`, one Dask task per shard, on local threads
   or on the cluster at ``runtime.dask_address``. Prefect's per-task cost
   (a state change or two, a few log records) is then a fixed few tens of
@@ -12,10 +15,10 @@ Each task is a thin call of one :mod:`pipeline.run` step (or
 - **Retries.** The I/O tasks retry :data:`IO_RETRIES` times with exponential
   backoff (:data:`IO_BACKOFF_SECONDS`, then twice as long each time) when the
   failure can be transient: an ``OSError``, or shards that could not be
-  written (a retry rewrites only the shards still missing, the store is
-  resumable). A bad config, a store of another run or a held lock fail at
-  once (:func:`is_transient`).
-- **Caching.** :func:`stats_task` is cached on :func:`stats_cache_key`: the
+  written (a retry rewrites only the shards still missing: the step reads the
+  store's records when it starts). A bad config, a store of another run or a
+  held lock fail at once (:func:`is_transient`).
+- **Caching.** :data:`stats_task` is cached on :func:`stats_cache_key`: the
   source (folder, labelling, fingerprint of paths, sizes and mtimes) and
   everything that determines the statistics (``stats.method``, ``stats.at``,
   the content of ``stats.file``, and for ``stats.at: resized`` the
@@ -23,20 +26,19 @@ Each task is a thin call of one :mod:`pipeline.run` step (or
   Prefect's result storage (``$PREFECT_HOME/storage`` by default), so a
   scheduled rerun over unchanged data reads the statistics back (task state
   ``Cached``) and a touched, added or removed file recomputes them.
-- **Logs.** Through Prefect's run logger: what was scanned, progress of the
-  statistics (files/s) and of the shards (shards done / total, images/s).
+- **Logs.** Through Prefect's run logger: one line per step (what was
+  scanned, the statistics, the store, shards written, verification) and the
+  progress of the statistics and of the shards (:class:`pipeline.progress.LogProgress`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import threading
-import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -46,10 +48,7 @@ from prefect.utilities.annotations import quote
 import pipeline.run as run
 from flows._fork import install as _install_fork_handler
 from pipeline.config import RunConfig
-from pipeline.errors import StoreError
-from pipeline.run import RunResult, RunStats, ShardWriteError, WriteResult
-from pipeline.shards import StoreState
-from pipeline.sources import Manifest
+from pipeline.errors import ShardWriteError
 
 _install_fork_handler()  # forked children (DataLoader workers) of a flow's process exit cleanly
 
@@ -59,14 +58,11 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import State, TaskRun
     from prefect.context import TaskRunContext
 
-    from pipeline.shards import VerifyReport
-
 __all__ = [
     "IO_BACKOFF_SECONDS",
     "IO_RETRIES",
     "STATS_CACHE_VERSION",
-    "ProgressLog",
-    "StoreVerificationError",
+    "TaskRunner",
     "finish_task",
     "is_transient",
     "open_store_task",
@@ -77,6 +73,8 @@ __all__ = [
     "write_shards_task",
 ]
 
+T = TypeVar("T")
+
 #: Retries of the I/O tasks after the first attempt.
 IO_RETRIES = 2
 #: First retry delay in seconds; each further retry waits twice as long.
@@ -85,15 +83,11 @@ IO_BACKOFF_SECONDS = 2.0
 STATS_CACHE_VERSION = "imageprep-stats-cache/1"
 
 
-class StoreVerificationError(StoreError):
-    """A written shard is missing or does not match its SHA-256 record (``verify_task``)."""
-
-
 def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect ``retry_condition_fn``: retry I/O errors and failed shards, nothing else.
 
     ``OSError`` (a network filesystem hiccup, a full disk freed meanwhile) and
-    :class:`~pipeline.run.ShardWriteError` (some shard tasks raised; a retry
+    :class:`~pipeline.errors.ShardWriteError` (some shard tasks raised; a retry
     rewrites only those) are retried. Every other
     :class:`~pipeline.errors.ImageprepError` (bad config, store of another
     run, a held lock, a missing folder) and any other exception fail at once.
@@ -105,7 +99,7 @@ def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
-    """The run logger inside a flow or task run; the ``flows`` logger outside (``task.fn``)."""
+    """The run logger inside a flow or task run; the ``flows`` logger outside."""
     from prefect.exceptions import MissingContextError
 
     try:
@@ -114,80 +108,6 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[Any]:
         import logging
 
         return logging.getLogger("flows")
-
-
-def _io_task(name: str, **options: Any) -> Any:
-    """The options shared by the I/O tasks (retries with backoff, no caching)."""
-    defaults: dict[str, Any] = {
-        "name": name,
-        "retries": IO_RETRIES,
-        "retry_delay_seconds": exponential_backoff(backoff_factor=IO_BACKOFF_SECONDS),
-        "retry_condition_fn": is_transient,
-        "cache_policy": NO_CACHE,
-        "persist_result": False,
-    }
-    return task(**{**defaults, **options})
-
-
-class ProgressLog:
-    """Progress lines for a phase, through a logger, at most ``steps`` + 1 of them.
-
-    Thread-safe: Dask's callbacks may come from worker threads. A line is
-    logged when the count crosses the next ``1/steps`` of the total, and at the
-    end, with the rate of ``unit`` per second since the object was made.
-
-    Example:
-        >>> import logging
-        >>> lines = []
-        >>> class Keep(logging.Handler):
-        ...     def emit(self, record): lines.append(record.getMessage())
-        >>> log = logging.getLogger("progress-example"); log.addHandler(Keep())
-        >>> log.setLevel(logging.INFO)
-        >>> p = ProgressLog(log, "shards", total=4, unit="images", steps=2)
-        >>> for done in range(1, 5):
-        ...     p.update(done, units=8 * done)
-        >>> [line.split(",")[0] for line in lines]
-        ['shards: 2/4 (50%)', 'shards: 4/4 (100%)']
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger | logging.LoggerAdapter[Any],
-        phase: str,
-        *,
-        total: int,
-        unit: str,
-        steps: int = 10,
-    ) -> None:
-        self.logger, self.phase, self.total, self.unit = logger, phase, total, unit
-        self.steps = max(1, steps)
-        self.start = time.perf_counter()
-        self._next = 1
-        self._lock = threading.Lock()
-
-    def update(self, done: int, *, units: int | None = None) -> None:
-        """Report ``done`` of ``total`` items, ``units`` of the rated unit so far."""
-        with self._lock:
-            if self.total <= 0:
-                return
-            if done < self.total and done * self.steps < self._next * self.total:
-                return
-            while self._next * self.total <= done * self.steps:
-                self._next += 1
-            elapsed = max(time.perf_counter() - self.start, 1e-9)
-            n = done if units is None else units
-            self.logger.info(
-                "%s: %d/%d (%d%%), %d %s in %.1f s, %.1f %s/s",
-                self.phase,
-                done,
-                self.total,
-                100 * done // self.total,
-                n,
-                self.unit,
-                elapsed,
-                n / elapsed,
-                self.unit,
-            )
 
 
 def _version(package: str) -> str | None:
@@ -269,61 +189,36 @@ def _stats_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- tasks
 
+_IO_POLICY: dict[str, Any] = {
+    "retries": IO_RETRIES,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=IO_BACKOFF_SECONDS),
+    "retry_condition_fn": is_transient,
+}
+_NOT_CACHED: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
-@_io_task("scan")
-def scan_task(config: RunConfig) -> Manifest:
-    """Scan ``source.path`` (:func:`pipeline.run.scan_source`); never cached."""
-    logger = _logger()
-    manifest = run.scan_source(config)
-    logger.info(
-        "scanned %s: %d image files, %d classes, %d entries rejected, fingerprint %s",
-        manifest.root,
-        len(manifest.files),
-        len(manifest.classes),
-        len(manifest.rejected),
-        manifest.fingerprint[:12],
-    )
-    return manifest
+#: :func:`pipeline.run.scan_source`; never cached.
+scan_task = task(name="scan", **_IO_POLICY, **_NOT_CACHED)(run.scan_source)
+#: :func:`pipeline.run.compute_run_stats`, cached on :func:`stats_cache_key`.
+stats_task = task(name="stats", cache_key_fn=_stats_key_fn, persist_result=True, **_IO_POLICY)(
+    run.compute_run_stats
+)
+#: :func:`pipeline.run.open_output`.
+open_store_task = task(name="open-store", **_IO_POLICY, **_NOT_CACHED)(run.open_output)
+#: :func:`pipeline.run.write_shards`.
+write_shards_task = task(name="write-shards", **_IO_POLICY, **_NOT_CACHED)(run.write_shards)
+#: :func:`pipeline.run.verify_output`.
+verify_task = task(name="verify", **_IO_POLICY, **_NOT_CACHED)(run.verify_output)
+#: :func:`pipeline.run.finish`.
+finish_task = task(name="finish", **_IO_POLICY, **_NOT_CACHED)(run.finish)
 
-
-def _stats(config: RunConfig, manifest: Manifest, *, reuse_store: bool = False) -> RunStats:
-    """Statistics and accepted files of the source (:func:`pipeline.run.compute_run_stats`).
-
-    Args:
-        config: the run config.
-        manifest: the scanned source; its fingerprint is part of the cache key.
-        reuse_store: first look for the statistics in an existing store of the
-            same config and source (:func:`pipeline.run.resume_stats`); call
-            it only while holding the store's lock. Not part of the cache key:
-            both ways give the same result.
-    """
-    logger = _logger()
-    if reuse_store:
-        resumed = run.resume_stats(config, manifest)
-        if resumed is not None:
-            logger.info("statistics read back from the existing store %s", config.output.path)
-            return resumed
-    progress = ProgressLog(logger, "stats", total=len(manifest.files), unit="files")
-    done = 0
-    lock = threading.Lock()
-
-    def advance(n: int) -> None:
-        nonlocal done
-        with lock:
-            done += n
-            progress.update(done)
-
-    run_stats = run.compute_run_stats(config, manifest, progress=advance)
-    logger.info(
-        "statistics of %d images (method %s, at %s): mean %s, std %s; %d inputs rejected",
-        run_stats.stats.get("images", 0),
-        run_stats.stats.get("method"),
-        config.stats.at,
-        _short(run_stats.stats.get("mean")),
-        _short(run_stats.stats.get("std")),
-        len(run_stats.failures),
-    )
-    return run_stats
+_TASKS: dict[Callable[..., Any], Any] = {
+    run.scan_source: scan_task,
+    run.compute_run_stats: stats_task,
+    run.open_output: open_store_task,
+    run.write_shards: write_shards_task,
+    run.verify_output: verify_task,
+    run.finish: finish_task,
+}
 
 
 def _short(values: Any) -> str:
@@ -332,110 +227,75 @@ def _short(values: Any) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
-stats_task = task(
-    name="stats",
-    cache_key_fn=_stats_key_fn,
-    persist_result=True,
-    retries=IO_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=IO_BACKOFF_SECONDS),
-    retry_condition_fn=is_transient,
-)(_stats)
-"""Cached statistics task; see :func:`_stats` and :func:`stats_cache_key`."""
+def _summary(step: Callable[..., Any], result: Any, cached: bool) -> str | None:
+    """One log line about a step's result."""
+    if step is run.scan_source:
+        return (
+            f"scanned {result.root}: {len(result.files)} image files, "
+            f"{len(result.classes)} classes, {len(result.rejected)} entries rejected, "
+            f"fingerprint {result.fingerprint[:12]}"
+        )
+    if step is run.compute_run_stats:
+        stats = result.stats
+        how = "reused from the cache: the source is unchanged" if cached else "computed"
+        return (
+            f"statistics of {stats.get('images', 0)} images ({how}; method "
+            f"{stats.get('method')}): mean {_short(stats.get('mean'))}, std "
+            f"{_short(stats.get('std'))}; {len(result.failures)} inputs rejected"
+        )
+    if step is run.open_output:
+        layout = result.layout
+        return (
+            f"{'resumed' if result.resumed else 'created'} store {result.path}: "
+            f"{layout.n_samples} samples in {layout.n_shards} shards "
+            f"({len(result.done)} already written)"
+        )
+    if step is run.write_shards:
+        return (
+            f"wrote {len(result.written)} shards ({result.samples} samples, "
+            f"{result.samples_per_second:.1f} samples/s); {result.skipped} were already done"
+        )
+    if step is run.verify_output:
+        return f"verified {len(result.verified)}/{result.n_shards} shards against their SHA-256"
+    return None
 
 
-@_io_task("open-store")
-def open_store_task(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> StoreState:
-    """Create the store or resume it (:func:`pipeline.run.open_output`); hold the lock."""
-    logger = _logger()
-    state = run.open_output(config, manifest, run_stats)
-    layout = state.layout
-    logger.info(
-        "%s store %s: %d samples in %d shards (%d already written)",
-        "resumed" if state.resumed else "created",
-        state.path,
-        layout.n_samples,
-        layout.n_shards,
-        len(state.done),
-    )
-    return state
+def _quoted(value: Any) -> Any:
+    """Large values go quoted, so Prefect does not walk every element of them per call."""
+    if value is None or isinstance(value, str | int | float | bool | RunConfig):
+        return value
+    return quote(value)
 
 
-@_io_task("write-shards")
-def write_shards_task(
-    config: RunConfig, state: StoreState, run_stats: RunStats, *, root: str
-) -> WriteResult:
-    """Write the shards the store still misses (:func:`pipeline.run.write_shards`).
+class TaskRunner:
+    """The :class:`pipeline.run.StepRunner` of the flow: each step runs as its Prefect task.
 
-    One Dask task per shard, on local threads or at ``runtime.dask_address``.
-    A retry first re-reads which shards are done, so it writes only the rest.
+    Arguments are passed quoted (a manifest or the accepted files are large),
+    each step's outcome is logged in one line, and the final state name of
+    each task is kept in :attr:`states` (``"Cached"`` for statistics read from
+    the cache).
 
-    Raises:
-        ShardWriteError: some shards failed; each is named with its cause.
+    Args:
+        refresh_stats: recompute the statistics even when cached.
     """
-    from prefect.context import TaskRunContext
 
-    from pipeline.shards import done_shards
+    def __init__(self, *, refresh_stats: bool = False) -> None:
+        self.refresh_stats = refresh_stats
+        self.states: dict[str, str] = {}
 
-    logger = _logger()
-    ctx = TaskRunContext.get()
-    attempt = 1 + (ctx.task_run.run_count - 1 if ctx is not None else 0)
-    if attempt > 1:
-        state = dataclasses.replace(state, done=frozenset(done_shards(state.path)))
-    layout = state.layout
-    todo = state.todo
-    logger.info(
-        "writing %d of %d shards (%d samples each, %s)%s",
-        len(todo),
-        layout.n_shards,
-        layout.shard_size,
-        f"Dask cluster {config.runtime.dask_address}"
-        if config.runtime.dask_address
-        else "local threads",
-        f", attempt {attempt}" if attempt > 1 else "",
-    )
-    progress = ProgressLog(logger, "shards", total=layout.n_shards, unit="images")
-    images = 0
-    lock = threading.Lock()
-
-    def on_shard(index: int, done: int, total: int) -> None:
-        nonlocal images
-        with lock:
-            images += len(layout.shard_rows(index))
-            progress.update(done, units=images)
-
-    write = run.write_shards(config, state, run_stats, root=root, on_shard=on_shard)
-    if write.errors:
-        raise ShardWriteError(run.shard_failure_message(config, state, write, attempts=attempt))
-    return write
-
-
-@_io_task("verify")
-def verify_task(store: str, *, workers: int | None = None) -> VerifyReport:
-    """Recompute every shard's SHA-256 and compare with its record (:func:`pipeline.shards.verify`).
-
-    Raises:
-        StoreVerificationError: a shard is missing or does not match its record.
-    """
-    from pipeline.shards import verify
-
-    logger = _logger()
-    report = verify(store, workers=workers)
-    if not report.ok:
-        raise StoreVerificationError(f"verification failed: {report.summary()}")
-    logger.info(
-        "verified %d/%d shards against their SHA-256", len(report.verified), report.n_shards
-    )
-    return report
-
-
-@_io_task("finish")
-def finish_task(
-    config: RunConfig,
-    state: StoreState,
-    run_stats: RunStats,
-    write: WriteResult,
-    *,
-    timings: dict[str, float],
-) -> RunResult:
-    """Record the run's end in the store and return its summary (:func:`pipeline.run.finish`)."""
-    return run.finish(config, state, run_stats, write, timings=timings)
+    def __call__(self, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``step`` as its task and return the result (raising the task's error)."""
+        prefect_task = _TASKS[step]
+        if step is run.compute_run_stats and self.refresh_stats:
+            prefect_task = prefect_task.with_options(refresh_cache=True)
+        state = prefect_task(
+            *(_quoted(a) for a in args),
+            **{k: _quoted(v) for k, v in kwargs.items()},
+            return_state=True,
+        )
+        self.states[prefect_task.name] = state.name
+        result: T = state.result()
+        line = _summary(step, result, cached=state.name == "Cached")
+        if line is not None:
+            _logger().info(line)
+        return result

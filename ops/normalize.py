@@ -110,26 +110,27 @@ def normalize_(
     mean: ChannelValues,
     std: ChannelValues,
     *,
-    scale: float | torch.Tensor | None = None,
+    max_value: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """In-place :func:`normalize` of ``x * scale``: ``x = (x * scale - mean[c]) / std[c]``.
+    """In-place :func:`normalize` of pixels: ``x = (x / max_value - mean[c]) / std[c]``.
 
-    The prepare run's normalization: pixels converted to a float buffer it
-    owns are scaled to ``[0, 1]`` and normalized in one pass, as
-    ``x * (scale / std) + (-mean / std)``, which differs from the two-step
-    ``normalize(x * scale, mean, std)`` by a few units in the last place.
+    The prepare run's normalization: integer pixels converted to a float
+    buffer it owns are scaled to ``[0, 1]`` and normalized in one pass, as
+    ``x * ((1 / std) / max_value) + (-mean / std)``; it differs from the
+    two-step ``normalize(x / max_value, mean, std)`` by a few units in the
+    last place.
 
-    Convention: ``scale`` is ``1 / max_value`` of the pixels (``1 / 255`` for
-    8-bit), a number or a tensor that broadcasts against ``x`` (one value per
-    sample of a batch of mixed bit depths: shape ``(B, 1, 1, 1)``);
-    ``None`` means 1.
+    Convention: ``max_value`` is the white level of the pixels (255 for
+    8-bit, 65535 for 16-bit), a number or a tensor that broadcasts against
+    ``x`` (one value per sample of a batch of mixed bit depths: shape
+    ``(B, 1, 1, 1)``); ``None`` means the pixels are already on ``[0, 1]``.
 
     Args:
         x: float image tensor ``(*, C, H, W)``; modified in place, not
             differentiable (use :func:`normalize` for autograd).
-        mean: ``C`` finite numbers (sequence or 1-D tensor).
+        mean: ``C`` finite numbers (sequence or 1-D tensor), on the ``[0, 1]`` scale.
         std: ``C`` finite numbers ``> 0``.
-        scale: the pixel scale (see above).
+        max_value: the white level (see above).
 
     Returns:
         ``x``.
@@ -139,7 +140,7 @@ def normalize_(
 
     Example:
         >>> x = torch.tensor([[[255.0]], [[0.0]], [[51.0]]])
-        >>> normalize_(x, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], scale=1 / 255).flatten()
+        >>> normalize_(x, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], max_value=255.0).flatten()
         tensor([ 1.0000, -1.0000, -0.6000])
     """
     check_float_image(x)
@@ -150,7 +151,7 @@ def normalize_(
         return x
     inv = s.reciprocal()
     shift = -m * inv
-    factor = inv if scale is None else inv * scale
+    factor = inv if max_value is None else inv / max_value
     return x.mul_(factor).add_(shift)
 
 

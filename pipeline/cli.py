@@ -1,12 +1,14 @@
-"""The ``imageprep`` command line (a typer app).
+"""The Prefect-free commands of ``imageprep``: ``stats``, ``verify``, ``info``, ``preview``.
 
-Commands are plain decorated functions on :data:`app`; adding one (``run``,
-``serve``, ``verify``, ``info``, ``preview``) is one more ``@app.command()``.
-Heavy modules (numpy, PIL, dask, torch, zarr, prefect) are imported inside the
-commands, never at module level, so that ``imageprep --help`` answers at once.
+:data:`app` is a typer app holding the commands that need only the library;
+:mod:`flows.cli` (the ``imageprep`` console script) adds ``run``, ``serve``
+and ``demo``, which run the Prefect flows, on top of these. Heavy modules
+(numpy, PIL, dask, torch, zarr) are imported inside the commands, never at
+module level, so that ``imageprep --help`` answers at once, and nothing here
+imports Prefect.
 
-``run``, ``serve`` and ``demo`` run the Prefect flows of :mod:`flows` (imported
-inside those commands only: the CLI is the one entry point above ``flows/``).
+The helpers the commands share (:func:`print_stats`, :func:`print_run_result`,
+:func:`usage_error`, :func:`load_run_config`) are public for :mod:`flows.cli`.
 
 Exit codes (the CLI contract): 0 success; 1 the run finished but some inputs
 were rejected and ``--strict`` was given, shards could not be written (the
@@ -27,13 +29,23 @@ import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress, TaskID
 
     from pipeline.config import RunConfig
     from pipeline.run import RunResult
     from pipeline.stats import Stats
 
-__all__ = ["app", "main"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_REJECTED",
+    "EXIT_USAGE",
+    "SetOverrides",
+    "app",
+    "make_console",
+    "load_run_config",
+    "print_run_result",
+    "print_stats",
+    "usage_error",
+]
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -74,7 +86,8 @@ class StatsMethod(str, Enum):
     two_pass = "two-pass"
 
 
-def _console(*, stderr: bool = False) -> Console:
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr) that highlights nothing on its own."""
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
@@ -132,10 +145,11 @@ def print_stats(
             console.print(f"  ... and {n - shown} more (all in the stats JSON)")
 
 
-def _usage_error(message: str) -> typer.Exit:
+def usage_error(message: str) -> typer.Exit:
+    """Print ``Error: message`` on stderr and return the exit (status 2) to raise."""
     from rich.markup import escape
 
-    _console(stderr=True).print(f"[red]Error:[/] {escape(message)}")
+    make_console(stderr=True).print(f"[red]Error:[/] {escape(message)}")
     return typer.Exit(EXIT_USAGE)
 
 
@@ -153,7 +167,7 @@ def _run_stats(
     from PIL import Image
 
     from pipeline.errors import ImageprepError
-    from pipeline.progress import progress_bar
+    from pipeline.progress import BarProgress, counter
     from pipeline.sources import scan
     from pipeline.stats import compute_stats
 
@@ -163,13 +177,14 @@ def _run_stats(
     try:
         manifest = scan(src)
     except ImageprepError as e:
-        raise _usage_error(str(e)) from e
+        raise usage_error(str(e)) from e
     if not manifest.files and not manifest.rejected:
-        raise _usage_error(
+        raise usage_error(
             f"no image files under {src} (extensions: jpg jpeg png webp bmp tif tiff gif)"
         )
-    progress_console = _console(stderr=True)
-    with progress_bar(len(manifest.files), description="decoding", console=progress_console) as adv:
+    progress_console = make_console(stderr=True)
+    with BarProgress(progress_console) as bars:
+        adv = counter(bars, "stats", len(manifest.files))
         try:
             return compute_stats(
                 manifest,
@@ -180,7 +195,7 @@ def _run_stats(
                 progress=adv,
             )
         except ImageprepError as e:
-            raise _usage_error(str(e)) from e
+            raise usage_error(str(e)) from e
 
 
 @app.command()
@@ -243,8 +258,8 @@ def stats(
     if json_path is not None and json_path != "-":
         out = Path(json_path)
         if not out.parent.is_dir():
-            raise _usage_error(f"--json: folder {str(out.parent)!r} does not exist")
-    console = _console(stderr=json_path == "-")
+            raise usage_error(f"--json: folder {str(out.parent)!r} does not exist")
+    console = make_console(stderr=json_path == "-")
     t0 = time.perf_counter()
     result = _run_stats(
         src,
@@ -267,49 +282,15 @@ def stats(
         raise typer.Exit(EXIT_REJECTED)
 
 
-def _load_config(config: Path, overrides: list[str] | None) -> RunConfig:
+def load_run_config(config: Path, overrides: list[str] | None) -> RunConfig:
+    """Load a run config with its ``--set`` overrides; a bad one is a usage error (exit 2)."""
     from pipeline.config import load_config
     from pipeline.errors import ConfigError
 
     try:
         return load_config(config, overrides or [])
     except ConfigError as e:
-        raise _usage_error(str(e)) from e
-
-
-class _RunProgress:
-    """Rich progress bars for the two phases of a run (files decoded, shards written)."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress: Progress | None = None
-        self.tasks: dict[str, TaskID] = {}
-
-    def __enter__(self) -> _RunProgress:
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-            self.progress = Progress(
-                "{task.description}",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-            )
-            self.progress.start()
-        return self
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if self.progress is None:
-            return
-        if phase not in self.tasks:
-            label = {"stats": "statistics (files)", "shards": "writing (shards)"}.get(phase, phase)
-            self.tasks[phase] = self.progress.add_task(label, total=total)
-        self.progress.update(self.tasks[phase], completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        raise usage_error(str(e)) from e
 
 
 def print_run_result(
@@ -333,229 +314,6 @@ def print_run_result(
     )
 
 
-def _prefect_defaults() -> None:
-    """Defaults for the temporary Prefect server a run starts without ``PREFECT_API_URL``.
-
-    Its anonymous usage telemetry is off unless the environment says
-    otherwise (a throwaway server has nothing to report, and on a fresh
-    ``PREFECT_HOME`` its first write races the database set-up).
-    """
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: bool) -> RunResult:
-    """Run the prepare job (the flow, or the plain function) and map errors to exit codes.
-
-    Exit 1: shards failed (the store stays resumable) or a shard does not
-    match its checksum; exit 2: bad config, a store of another run, a store
-    held by another run.
-    """
-    from pipeline.errors import ImageprepError
-    from pipeline.run import ShardWriteError
-
-    err = _console(stderr=True)
-    try:
-        if use_prefect:
-            _prefect_defaults()
-            import os
-
-            from flows.prepare import run_foreground
-
-            # heartbeats only when asked for in the environment (see run_foreground)
-            heartbeat = any(
-                name in os.environ
-                for name in (
-                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
-                    "PREFECT_RUNNER_HEARTBEAT_FREQUENCY",
-                )
-            )
-            result: RunResult = run_foreground(
-                cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
-            )
-        else:
-            from pipeline.run import prepare
-
-            with _RunProgress(err) as progress:
-                result = prepare(cfg, progress=progress)
-            if verify:
-                from pipeline.shards import verify as verify_store
-
-                report = verify_store(cfg.output.path, workers=cfg.runtime.workers)
-                if not report.ok:
-                    err.print(f"verification failed: {report.summary()}", markup=False)
-                    raise typer.Exit(EXIT_REJECTED)
-    except ShardWriteError as e:
-        err.print(str(e), markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_REJECTED) from e
-    except ImageprepError as e:
-        from flows.tasks import StoreVerificationError
-
-        if isinstance(e, StoreVerificationError):
-            err.print(str(e), markup=False, soft_wrap=True)
-            raise typer.Exit(EXIT_REJECTED) from e
-        raise _usage_error(str(e)) from e
-    return result
-
-
-_PREFECT_HELP = (
-    "Run the plain pipeline function without Prefect (no server, no retries, cache or artifacts)."
-)
-
-
-def make_demo_source(out: Path, *, seed: int = 0, n_per_class: int = 12) -> Path:
-    """Write the synthetic demo dataset into ``out/images`` and return that folder."""
-    from pipeline.synthetic import make_dataset
-
-    ds = make_dataset(out / "images", seed=seed, n_per_class=n_per_class)
-    return ds.root
-
-
-@app.command()
-def demo(
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Output folder: synthetic images in OUT/images, the store in OUT/dataset.zarr, "
-            "the preview in OUT/preview.png.",
-            file_okay=False,
-        ),
-    ] = Path("demo-output"),
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic dataset.")] = 0,
-    n_per_class: Annotated[
-        int, typer.Option(min=1, help="Synthetic images per class (4 classes).")
-    ] = 12,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="Worker threads (default: all cores).", show_default=False),
-    ] = None,
-    no_prefect: Annotated[bool, typer.Option("--no-prefect", help=_PREFECT_HELP)] = False,
-) -> None:
-    """Make a synthetic dataset (with broken files) and prepare it with configs/demo.yaml.
-
-    Runs the prepare flow (statistics, augmentation, sharded Zarr store), then
-    prints the statistics, the store, the rejected inputs and the preview.
-    """
-    from pipeline.errors import ImageprepError
-
-    console = _console()
-    out = out.expanduser().resolve()
-    try:
-        src = make_demo_source(out, seed=seed, n_per_class=n_per_class)
-        from flows.demo import demo_config
-
-        cfg = demo_config(out, workers=workers)
-    except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-    console.print(f"synthetic dataset written to {src}", soft_wrap=True)
-    result = _prepare(cfg, use_prefect=not no_prefect, verify=True, refresh_stats=False)
-    print_run_result(result, console=console, max_failures=None)
-    from pipeline.report import write_previews
-    from pipeline.stats import Stats
-
-    stats_json = out / "stats.json"
-    Stats.from_json(result.stats).save(stats_json)
-    grid, plot = write_previews(result.store, out / "preview.png")
-    console.print(f"store: {result.store}", soft_wrap=True)
-    console.print(f"stats JSON: {stats_json}", soft_wrap=True)
-    console.print(f"preview: {grid}", soft_wrap=True)
-    console.print(f"stats plot: {plot}", soft_wrap=True)
-
-
-@app.command()
-def run(
-    config: Annotated[
-        Path,
-        typer.Argument(
-            help="Run config (YAML); see configs/ and the README's reference.",
-            exists=False,
-            dir_okay=False,
-        ),
-    ],
-    set_: SetOverrides = None,
-    strict: Annotated[
-        bool,
-        typer.Option("--strict", help="Exit with status 1 when any input was rejected."),
-    ] = False,
-    verify: Annotated[
-        bool,
-        typer.Option(
-            "--verify/--no-verify",
-            help="Recompute every shard's SHA-256 after writing (exit 1 on a mismatch).",
-        ),
-    ] = True,
-    refresh_stats: Annotated[
-        bool,
-        typer.Option(
-            "--refresh-stats", help="Recompute the statistics even when cached for this source."
-        ),
-    ] = False,
-    no_prefect: Annotated[bool, typer.Option("--no-prefect", help=_PREFECT_HELP)] = False,
-) -> None:
-    """Prepare a dataset with the Prefect flow: statistics, augment, normalize, Zarr shards.
-
-    Without PREFECT_API_URL Prefect starts a temporary local server for the
-    run. Resumable: rerunning the same config on the same source writes only
-    the shards still missing. Rejected inputs are listed, not fatal. Exit 1
-    when shards failed (or --strict and inputs were rejected), 2 on a bad
-    config or a store in use by another run.
-    """
-    cfg = _load_config(config, set_)
-    result = _prepare(cfg, use_prefect=not no_prefect, verify=verify, refresh_stats=refresh_stats)
-    print_run_result(result, console=_console())
-    if strict and result.failures:
-        raise typer.Exit(EXIT_REJECTED)
-
-
-@app.command()
-def serve(
-    config: Annotated[
-        Path,
-        typer.Argument(help="Run config (YAML) of the scheduled runs.", dir_okay=False),
-    ],
-    cron: Annotated[
-        str,
-        typer.Option(
-            "--cron",
-            help='Cron schedule, e.g. "0 3 * * *" (every day at 03:00).',
-            show_default=False,
-        ),
-    ],
-    set_: SetOverrides = None,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            help="Deployment name (imageprep-prepare/NAME); default: the config file's stem.",
-            show_default=False,
-        ),
-    ] = None,
-    timezone: Annotated[
-        str | None,
-        typer.Option(help="IANA time zone of the schedule (default UTC).", show_default=False),
-    ] = None,
-    verify: Annotated[
-        bool,
-        typer.Option("--verify/--no-verify", help="Verify the shards' checksums in each run."),
-    ] = True,
-) -> None:
-    """Serve the prepare flow on a cron schedule (needs a Prefect server, see the README).
-
-    Creates the deployment imageprep-prepare/NAME on the server at
-    PREFECT_API_URL and executes its scheduled and triggered runs until
-    stopped (Ctrl-C pauses the schedule).
-    """
-    from pipeline.errors import ImageprepError
-
-    cfg = _load_config(config, set_)
-    from flows.serve import serve_prepare
-
-    try:
-        serve_prepare(cfg, cron=cron, name=name or config.stem, timezone=timezone, verify=verify)
-    except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-
-
 @app.command()
 def verify(
     store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
@@ -566,13 +324,13 @@ def verify(
 ) -> None:
     """Recompute every shard's SHA-256 and compare it with its record (exit 1 on mismatch)."""
     from pipeline.errors import ImageprepError
-    from pipeline.shards import verify as verify_store
+    from pipeline.store import verify as verify_store
 
     try:
         report = verify_store(store, workers=workers)
     except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-    _console().print(report.summary(), markup=False)
+        raise usage_error(str(e)) from e
+    make_console().print(report.summary(), markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_REJECTED)
 
@@ -588,8 +346,8 @@ def info(
     try:
         data = store_info(store)
     except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-    _console().print(render_info(data))
+        raise usage_error(str(e)) from e
+    make_console().print(render_info(data))
 
 
 @app.command()
@@ -609,16 +367,7 @@ def preview(
     try:
         grid, plot = write_previews(store, out, n=n, columns=columns, seed=seed)
     except ImageprepError as e:
-        raise _usage_error(str(e)) from e
-    console = _console()
+        raise usage_error(str(e)) from e
+    console = make_console()
     console.print(f"sample grid written to {grid}")
     console.print(f"stats plot written to {plot}")
-
-
-def main() -> None:
-    """Entry point of the ``imageprep`` console script."""
-    app()
-
-
-if __name__ == "__main__":
-    main()

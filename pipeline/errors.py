@@ -23,7 +23,9 @@ __all__ = [
     "InvalidArgumentError",
     "StoreError",
     "StoreLockedError",
+    "ShardWriteError",
     "StoreMismatchError",
+    "StoreVerificationError",
 ]
 
 
@@ -55,6 +57,14 @@ class StoreMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another run holds the output store."""
+
+
+class StoreVerificationError(StoreError):
+    """A written shard is missing or does not match its SHA-256 record."""
+
+
+class ShardWriteError(ImageprepError):
+    """One or more shards could not be written; the store stays resumable."""
 
 
 @dataclass(frozen=True, order=True)

@@ -26,7 +26,7 @@ Conventions:
 
 Example:
     >>> import tempfile, numpy as np
-    >>> from pipeline.shards import StoreLayout, create_store, write_shard
+    >>> from pipeline.store import StoreLayout, create_store, write_shard
     >>> path = tempfile.mkdtemp() + "/ds.zarr"
     >>> layout = StoreLayout(n_samples=3, channels=1, height=2, width=2, dtype="uint8",
     ...                      shard_size=2)
@@ -56,14 +56,15 @@ import zarr
 from torch.utils.data import Dataset
 from zarr.core.sync import sync as zarr_sync
 
+import ops
 from pipeline.errors import InvalidArgumentError, StoreError
-from pipeline.shards import (
+from pipeline.store import (
     StoreLayout,
-    _array,
-    _ranges,
-    _read,
     done_shards,
+    format_ranges,
+    get_array,
     open_group,
+    read_array,
     read_attrs,
     read_layout,
 )
@@ -98,8 +99,8 @@ class _Converter:
                     f"stats mean/std must have {layout.channels} values (one per channel), "
                     f"got {len(mean)} and {len(std)}"
                 )
-            self.mean = torch.tensor(mean, dtype=torch.float64).to(self.work).view(-1, 1, 1)
-            self.std = torch.tensor(std, dtype=torch.float64).to(self.work).view(-1, 1, 1)
+            self.mean = torch.tensor(mean, dtype=torch.float64).to(self.work)
+            self.std = torch.tensor(std, dtype=torch.float64).to(self.work)
 
     def __call__(self, array: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(array))
@@ -107,7 +108,7 @@ class _Converter:
             return (x.to(self.work) / 255.0).to(self.dtype)
         if self.mean is None or self.std is None:
             return x.to(self.dtype)
-        return (x.to(self.work) * self.std + self.mean).to(self.dtype)
+        return ops.denormalize(x.to(self.work), self.mean, self.std).to(self.dtype)
 
 
 class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -146,7 +147,7 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         # Dataset index -> store row: offsets of each readable shard in the dataset.
         self._offsets = np.cumsum([0, *sizes]).astype(np.int64)
         self._starts = np.asarray(starts, dtype=np.int64)
-        labels = _read(_array(group, "labels"))
+        labels = read_array(get_array(group, "labels"))
         self._labels = np.concatenate(
             [labels[s : s + n] for s, n in zip(starts, sizes, strict=True)] or [labels[:0]]
         )
@@ -198,14 +199,14 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
     def _array(self) -> zarr.Array:
         pid = os.getpid()
         if self._images is None or self._pid != pid:  # first use in this process
-            self._images = _array(open_group(self.path), "images")
+            self._images = get_array(open_group(self.path), "images")
             self._pid = pid
         return self._images
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         row = int(self.rows([index])[0])
         i = index + len(self) if index < 0 else index
-        return self._convert(_read(self._array(), row)), int(self._labels[i])
+        return self._convert(read_array(self._array(), row)), int(self._labels[i])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
         """Read a batch with concurrent single-sample reads (used by ``DataLoader``)."""
@@ -254,7 +255,7 @@ def _readable_shards(group: zarr.Group, layout: StoreLayout, *, allow_partial: b
     if missing and not allow_partial:
         raise StoreError(
             f"{group.store}: {len(missing)} of {layout.n_shards} shards are not written "
-            f"({_ranges(missing)}); finish the run, or pass allow_partial=True to read "
+            f"({format_ranges(missing)}); finish the run, or pass allow_partial=True to read "
             "the written ones"
         )
     return sorted(done)
@@ -281,8 +282,11 @@ def iter_shards(
     layout = read_layout(group)
     convert = _Converter(meta, layout, denormalize=denormalize, dtype=dtype)
     shards = _readable_shards(group, layout, allow_partial=allow_partial)
-    images, labels = _array(group, "images"), _array(group, "labels")
+    images, labels = get_array(group, "images"), get_array(group, "labels")
     for index in shards:
         rows = layout.shard_rows(index)
         sl = slice(rows.start, rows.stop)
-        yield convert(_read(images, sl)), torch.from_numpy(_read(labels, sl).astype(np.int64))
+        yield (
+            convert(read_array(images, sl)),
+            torch.from_numpy(read_array(labels, sl).astype(np.int64)),
+        )

@@ -15,7 +15,7 @@ display needed); a PNG's pixel size is exactly what the docstring says.
 
 Example:
     >>> import tempfile, numpy as np
-    >>> from pipeline.shards import StoreLayout, create_store, write_shard
+    >>> from pipeline.store import StoreLayout, create_store, write_shard
     >>> path = tempfile.mkdtemp() + "/ds.zarr"
     >>> create_store(path, StoreLayout(n_samples=4, channels=3, height=8, width=8,
     ...              dtype="float32", shard_size=4), attrs={"classes": ["a", "b"]}, paths=["x"])
@@ -40,11 +40,11 @@ import numpy as np
 
 from pipeline.errors import InvalidArgumentError, StoreError
 from pipeline.reader import ShardDataset
-from pipeline.shards import (
-    _array,
-    _read,
+from pipeline.store import (
     done_shards,
+    get_array,
     open_group,
+    read_array,
     read_attrs,
     read_layout,
 )
@@ -101,7 +101,7 @@ def store_info(path: _PathLike) -> dict[str, Any]:
     meta = read_attrs(group)
     layout = read_layout(group)
     done = sorted(done_shards(group))
-    labels = _read(_array(group, "labels"))
+    labels = read_array(get_array(group, "labels"))
     written = np.zeros(layout.n_samples, dtype=bool)
     for i in done:
         rows = layout.shard_rows(i)
@@ -126,12 +126,12 @@ def store_info(path: _PathLike) -> dict[str, Any]:
         "dtype": layout.dtype,
         "chunks": [1, *layout.sample_shape],
         "shard_size": layout.shard_size,
-        "compression": layout.compression.model_dump(mode="json"),
+        "compression": layout.compression.to_json(),
         "normalized": normalized,
         "classes": classes,
         "class_counts": counts,
         "samples_written": int(written.sum()),
-        "sources": int(_array(group, "paths").shape[0]),
+        "sources": int(get_array(group, "paths").shape[0]),
         "stats": meta.get("stats") or {},
         "shards": {"done": len(done), "total": layout.n_shards},
         "complete": len(done) == layout.n_shards,
@@ -156,12 +156,6 @@ def _bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{n} B"  # pragma: no cover
-
-
-def _numbers(values: Any) -> str:
-    if not isinstance(values, list):
-        return "-"
-    return ", ".join(f"{v:.4f}" if isinstance(v, int | float) else str(v) for v in values)
 
 
 def render_info(info: Mapping[str, Any]) -> Any:

@@ -1,73 +1,99 @@
-"""The prepare run: scan, statistics, transform and write shards, final record.
+"""The prepare run: the one sequence of steps, and the steps themselves.
 
-:func:`prepare` is the whole job as one plain function (what ``imageprep run``
-and the Prefect flow both execute); its steps are public so that the flow can
-make each one a task:
+:func:`prepare` owns the order of a run, for the command line and for the
+Prefect flow alike; each step is a plain function of this module:
 
 1. :func:`scan_source`: the manifest of the source folder and its fingerprint.
 2. :func:`compute_run_stats`: the dataset statistics, per ``stats.method`` and
    ``stats.at`` (or read from ``stats.file``), and with them the set of
-   accepted files: every file is decoded once here, so the rejected ones are
-   known before the store is laid out.
+   accepted files; on a rerun over an unchanged source with the same config
+   they are read back from the store instead (:func:`resume_stats`).
 3. :func:`open_output`: create the store, or resume one made by the same
-   config on the same source (:func:`pipeline.shards.open_or_create`).
+   config on the same source.
 4. :func:`write_shards`: one Dask task per missing shard; each task decodes its
    files in threads, runs the transform plan in batches on the configured
    device, and writes exactly that shard with its checksummed record.
-5. :func:`finish`: the final record (failures, timings) in the store.
+5. :func:`verify_output`: every shard's checksum recomputed (optional).
+6. :func:`finish`: the final record (failures, timings) marks the store complete.
 
-On a rerun over an unchanged source with the same config, step 2 reads the
-statistics back from the store instead of decoding everything again
-(:func:`resume_stats`), and step 4 only writes the shards not yet done.
+The store is complete only after it verified. :func:`prepare` calls each step
+through a ``runner`` (:data:`direct` by default); the flow
+(:mod:`flows.prepare`) passes one that runs each step as a Prefect task, with
+retries, caching and logs, so the order and the steps are written once.
+Progress goes to one :class:`pipeline.progress.Progress`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from pipeline.errors import DecodeError, Failure, ImageprepError
+from pipeline.errors import (
+    DecodeError,
+    Failure,
+    ImageprepError,
+    ShardWriteError,
+    StoreVerificationError,
+)
 from pipeline.execution import TaskError, decode_pool, resolve_workers, run_tasks, torch_threads
+from pipeline.progress import Progress, counter
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
     from pipeline.decode import ImageHistogram
-    from pipeline.shards import ShardRecord, StoreState
     from pipeline.sources import Manifest
+    from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
 
 __all__ = [
     "RunResult",
-    "check_runtime",
     "RunStats",
     "ShardJob",
-    "ShardWriteError",
+    "StepRunner",
     "WriteResult",
+    "check_runtime",
     "compute_run_stats",
+    "config_differences",
+    "direct",
     "finish",
     "open_output",
     "prepare",
     "resume_stats",
-    "validate_sources",
     "scan_source",
     "shard_failure_message",
     "shard_jobs",
+    "store_attrs",
+    "store_layout",
+    "validate_sources",
+    "verify_output",
     "write_one_shard",
     "write_shards",
 ]
 
-#: ``progress(phase, done, total)``: phase is ``"stats"`` (files) or ``"shards"``.
-ProgressFn = Callable[[str, int, int], None]
+T = TypeVar("T")
 
 
-class ShardWriteError(ImageprepError):
-    """One or more shards could not be written; the store stays resumable."""
+class StepRunner(Protocol):
+    """Calls one step of a run: ``runner(step, *args, **kwargs)`` is ``step(*args, **kwargs)``."""
+
+    def __call__(self, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``step`` (directly, or as a task with its policies) and return its result."""
+        ...
+
+
+def direct(step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """The plain runner: call the step in this process."""
+    return step(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -135,6 +161,85 @@ class RunResult:
     resumed: bool
     seconds: float
     timings: dict[str, float]
+    samples_written: int = 0
+
+    @property
+    def samples_per_second(self) -> float:
+        """Samples written by this run per second of its write step (0 when none)."""
+        seconds = self.timings.get("write", 0.0)
+        return self.samples_written / seconds if self.samples_written and seconds > 0 else 0.0
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = time.perf_counter() - start
+
+
+def prepare(
+    config: RunConfig,
+    *,
+    progress: Progress | None = None,
+    verify: bool = True,
+    refresh_stats: bool = False,
+    runner: StepRunner = direct,
+) -> RunResult:
+    """Run the whole prepare job for ``config``: scan, stats, open, write, verify, finish.
+
+    Holds :class:`pipeline.store.StoreLock` on ``output.path`` from the
+    statistics to the end: a second run against the same output is refused.
+
+    Args:
+        config: the validated run config.
+        progress: receives ``update(phase, done, total)`` for the phases
+            ``"stats"`` (files decoded) and ``"shards"`` (shards written).
+        verify: recompute every shard's checksum before the store is marked
+            complete.
+        refresh_stats: compute the statistics even when the store (or the
+            runner's cache) holds them for this source.
+        runner: calls each step (:data:`direct`; the flow's runs them as tasks).
+
+    Returns:
+        The run summary.
+
+    Raises:
+        ConfigError: ``runtime.device`` does not exist on this machine.
+        StoreLockedError: another run holds the output.
+        StoreMismatchError: the output holds a store of another run.
+        ShardWriteError: some shards failed (the store stays resumable).
+        StoreVerificationError: a shard does not match its record.
+    """
+    from pipeline.store import StoreLock
+
+    check_runtime(config)
+    timings: dict[str, float] = {}
+    with _timed(timings, "scan"):
+        manifest = runner(scan_source, config)
+    with StoreLock(config.output.path):
+        with _timed(timings, "stats"):
+            run_stats = runner(
+                compute_run_stats,
+                config,
+                manifest,
+                reuse_store=not refresh_stats,
+                progress=progress,
+            )
+        state = runner(open_output, config, manifest, run_stats)
+        with _timed(timings, "write"):
+            write = runner(
+                write_shards, config, state, run_stats, root=str(manifest.root), progress=progress
+            )
+        if verify:
+            with _timed(timings, "verify"):
+                runner(verify_output, str(config.output.path), workers=config.runtime.workers)
+        result: RunResult = runner(finish, config, state, run_stats, write, timings=timings)
+        return result
 
 
 # ----------------------------------------------------------------------------- 1. scan
@@ -187,10 +292,17 @@ def _resized_loader(plan: TransformPlan) -> Callable[[str], ImageHistogram]:
 
 
 def compute_run_stats(
-    config: RunConfig, manifest: Manifest, *, progress: Callable[[int], None] | None = None
+    config: RunConfig,
+    manifest: Manifest,
+    *,
+    reuse_store: bool = False,
+    progress: Progress | None = None,
 ) -> RunStats:
-    """Compute the statistics the run normalizes with, and the accepted files.
+    """The statistics the run normalizes with, and the accepted files.
 
+    - With ``reuse_store``, a store at ``output.path`` made by this config
+      from this very source gives them back without decoding anything
+      (:func:`resume_stats`).
     - ``stats.at: source``: statistics of the decoded source pixels with
       ``stats.method`` (:func:`pipeline.stats.compute_stats`).
     - ``stats.at: resized``: the same methods over the pixels after the
@@ -203,7 +315,8 @@ def compute_run_stats(
     Args:
         config: the run config.
         manifest: the scanned source.
-        progress: called with the number of files just decoded.
+        reuse_store: read the statistics back from a store of this run.
+        progress: receives ``("stats", files done, files)``.
 
     Returns:
         The statistics and the accepted files.
@@ -211,10 +324,15 @@ def compute_run_stats(
     from pipeline.stats import Stats, compute_stats
     from pipeline.transforms import TransformPlan
 
+    if reuse_store:
+        stored = resume_stats(config, manifest)
+        if stored is not None:
+            return stored
     st = config.stats
+    advance = counter(progress, "stats", len(manifest.files))
     kwargs: dict[str, Any] = {
         "workers": config.runtime.workers,
-        "progress": progress,
+        "progress": advance,
         "address": config.runtime.dask_address,
     }
     if st.file is not None:
@@ -223,7 +341,7 @@ def compute_run_stats(
             manifest,
             workers=config.runtime.workers,
             address=config.runtime.dask_address,
-            progress=progress,
+            progress=advance,
         )
     elif st.at == "resized":
         plan = TransformPlan.for_stats(config)
@@ -288,7 +406,7 @@ def resume_stats(config: RunConfig, manifest: Manifest) -> RunStats | None:
     ``None`` when there is no store at ``output.path``, or it was made by
     another config or from another source (then the statistics are computed).
     """
-    from pipeline.shards import ATTRIBUTE, open_group
+    from pipeline.store import ATTRIBUTE, get_array, open_group, read_array
 
     path = Path(config.output.path)
     if not (path / "zarr.json").is_file():
@@ -305,8 +423,7 @@ def resume_stats(config: RunConfig, manifest: Manifest) -> RunStats | None:
         or attrs.get("source_fingerprint") != manifest.fingerprint
     ):
         return None
-    paths_array = group["paths"]
-    paths = tuple(str(p) for p in np.asarray(paths_array[:]))  # type: ignore[index]
+    paths = tuple(str(p) for p in read_array(get_array(group, "paths")))
     label_of = {f.path: f.label for f in manifest.files}
     if any(p not in label_of for p in paths):
         return None
@@ -322,20 +439,107 @@ def resume_stats(config: RunConfig, manifest: Manifest) -> RunStats | None:
 # ----------------------------------------------------------------------------- 3. output
 
 
+def _package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("imageprep", "numpy", "zarr", "torch", "dask", "pydantic", "pillow", "prefect"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def store_attrs(
+    config: RunConfig,
+    *,
+    stats: Mapping[str, Any],
+    classes: Sequence[str],
+    source_fingerprint: str,
+    failures: Sequence[Mapping[str, str]] = (),
+) -> dict[str, Any]:
+    """Build the ``imageprep`` group attribute for a run of ``config``.
+
+    Args:
+        config: the validated run config.
+        stats: the stats JSON (contract shape) the samples are normalized with.
+        classes: class names; label ``i`` is ``classes[i]``.
+        source_fingerprint: the scanned manifest's fingerprint.
+        failures: rejected inputs known so far, ``{"path", "error"}`` dicts.
+
+    Returns:
+        A JSON-safe dict: ``config`` (resolved), ``config_identity``, ``stats``,
+        ``classes``, ``seed``, ``versions``, ``source_fingerprint``, ``failures``.
+    """
+    return {
+        "config": config.resolved_dict(),
+        "config_identity": config.identity(),
+        "stats": json.loads(json.dumps(dict(stats))),
+        "classes": [str(c) for c in classes],
+        "seed": config.runtime.seed,
+        "versions": _package_versions(),
+        "source_fingerprint": str(source_fingerprint),
+        "failures": [dict(f) for f in failures],
+    }
+
+
+def config_differences(stored: Any, config: RunConfig) -> list[str]:
+    """``key: before -> after`` for each identity key where a stored config and ``config`` differ.
+
+    Example:
+        >>> from pipeline.config import validate_config
+        >>> a = validate_config({"source": {"path": "/s"}, "output": {"path": "/o"}})
+        >>> b = validate_config({"source": {"path": "/t"}, "output": {"path": "/o"},
+        ...                      "transform": {"size": [64, 64]}})
+        >>> config_differences(a.resolved_dict(), b)
+        ['transform.size: [224, 224] -> [64, 64]']
+    """
+    from pipeline.store import differences
+
+    return differences(_identity_view(stored), _identity_view(config.resolved_dict()))
+
+
+def _identity_view(config: Any) -> Any:
+    """A stored resolved config without the keys outside the identity."""
+    from pipeline.config import NOT_IN_IDENTITY
+
+    if not isinstance(config, dict):
+        return {}
+    view = json.loads(json.dumps(config))
+    for section, key in NOT_IN_IDENTITY:
+        if isinstance(view.get(section), dict):
+            view[section].pop(key, None)
+    return view
+
+
+def store_layout(config: RunConfig, *, n_samples: int) -> StoreLayout:
+    """The store layout a run of ``config`` writes for ``n_samples`` samples (3 channels)."""
+    from pipeline.store import StoreLayout
+
+    height, width = config.transform.size
+    return StoreLayout(
+        n_samples=n_samples,
+        channels=3,
+        height=height,
+        width=width,
+        dtype=config.output.dtype,
+        shard_size=config.output.shard_size,
+        compression=config.output.compression.compression(),
+    )
+
+
 def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> StoreState:
     """Create the output store, or resume it when it was made by the same run.
 
-    Call while holding :class:`pipeline.shards.StoreLock` on ``output.path``.
+    Call while holding :class:`pipeline.store.StoreLock` on ``output.path``.
 
     Raises:
         StoreMismatchError: the store was made by another config or source and
-            ``output.overwrite`` is false.
+            ``output.overwrite`` is false; the message names the config keys
+            that differ.
     """
-    from pipeline.shards import StoreLayout, open_or_create, store_attrs
+    from pipeline.store import open_or_create
 
-    layout = StoreLayout.from_config(
-        config, n_samples=len(run_stats.accepted) * config.transform.copies, channels=3
-    )
+    layout = store_layout(config, n_samples=len(run_stats.accepted) * config.transform.copies)
     attrs = store_attrs(
         config,
         stats=run_stats.stats,
@@ -349,6 +553,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         attrs=attrs,
         paths=run_stats.accepted,
         overwrite=config.output.overwrite,
+        explain=lambda existing: config_differences(existing.get("config"), config),
     )
 
 
@@ -410,7 +615,7 @@ def write_one_shard(
     """
     import torch
 
-    from pipeline.shards import write_shard
+    from pipeline.store import write_shard
     from pipeline.transforms import sample_generator
 
     # parallelism is Dask's; one torch thread keeps results bit-stable (on a cluster
@@ -421,7 +626,7 @@ def write_one_shard(
         for s, k in zip(job.source_index, job.copy_index, strict=True)
     ]
     pool = decode_pool(decode_threads)
-    per_copy = plan.crop_step is not None
+    per_copy = plan.crop is not None
     loads: dict[Any, Any] = {}
     futures = []
     for row, rel in enumerate(job.paths):
@@ -469,32 +674,39 @@ def write_shards(
     run_stats: RunStats,
     *,
     root: str | Path,
-    on_shard: Callable[[int, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> WriteResult:
     """Write every shard the store still misses, one Dask task per shard.
+
+    Which shards are missing is read from the store's records when the step
+    starts, so calling it again (a retry) writes only what is still missing.
 
     Args:
         config: the run config.
         state: the opened store (:func:`open_output`).
         run_stats: statistics and accepted files.
         root: the source folder.
-        on_shard: called as ``on_shard(index, done, total)`` after each shard.
+        progress: receives ``("shards", shards done, shards, units=images written)``.
 
     Returns:
-        Which shards were written, how many were already done, and the errors
-        of shards that failed (the store stays resumable; rerun to retry them).
+        Which shards were written now and how many were already done.
+
+    Raises:
+        ShardWriteError: some shards failed; the message names each with its
+            cause. The others are written and the store stays resumable.
     """
     import dask
 
     from pipeline.execution import guarded
+    from pipeline.store import done_shards
     from pipeline.transforms import TransformPlan
 
     plan = TransformPlan.from_config(config, run_stats.stats)
-    check_runtime(config)  # fail here rather than in every shard
     jobs = shard_jobs(
         run_stats, copies=config.transform.copies, shard_size=config.output.shard_size
     )
-    todo = [jobs[i] for i in state.todo]
+    done = done_shards(state.path)
+    todo = [job for job in jobs if job.index not in done]
     result = WriteResult(skipped=len(jobs) - len(todo))
     workers = resolve_workers(config.runtime.workers)
     tasks = [
@@ -510,13 +722,16 @@ def write_shards(
         )
         for job in todo
     ]
-    done_count = 0
+    images = sum(job.rows for job in jobs if job.index in done)
+    finished = 0
 
     def on_done(position: int, outcome: Any) -> None:
-        nonlocal done_count
-        done_count += 1
-        if on_shard is not None:
-            on_shard(todo[position].index, done_count + result.skipped, len(jobs))
+        nonlocal images, finished
+        finished += 1
+        if not isinstance(outcome, TaskError):
+            images += todo[position].rows
+        if progress is not None:
+            progress.update("shards", result.skipped + finished, len(jobs), units=images)
 
     start = time.perf_counter()
     # shard tasks run torch single-threaded (write_one_shard); in this process
@@ -536,21 +751,38 @@ def write_shards(
         else:
             result.written.append(job.index)
             result.samples += job.rows
+    if result.errors:
+        raise ShardWriteError(shard_failure_message(config, state, result))
     return result
 
 
-# ----------------------------------------------------------------------------- 5. finish
+# ----------------------------------------------------------------------------- 5. verify
 
 
-def shard_failure_message(
-    config: RunConfig, state: StoreState, write: WriteResult, *, attempts: int | None = None
-) -> str:
+def verify_output(store: str | Path, *, workers: int | None = None) -> VerifyReport:
+    """Recompute every shard's SHA-256 and compare with its record (:func:`pipeline.store.verify`).
+
+    Raises:
+        StoreVerificationError: a shard is missing or does not match its record.
+    """
+    from pipeline.store import verify
+
+    report = verify(store, workers=workers)
+    if not report.ok:
+        raise StoreVerificationError(f"verification failed: {report.summary()}")
+    return report
+
+
+# ----------------------------------------------------------------------------- 6. finish
+
+
+def shard_failure_message(config: RunConfig, state: StoreState, write: WriteResult) -> str:
     """The message of a run whose shards failed: count, store, one line per shard and cause.
 
     Example:
         >>> from pipeline.config import RunConfig
         >>> from pipeline.execution import TaskError
-        >>> from pipeline.shards import StoreLayout, StoreState
+        >>> from pipeline.store import StoreLayout, StoreState
         >>> cfg = RunConfig.model_validate({"source": {"path": "/d"}, "output": {"path": "/o"}})
         >>> layout = StoreLayout(n_samples=4, channels=3, height=2, width=2, dtype="float16",
         ...                      shard_size=2)
@@ -560,10 +792,9 @@ def shard_failure_message(
         1 of 2 shards failed; the store at /o is resumable (rerun the same command):
           - shard 1: OSError: disk full
     """
-    after = f" after {attempts} attempts" if attempts and attempts > 1 else ""
     lines = "\n".join(f"  - {e}" for e in write.errors)
     return (
-        f"{len(write.errors)} of {state.layout.n_shards} shards failed{after}; the store at "
+        f"{len(write.errors)} of {state.layout.n_shards} shards failed; the store at "
         f"{config.output.path} is resumable (rerun the same command):\n{lines}"
     )
 
@@ -576,15 +807,13 @@ def finish(
     *,
     timings: dict[str, float],
 ) -> RunResult:
-    """Record the end of the run in the store and return its summary.
+    """Record the end of the run in the store (it is then complete) and return its summary.
 
     Raises:
-        ShardWriteError: some shards failed; they are named with their cause.
+        StoreError: some shards are not written (:func:`pipeline.store.finalize`).
     """
-    from pipeline.shards import finalize
+    from pipeline.store import finalize
 
-    if write.errors:
-        raise ShardWriteError(shard_failure_message(config, state, write))
     finalize(
         config.output.path,
         {
@@ -603,73 +832,5 @@ def finish(
         resumed=state.resumed,
         seconds=sum(timings.values()),
         timings=timings,
+        samples_written=write.samples,
     )
-
-
-def prepare(
-    config: RunConfig,
-    *,
-    progress: ProgressFn | None = None,
-) -> RunResult:
-    """Run the whole prepare job for ``config`` (without Prefect).
-
-    Holds :class:`pipeline.shards.StoreLock` on ``output.path`` for the whole
-    run: a second run against the same output is refused.
-
-    Args:
-        config: the validated run config.
-        progress: ``progress(phase, done, total)`` for phases ``"stats"``
-            (files decoded) and ``"shards"`` (shards written).
-
-    Returns:
-        The run summary.
-
-    Raises:
-        ConfigError: ``runtime.device`` does not exist on this machine.
-        StoreLockedError: another run holds the output.
-        StoreMismatchError: the output holds a store of another run.
-        ShardWriteError: some shards failed (the store stays resumable).
-    """
-    from pipeline.shards import StoreLock
-
-    check_runtime(config)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    manifest = scan_source(config)
-    timings["scan"] = time.perf_counter() - t0
-    with StoreLock(config.output.path):
-        t0 = time.perf_counter()
-        run_stats = resume_stats(config, manifest)
-        if run_stats is None:
-            total = len(manifest.files)
-            counter = _Counter("stats", total, progress)
-            run_stats = compute_run_stats(config, manifest, progress=counter)
-        timings["stats"] = time.perf_counter() - t0
-        state = open_output(config, manifest, run_stats)
-
-        def on_shard(index: int, done: int, total: int) -> None:
-            if progress is not None:
-                progress("shards", done, total)
-
-        t0 = time.perf_counter()
-        write = write_shards(config, state, run_stats, root=manifest.root, on_shard=on_shard)
-        timings["write"] = time.perf_counter() - t0
-        return finish(config, state, run_stats, write, timings=timings)
-
-
-class _Counter:
-    """Turns per-item ``advance(n)`` calls into ``progress(phase, done, total)``."""
-
-    def __init__(self, phase: str, total: int, progress: ProgressFn | None) -> None:
-        import threading
-
-        self.phase, self.total, self.progress = phase, total, progress
-        self.done = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, n: int) -> None:
-        if self.progress is None:
-            return
-        with self._lock:
-            self.done += n
-            self.progress(self.phase, self.done, self.total)

@@ -28,7 +28,7 @@ def test_config_reference_matches_the_models():
 
 
 def test_every_command_is_documented():
-    from pipeline.cli import app
+    from flows.cli import app
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert names == {"demo", "stats", "run", "serve", "verify", "info", "preview"}

@@ -30,7 +30,6 @@ from pipeline.config.steps import (
     InvertStep,
     RandomResizedCropStep,
     ShadowsHighlightsStep,
-    Step,
 )
 from pipeline.errors import ConfigError
 from pipeline.store.codecs import CODEC_LEVELS, Compression
@@ -50,7 +49,7 @@ __all__ = [
 ]
 
 
-def default_augment() -> tuple[Step, ...]:
+def default_augment() -> tuple[Any, ...]:
     """The default ``transform.augment``: the contract's example list."""
     return (
         InvertStep(op="invert", p=0.5),

@@ -92,12 +92,12 @@ class DogNoiseStep(Step):
     @field_validator("band")
     @classmethod
     def _check_band(cls, band: tuple[float, float]) -> tuple[float, float]:
-        return _rule(ops.DoGNoise.check_band, band)  # type: ignore[no-any-return]
+        return _rule(ops.DoGNoise.check_band, band)
 
     @field_validator("rms")
     @classmethod
     def _check_rms(cls, rms: float | tuple[float, float]) -> float | tuple[float, float]:
-        return _rule(ops.DoGNoise.check_rms, rms)  # type: ignore[no-any-return]
+        return _rule(ops.DoGNoise.check_rms, rms)
 
     def build(self, size: tuple[int, int]) -> ops.DoGNoise:
         """:class:`ops.DoGNoise` with this step's band, rms and ``p``."""
@@ -143,7 +143,7 @@ class GaussianBlurStep(Step):
     @field_validator("sigma")
     @classmethod
     def _check_sigma(cls, sigma: float | tuple[float, float]) -> float | tuple[float, float]:
-        return _rule(ops.RandomGaussianBlur.check_sigma, sigma)  # type: ignore[no-any-return]
+        return _rule(ops.RandomGaussianBlur.check_sigma, sigma)
 
     def build(self, size: tuple[int, int]) -> ops.RandomGaussianBlur:
         """:class:`ops.RandomGaussianBlur` with this step's sigma and ``p``."""
@@ -171,12 +171,12 @@ class RandomResizedCropStep(Step):
     @field_validator("scale")
     @classmethod
     def _check_scale(cls, scale: tuple[float, float]) -> tuple[float, float]:
-        return _rule(ops.RandomResizedCrop.check_scale, scale)  # type: ignore[no-any-return]
+        return _rule(ops.RandomResizedCrop.check_scale, scale)
 
     @field_validator("ratio")
     @classmethod
     def _check_ratio(cls, ratio: tuple[float, float]) -> tuple[float, float]:
-        return _rule(ops.RandomResizedCrop.check_ratio, ratio)  # type: ignore[no-any-return]
+        return _rule(ops.RandomResizedCrop.check_ratio, ratio)
 
     @field_validator("p")
     @classmethod

@@ -77,10 +77,10 @@ class Compression:
         """The zarr-python codec objects of this compression (``None`` for raw bytes)."""
         from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
+        if self.codec == "none" or self.level is None:
+            return None
         if self.codec == "zstd":
             return (ZstdCodec(level=self.level),)
         if self.codec == "blosc":
             return (BloscCodec(cname="lz4", clevel=self.level),)
-        if self.codec == "gzip":
-            return (GzipCodec(level=self.level),)
-        return None
+        return (GzipCodec(level=self.level),)

@@ -34,6 +34,7 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from pipeline.store.writer import done_shards
 __all__ = ["StoreState", "create_store", "differences", "flatten", "open_or_create"]
 
 
+@dataclass(frozen=True)
 class StoreState:
     """What :func:`open_or_create` found or made.
 

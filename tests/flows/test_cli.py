@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -17,10 +16,10 @@ from typer.testing import CliRunner
 import flows.demo
 import flows.prepare
 import pipeline.run
-from flows.demo import DEMO_CONFIG, DEMO_CONFIG_FILE, demo_config, demo_config_data
-from pipeline.cli import app
-from pipeline.shards import read_attrs, verify
+from flows.cli import app
+from flows.demo import demo_config, demo_config_data
 from pipeline.stats import compute_stats
+from pipeline.store import read_attrs, verify
 from tests.flows.conftest import BIN, CONFIGS, read_store
 
 runner = CliRunner()
@@ -130,7 +129,7 @@ def test_console_script_refuses_a_locked_store(source, tmp_path: Path, no_prefec
     out = tmp_path / "locked.zarr"
     code = (
         "import sys\n"
-        "from pipeline.shards import StoreLock\n"
+        "from pipeline.store import StoreLock\n"
         f"lock = StoreLock({str(out)!r}).acquire()\n"
         "print('locked', flush=True)\n"
         "sys.stdin.read()\n"
@@ -201,20 +200,15 @@ def test_help_of_the_flow_commands():
 # ----------------------------------------------------------------------------- demo
 
 
-def test_embedded_demo_config_equals_the_yaml_file():
-    assert DEMO_CONFIG_FILE.is_file()
-    assert yaml.safe_load(DEMO_CONFIG_FILE.read_text()) == DEMO_CONFIG
-
-
-def test_demo_config_falls_back_to_the_embedded_copy(tmp_path: Path, monkeypatch):
-    from_file = demo_config(tmp_path)
-    monkeypatch.setattr(flows.demo, "DEMO_CONFIG_FILE", tmp_path / "missing.yaml")
+def test_the_demo_config_is_configs_demo_yaml(tmp_path: Path):
+    # one demo config: the installed package data is the checkout's configs/demo.yaml
     data, origin = demo_config_data()
-    assert origin == "<embedded demo config>"
-    assert demo_config(tmp_path) == from_file
-    data["transform"]["size"] = [1, 1]  # a copy: the embedded mapping is unchanged
-    assert DEMO_CONFIG["transform"]["size"] == [64, 64]
-    assert copy.deepcopy(DEMO_CONFIG) == yaml.safe_load(DEMO_CONFIG_FILE.read_text())
+    repo_file = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    assert Path(origin).resolve() == repo_file
+    assert data == yaml.safe_load(repo_file.read_text())
+    cfg = demo_config(tmp_path)
+    assert cfg.transform.size == (64, 64)
+    assert cfg.source.path == tmp_path.resolve() / "images"
 
 
 @pytest.mark.usefixtures("prefect_api")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.prepare import prepare_flow
-from pipeline.shards import read_attrs, verify
+from pipeline.store import read_attrs, verify
 from tests.flows.conftest import BIN, free_port, read_store, run_config, stop, wait_for
 
 pytestmark = [pytest.mark.usefixtures("prefect_api"), pytest.mark.slow]

@@ -11,9 +11,8 @@ import pytest
 import flows.prepare
 import pipeline.run
 from flows.prepare import prepare_flow
-from pipeline.errors import StoreLockedError
-from pipeline.run import ShardWriteError
-from pipeline.shards import StoreLock, done_shards, read_attrs, verify
+from pipeline.errors import ShardWriteError, StoreLockedError
+from pipeline.store import StoreLock, done_shards, read_attrs, verify
 from tests.flows.conftest import BIN, CONFIGS, read_store, run_config, task_states, wait_for
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -260,7 +259,7 @@ def test_a_store_locked_by_another_process_is_refused(source, tmp_path: Path):
     cfg = run_config(source.root, tmp_path / "locked.zarr")
     code = (
         "import sys, time\n"
-        "from pipeline.shards import StoreLock\n"
+        "from pipeline.store import StoreLock\n"
         f"lock = StoreLock({str(cfg.output.path)!r}).acquire()\n"
         "print('locked', flush=True)\n"
         "sys.stdin.read()\n"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.shards import read_attrs, verify
+from pipeline.store import read_attrs, verify
 from tests.flows.conftest import BIN, CONFIGS, free_port, make_source, stop, wait_for
 
 pytestmark = pytest.mark.slow

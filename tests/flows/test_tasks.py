@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +10,6 @@ import pipeline.run
 from flows.tasks import (
     IO_BACKOFF_SECONDS,
     IO_RETRIES,
-    ProgressLog,
-    StoreVerificationError,
     finish_task,
     is_transient,
     open_store_task,
@@ -23,11 +19,16 @@ from flows.tasks import (
     verify_task,
     write_shards_task,
 )
-from pipeline.errors import ConfigError, InvalidArgumentError, StoreLockedError
-from pipeline.run import ShardWriteError
-from pipeline.shards import done_shards, verify
+from pipeline.errors import (
+    ConfigError,
+    InvalidArgumentError,
+    ShardWriteError,
+    StoreLockedError,
+    StoreVerificationError,
+)
 from pipeline.sources import scan
 from pipeline.stats import compute_stats
+from pipeline.store import done_shards, verify
 from pipeline.synthetic import make_dataset
 from tests.flows.conftest import make_source, read_store, run_config
 
@@ -136,49 +137,6 @@ def test_io_tasks_retry_with_exponential_backoff():
         assert t.retry_condition_fn is is_transient
     assert stats_task.persist_result is True
     assert scan_task.persist_result is False
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-class _Keep(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-@pytest.mark.parametrize(("total", "steps"), [(1, 10), (7, 10), (1000, 10), (37, 4)])
-def test_progress_log_from_threads(total, steps):
-    logger = logging.getLogger(f"test-progress-{total}-{steps}")
-    logger.setLevel(logging.INFO)
-    keep = _Keep()
-    logger.addHandler(keep)
-    progress = ProgressLog(logger, "shards", total=total, unit="images", steps=steps)
-    counter = {"n": 0}
-    lock = threading.Lock()
-    order = np.random.default_rng(total).permutation(total)
-
-    def work(items):
-        for _ in items:
-            with lock:
-                counter["n"] += 1
-                done = counter["n"]
-            progress.update(done, units=3 * done)
-
-    threads = [threading.Thread(target=work, args=(chunk,)) for chunk in np.array_split(order, 4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    done = [int(line.split(":")[1].split("/")[0]) for line in keep.lines]
-    assert keep.lines[-1].startswith(f"shards: {total}/{total} (100%), {3 * total} images")
-    assert done == sorted(done)
-    assert len(set(done)) == len(done)
-    assert 1 <= len(keep.lines) <= steps + 1
-    assert all("images/s" in line for line in keep.lines)
 
 
 # ----------------------------------------------------------------------------- tasks through .fn

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops import crop_resize, upsample2x
+from ops import crop_resize, resize, resize_to, resized_crop, resized_shape, upsample2x
 from pipeline.errors import InvalidArgumentError
 from tests.ops.checker import check_op, tol
 
@@ -347,3 +347,121 @@ def test_upsample2x_rejects_bad_images():
         upsample2x(torch.zeros(1, 3, 4, 4, dtype=torch.int32))
     with pytest.raises(InvalidArgumentError, match=r"x must have shape \(\*, C, H, W\)"):
         upsample2x(torch.zeros(4, 4))
+
+
+# ---------------------------------------------------------------------------
+# resize, resize_to, resized_crop (the prepare run's resampling)
+# ---------------------------------------------------------------------------
+
+
+def _chw(img: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8/uint16 array -> (C, H, W) tensor as the pipeline holds pixels."""
+    arr = img.astype(np.int32) if img.dtype == np.uint16 else img
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _reference_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """float64 antialiased bilinear resize, rounded: the reference for the integer kernels."""
+    x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
+    out = F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    return out[0].numpy()
+
+
+def _textured(h: int, w: int, *, dtype=np.uint8, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    top = 255 if dtype == np.uint8 else 65535
+    return rng.integers(0, top + 1, size=(h, w, 3)).astype(dtype)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "size", "mode", "expected"),
+    [
+        (375, 500, (224, 224), "shorter-side-crop", (224, 299)),
+        (500, 375, (224, 224), "shorter-side-crop", (299, 224)),
+        (100, 100, (224, 224), "shorter-side-crop", (224, 224)),
+        (375, 500, (224, 224), "pad", (168, 224)),
+        (375, 500, (64, 32), "pad", (24, 32)),
+        (375, 500, (64, 32), "stretch", (64, 32)),
+        (375, 500, (64, 32), "shorter-side-crop", (64, 85)),
+    ],
+)
+def test_resized_shape(h, w, size, mode, expected):
+    assert resized_shape(h, w, size, mode) == expected
+
+
+def test_resized_shape_rejects_unknown_mode():
+    with pytest.raises(InvalidArgumentError, match="resize must be one of"):
+        resized_shape(10, 10, (4, 4), "squash")
+
+
+@pytest.mark.parametrize(("h", "w"), [(37, 53), (53, 37), (20, 20), (9, 200)])
+def test_shorter_side_crop_is_centre_of_full_resize(h, w):
+    img = _textured(h, w)
+    out = resize_to(_chw(img), (16, 16), mode="shorter-side-crop")
+    rh, rw = resized_shape(h, w, (16, 16), "shorter-side-crop")
+    ref = _reference_resize(img, (rh, rw))
+    top, left = (rh - 16) // 2, (rw - 16) // 2
+    ref = ref[:, top : top + 16, left : left + 16]
+    assert out.dtype == torch.uint8
+    assert out.shape == (3, 16, 16)
+    # the uint8 kernel rounds; it agrees with float64 within one level
+    assert np.abs(out.numpy().astype(np.float64) - ref).max() <= 1.0
+
+
+def test_stretch_and_pad():
+    img = _textured(30, 60)
+    stretched = resize_to(_chw(img), (12, 12), mode="stretch")
+    assert np.abs(stretched.numpy() - _reference_resize(img, (12, 12))).max() <= 1.0
+    padded = resize_to(_chw(img), (12, 12), mode="pad").numpy()
+    inner = _reference_resize(img, (6, 12))
+    assert np.abs(padded[:, 3:9, :] - inner).max() <= 1.0
+    assert (padded[:, :3] == 0).all()
+    assert (padded[:, 9:] == 0).all()
+
+
+def test_sixteen_bit_resize_keeps_integers():
+    img = _textured(41, 29, dtype=np.uint16, seed=3)
+    out = resize_to(_chw(img), (10, 10), mode="stretch")
+    assert out.dtype == torch.int32
+    ref = np.clip(np.round(_reference_resize(img, (10, 10))), 0, 65535)
+    np.testing.assert_array_equal(out.numpy(), ref)
+
+
+def test_box_crop_equals_resized_slice():
+    img = _textured(50, 70, seed=5)
+    out = resized_crop(_chw(img), (10, 5, 42, 37), (8, 8))
+    ref = _reference_resize(np.ascontiguousarray(img[5:37, 10:42]), (8, 8))
+    assert np.abs(out.numpy() - ref).max() <= 1.0
+    same = resized_crop(_chw(img), (10, 5, 42, 37), (32, 32))
+    np.testing.assert_array_equal(same.numpy(), img[5:37, 10:42].transpose(2, 0, 1))
+
+
+def test_identity_size_copies_pixels():
+    img = _textured(16, 16)
+    out = resize_to(_chw(img), (16, 16), mode="shorter-side-crop")
+    np.testing.assert_array_equal(out.numpy(), img.transpose(2, 0, 1))
+
+
+def test_resize_rejects_bad_images():
+    with pytest.raises(InvalidArgumentError, match=r"image must have shape \(\*, C, H, W\)"):
+        resize(torch.zeros(4, 4, dtype=torch.uint8), (2, 2))
+    with pytest.raises(InvalidArgumentError, match="image must be floating point or uint8"):
+        resize(torch.zeros(3, 4, 4, dtype=torch.bool), (2, 2))
+    with pytest.raises(InvalidArgumentError, match="mode must be one of"):
+        resize_to(torch.zeros(3, 4, 4), (2, 2), mode="squash")
+    with pytest.raises(InvalidArgumentError, match=r"box must be integers \(x1, y1, x2, y2\)"):
+        resized_crop(torch.zeros(3, 4, 4), (0, 0, 5, 4), (2, 2))
+
+
+def test_resize_keeps_dtype_device_and_equals_unbatched():
+    x = torch.rand(4, 3, 37, 53, generator=torch.Generator().manual_seed(0))
+    check_op(resize, x, (16, 20), gradcheck=True)
+    check_op(resize, (x * 255).round().to(torch.uint8), (16, 20))
+    check_op(resize_to, x, (16, 16), mode="pad")
+
+
+def test_float_resize_matches_float64_reference():
+    x = torch.rand(2, 3, 41, 29, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for shape in [(10, 10), (80, 60), (41, 7)]:
+        ref = np.stack([_reference_resize(np.transpose(im.numpy(), (1, 2, 0)), shape) for im in x])
+        np.testing.assert_allclose(resize(x, shape).numpy(), ref, rtol=0, atol=1e-12)

@@ -12,8 +12,8 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.progress import progress_bar
+from flows.cli import app
+from pipeline.progress import BarProgress, counter
 from pipeline.stats import compute_stats
 
 HEAVY = ("numpy", "torch", "dask", "distributed", "zarr", "prefect", "PIL", "scipy", "pandas")
@@ -154,14 +154,15 @@ def test_progress_bar_draws_on_a_terminal():
 
     buf = io.StringIO()
     con = Console(file=buf, force_terminal=True, width=80)
-    with progress_bar(4, description="decoding", console=con) as advance:
+    with BarProgress(con) as bars:
+        advance = counter(bars, "stats", 4)
         for _ in range(4):
             advance(1)
-    assert "decoding" in buf.getvalue()
+    assert "statistics (files)" in buf.getvalue()
     buf = io.StringIO()
     con = Console(file=buf, force_terminal=False)
-    with progress_bar(4, description="decoding", console=con) as advance:
-        advance(4)
+    with BarProgress(con) as bars:
+        counter(bars, "stats", 4)(4)
     assert buf.getvalue() == ""
 
 

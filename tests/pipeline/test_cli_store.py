@@ -10,7 +10,7 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from flows.cli import app
 from pipeline.config import validate_config
 from pipeline.run import prepare
 from pipeline.synthetic import make_dataset

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.errors import InvalidArgumentError, StoreError
 from pipeline.reader import ShardDataset, iter_shards
-from pipeline.shards import StoreLayout, create_store, write_shard
+from pipeline.store import StoreLayout, create_store, write_shard
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]

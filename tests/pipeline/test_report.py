@@ -19,7 +19,7 @@ from pipeline.report import (
     write_previews,
     write_stats_plot,
 )
-from pipeline.shards import StoreLayout, create_store, finalize, write_shard
+from pipeline.store import StoreLayout, create_store, finalize, write_shard
 
 MEAN = [0.5, 0.4, 0.3]
 STD = [0.25, 0.2, 0.15]

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 import zarr
 from PIL import Image, ImageOps
 
+from ops import resized_shape
 from pipeline.config import RunConfig, validate_config
-from pipeline.errors import StoreError, StoreLockedError, StoreMismatchError
+from pipeline.errors import ShardWriteError, StoreError, StoreLockedError, StoreMismatchError
 from pipeline.reader import ShardDataset
-from pipeline.run import ShardWriteError, prepare
-from pipeline.shards import StoreLock, done_shards, read_records, verify
+from pipeline.run import prepare, store_layout
 from pipeline.stats import compute_stats
+from pipeline.store import StoreLock, done_shards, read_records, verify
 from pipeline.synthetic import make_dataset
-from pipeline.transforms import resized_shape
 
 SIZE = (24, 24)
 AUGMENT = [
@@ -296,9 +296,9 @@ def _done_so_far(path: Path) -> int:
 _KILLED_CHILD = textwrap.dedent(
     """
     import sys, time
-    from pipeline import shards
+    import pipeline.store as shards
     from pipeline.config import load_config
-    from pipeline.run import prepare
+    from pipeline.run import prepare, store_layout
 
     real = shards.write_shard
     def slow(*args, **kwargs):
@@ -335,7 +335,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(source, tmp_path, monkey
     total = len(read_records(out))
     assert 2 <= len(killed_done) < total
 
-    from pipeline import shards
+    import pipeline.store as shards
 
     calls: list[int] = []
     real = shards.write_shard
@@ -382,3 +382,16 @@ def test_a_missing_cuda_device_is_a_config_error_before_any_work(source, tmp_pat
     with pytest.raises(ConfigError, match=r"runtime\.device: 'cuda' asked for, but this machine"):
         prepare(_config(source.root, out, runtime={"device": "cuda"}))
     assert not out.exists()  # nothing scanned into a store, nothing decoded
+
+
+def test_layout_from_config():
+    cfg = validate_config(
+        {
+            "source": {"path": "/s"},
+            "output": {"path": "/o", "shard_size": 8, "dtype": "float32"},
+            "transform": {"size": [32, 48]},
+        }
+    )
+    layout = store_layout(cfg, n_samples=20)
+    assert (layout.height, layout.width, layout.shard_size, layout.dtype) == (32, 48, 8, "float32")
+    assert layout.compression == cfg.output.compression.compression()

@@ -3,105 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+import ops
+from pipeline.config import DogNoiseStep, GaussianBlurStep, InvertStep
 from pipeline.errors import InvalidArgumentError
-from pipeline.transforms import (
-    TransformPlan,
-    resize_image,
-    resized_shape,
-    sample_generator,
-    sample_seed,
-)
-
-
-def _reference_resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """float64 antialiased bilinear resize, rounded: the reference for the integer kernels."""
-    x = torch.from_numpy(image.astype(np.float64)).permute(2, 0, 1)[None]
-    out = F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)
-    return out[0].numpy()
-
-
-def _textured(h: int, w: int, *, dtype=np.uint8, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    top = 255 if dtype == np.uint8 else 65535
-    return rng.integers(0, top + 1, size=(h, w, 3)).astype(dtype)
-
-
-@pytest.mark.parametrize(
-    ("h", "w", "size", "mode", "expected"),
-    [
-        (375, 500, (224, 224), "shorter-side-crop", (224, 299)),
-        (500, 375, (224, 224), "shorter-side-crop", (299, 224)),
-        (100, 100, (224, 224), "shorter-side-crop", (224, 224)),
-        (375, 500, (224, 224), "pad", (168, 224)),
-        (375, 500, (64, 32), "pad", (24, 32)),
-        (375, 500, (64, 32), "stretch", (64, 32)),
-        (375, 500, (64, 32), "shorter-side-crop", (64, 85)),
-    ],
-)
-def test_resized_shape(h, w, size, mode, expected):
-    assert resized_shape(h, w, size, mode) == expected
-
-
-def test_resized_shape_rejects_unknown_mode():
-    with pytest.raises(InvalidArgumentError, match="resize must be one of"):
-        resized_shape(10, 10, (4, 4), "squash")
-
-
-@pytest.mark.parametrize(("h", "w"), [(37, 53), (53, 37), (20, 20), (9, 200)])
-def test_shorter_side_crop_is_centre_of_full_resize(h, w):
-    img = _textured(h, w)
-    out = resize_image(img, (16, 16), mode="shorter-side-crop")
-    rh, rw = resized_shape(h, w, (16, 16), "shorter-side-crop")
-    ref = _reference_resize(img, (rh, rw))
-    top, left = (rh - 16) // 2, (rw - 16) // 2
-    ref = ref[:, top : top + 16, left : left + 16]
-    assert out.dtype == torch.uint8
-    assert out.shape == (3, 16, 16)
-    # the uint8 kernel rounds; it agrees with float64 within one level
-    assert np.abs(out.numpy().astype(np.float64) - ref).max() <= 1.0
-
-
-def test_stretch_and_pad():
-    img = _textured(30, 60)
-    stretched = resize_image(img, (12, 12), mode="stretch")
-    assert np.abs(stretched.numpy() - _reference_resize(img, (12, 12))).max() <= 1.0
-    padded = resize_image(img, (12, 12), mode="pad").numpy()
-    inner = _reference_resize(img, (6, 12))
-    assert np.abs(padded[:, 3:9, :] - inner).max() <= 1.0
-    assert (padded[:, :3] == 0).all()
-    assert (padded[:, 9:] == 0).all()
-
-
-def test_sixteen_bit_resize_keeps_integers():
-    img = _textured(41, 29, dtype=np.uint16, seed=3)
-    out = resize_image(img, (10, 10), mode="stretch")
-    assert out.dtype == torch.int32
-    ref = np.clip(np.round(_reference_resize(img, (10, 10))), 0, 65535)
-    np.testing.assert_array_equal(out.numpy(), ref)
-
-
-def test_box_crop_equals_resized_slice():
-    img = _textured(50, 70, seed=5)
-    out = resize_image(img, (8, 8), box=(10, 5, 42, 37))
-    ref = _reference_resize(np.ascontiguousarray(img[5:37, 10:42]), (8, 8))
-    assert np.abs(out.numpy() - ref).max() <= 1.0
-    same = resize_image(img, (32, 32), box=(10, 5, 42, 37))
-    np.testing.assert_array_equal(same.numpy(), img[5:37, 10:42].transpose(2, 0, 1))
-
-
-def test_identity_size_copies_pixels():
-    img = _textured(16, 16)
-    out = resize_image(img, (16, 16), mode="shorter-side-crop")
-    np.testing.assert_array_equal(out.numpy(), img.transpose(2, 0, 1))
-
-
-def test_resize_rejects_bad_images():
-    with pytest.raises(InvalidArgumentError, match=r"image must have shape \(H, W, C\)"):
-        resize_image(np.zeros((4, 4), np.uint8), (2, 2))
-    with pytest.raises(InvalidArgumentError, match="image must be uint8 or uint16, got float32"):
-        resize_image(np.zeros((4, 4, 3), np.float32), (2, 2))
+from pipeline.transforms import TransformPlan, sample_generator, sample_seed, to_tensor
 
 
 def _plan(**kw) -> TransformPlan:
@@ -117,12 +23,12 @@ def _plan(**kw) -> TransformPlan:
     return TransformPlan(**base)
 
 
-@pytest.mark.parametrize("augment", [[], [{"op": "invert", "p": 1.0}]])
+@pytest.mark.parametrize("augment", [(), (InvertStep(op="invert", p=1.0),)])
 def test_finish_normalizes_mixed_bit_depths_like_float64(augment):
     rng = np.random.default_rng(1)
     a8 = torch.from_numpy(rng.integers(0, 256, (3, 4, 5)).astype(np.uint8))
     a16 = torch.from_numpy(rng.integers(0, 65536, (3, 4, 5)).astype(np.int32))
-    plan = _plan(augment=augment)
+    plan = _plan(steps=augment)
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
     out = plan.finish([a8, a16], [8, 16], gens)
     x = np.stack([a8.numpy() / 255.0, a16.numpy() / 65535.0])
@@ -140,7 +46,7 @@ def test_finish_casts_to_store_dtypes():
     gens = [torch.Generator()]
     raw = _plan(out_dtype="uint8", normalize=False).finish([a8], [8], gens)
     np.testing.assert_array_equal(raw[0], a8.numpy())
-    inverted = _plan(out_dtype="uint8", normalize=False, augment=[{"op": "invert", "p": 1.0}])
+    inverted = _plan(out_dtype="uint8", normalize=False, steps=(InvertStep(op="invert", p=1.0),))
     np.testing.assert_array_equal(inverted.finish([a8], [8], gens)[0], 255 - a8.numpy())
     half = _plan(out_dtype="float16", normalize=False).finish([a8], [8], gens)
     np.testing.assert_array_equal(half[0], (a8.numpy() / 255.0).astype(np.float16))
@@ -149,12 +55,12 @@ def test_finish_casts_to_store_dtypes():
 def test_finish_is_independent_of_the_batch():
     rng = np.random.default_rng(3)
     imgs = [torch.from_numpy(rng.integers(0, 256, (3, 6, 6)).astype(np.uint8)) for _ in range(4)]
-    steps = [
-        {"op": "invert", "p": 0.5},
-        {"op": "dog_noise", "band": (0.05, 0.25), "rms": (0.02, 0.08), "p": 1.0},
-        {"op": "gaussian_blur", "sigma": (0.1, 1.0), "p": 0.5},
-    ]
-    plan = _plan(size=(6, 6), augment=steps, out_dtype="float16")
+    steps = (
+        InvertStep(op="invert", p=0.5),
+        DogNoiseStep(op="dog_noise", band=(0.05, 0.25), rms=(0.02, 0.08), p=1.0),
+        GaussianBlurStep(op="gaussian_blur", sigma=(0.1, 1.0), p=0.5),
+    )
+    plan = _plan(size=(6, 6), steps=steps, out_dtype="float16")
     whole = plan.finish(imgs, [8] * 4, [sample_generator(0, i, 0) for i in range(4)])
     parts = [plan.finish(imgs[i : i + 1], [8], [sample_generator(0, i, 0)]) for i in range(4)]
     np.testing.assert_array_equal(whole, np.concatenate(parts))
@@ -193,7 +99,7 @@ def test_load_draft_decodes_large_jpegs_close_to_a_full_decode(tmp_path, monkeyp
     drafted, bits = plan.load(path, None)
     assert bits == 8
     assert calls == [{"draft": (60, 80)}]
-    full = resize_image(real(path), (60, 80))
+    full = ops.resize_to(to_tensor(real(path)), (60, 80))
     # a DCT-scaled (draft) decode then a small resize, against a full decode then a
     # large resize: the same picture (measured: mean 0.8, max 5 levels)
     diff = np.abs(drafted.numpy().astype(int) - full.numpy().astype(int))
@@ -201,3 +107,27 @@ def test_load_draft_decodes_large_jpegs_close_to_a_full_decode(tmp_path, monkeyp
     assert diff.max() <= 8
     # and not the full decode: the draft really happened
     assert not np.array_equal(drafted.numpy(), full.numpy())
+
+
+def test_to_tensor_rejects_bad_images():
+    with pytest.raises(InvalidArgumentError, match=r"image must have shape \(H, W, C\)"):
+        to_tensor(np.zeros((4, 4), np.uint8))
+    with pytest.raises(InvalidArgumentError, match="image must be uint8 or uint16, got float32"):
+        to_tensor(np.zeros((4, 4, 3), np.float32))
+
+
+def test_the_crop_step_is_the_ops_class(tmp_path):
+    """The pipeline's random resized crop is ops.RandomResizedCrop on the decoded pixels."""
+    from PIL import Image
+
+    from pipeline.config import RandomResizedCropStep
+    from pipeline.decode import decode
+
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3)).astype(np.uint8)).save(tmp_path / "a.png")
+    step = RandomResizedCropStep(op="random_resized_crop", scale=(0.3, 0.8))
+    plan = _plan(size=(24, 32), steps=(step,), out_dtype="uint8", normalize=False)
+    pixels, _ = plan.load(tmp_path / "a.png", sample_generator(0, 5, 1))
+    alone = ops.RandomResizedCrop((24, 32), scale=(0.3, 0.8))
+    expected = alone(to_tensor(decode(tmp_path / "a.png")), generator=sample_generator(0, 5, 1))
+    assert torch.equal(pixels, expected)

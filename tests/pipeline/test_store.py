@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline import shards
-from pipeline.config import CompressionConfig, validate_config
+from pipeline.config import validate_config
 from pipeline.errors import (
     InvalidArgumentError,
     StoreError,
     StoreLockedError,
     StoreMismatchError,
 )
-from pipeline.shards import (
+from pipeline.run import config_differences, store_attrs
+from pipeline.store import (
+    Compression,
     StoreLayout,
     StoreLock,
     create_store,
@@ -34,9 +35,9 @@ from pipeline.shards import (
     read_attrs,
     read_layout,
     read_records,
-    store_attrs,
     verify,
     write_shard,
+    writer,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,19 +128,6 @@ def test_layout_rejects_bad_values(kwargs, match):
     }
     with pytest.raises(InvalidArgumentError, match=match):
         StoreLayout(**{**base, **kwargs})
-
-
-def test_layout_from_config():
-    cfg = validate_config(
-        {
-            "source": {"path": "/s"},
-            "output": {"path": "/o", "shard_size": 8, "dtype": "float32"},
-            "transform": {"size": [32, 48]},
-        }
-    )
-    layout = StoreLayout.from_config(cfg, n_samples=20, channels=3)
-    assert (layout.height, layout.width, layout.shard_size, layout.dtype) == (32, 48, 8, "float32")
-    assert layout.compression == cfg.output.compression
 
 
 def test_shard_rows_rejects_bad_index(layout):
@@ -255,17 +243,17 @@ def test_done_shards_after_partial_write(store, layout):
 def test_rewriting_a_shard_clears_done_before_touching_data(store, layout, monkeypatch):
     data = _data(layout)
     _write_all(store, layout, data)
-    real = shards._array
+    real = writer.get_array
 
     def failing(group, name):
         if name == "labels":
             raise OSError("disk full")
         return real(group, name)
 
-    monkeypatch.setattr(shards, "_array", failing)
+    monkeypatch.setattr(writer, "get_array", failing)
     with pytest.raises(OSError, match="disk full"):
         write_shard(store, 2, **_rows(_data(layout, seed=9), layout.shard_rows(2)))
-    monkeypatch.setattr(shards, "_array", real)
+    monkeypatch.setattr(writer, "get_array", real)
     assert done_shards(store) == {0, 1, 3, 4, 5}  # new images, old labels: not vouched for
     assert verify(store).unfinished == (2,)
 
@@ -281,7 +269,7 @@ def test_rewriting_a_shard_clears_done_before_touching_data(store, layout, monke
     ],
 )
 def test_compression_codecs_round_trip(tmp_path, codec, dtype):
-    compression = CompressionConfig.model_validate(codec)
+    compression = Compression(**codec)
     layout = StoreLayout(
         n_samples=9,
         channels=2,
@@ -422,8 +410,9 @@ def test_open_or_create_refuses_another_config_unless_overwrite(tmp_path, layout
     path = tmp_path / "ds.zarr"
     open_or_create(path, layout, attrs=first, paths=["x"])
     _write_all(path, layout, _data(layout), order=[0])
+    explain = lambda existing: config_differences(existing.get("config"), other)  # noqa: E731
     with pytest.raises(StoreMismatchError) as exc:
-        open_or_create(path, layout, attrs=second, paths=["x"])
+        open_or_create(path, layout, attrs=second, paths=["x"], explain=explain)
     message = str(exc.value)
     assert "config identity" in message
     assert "transform.size: [224, 224] -> [128, 96]" in message
@@ -528,7 +517,7 @@ def test_store_attrs_records_the_run(tmp_path):
 _HOLD = textwrap.dedent(
     """
     import sys, time
-    from pipeline.shards import StoreLock
+    from pipeline.store import StoreLock
     lock = StoreLock(sys.argv[1]).acquire()
     print("locked", flush=True)
     time.sleep(120)
@@ -587,7 +576,7 @@ _WRITER = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np, zarr
-    from pipeline.shards import StoreLayout, open_or_create, write_shard, StoreLock
+    from pipeline.store import StoreLayout, open_or_create, write_shard, StoreLock
 
     path, npz, point, target = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     data = dict(np.load(npz))
@@ -651,7 +640,7 @@ _LOOP = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    from pipeline.shards import StoreLayout, open_or_create, write_shard
+    from pipeline.store import StoreLayout, open_or_create, write_shard
 
     path = sys.argv[1]
     layout = StoreLayout.from_json(json.loads(sys.argv[2]))
