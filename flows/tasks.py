@@ -62,6 +62,7 @@ __all__ = [
     "IO_BACKOFF_SECONDS",
     "IO_RETRIES",
     "STATS_CACHE_VERSION",
+    "TASKS",
     "TaskRunner",
     "finish_task",
     "is_transient",
@@ -204,14 +205,31 @@ stats_task = task(name="stats", cache_key_fn=_stats_key_fn, persist_result=True,
 )
 #: :func:`pipeline.run.open_output`.
 open_store_task = task(name="open-store", **_IO_POLICY, **_NOT_CACHED)(run.open_output)
-#: :func:`pipeline.run.write_shards`.
-write_shards_task = task(name="write-shards", **_IO_POLICY, **_NOT_CACHED)(run.write_shards)
+
+
+def _write_shards(*args: Any, **kwargs: Any) -> run.WriteResult:
+    """:func:`pipeline.run.write_shards`; a failure says how many attempts were made."""
+    from prefect.context import TaskRunContext
+
+    try:
+        return run.write_shards(*args, **kwargs)
+    except ShardWriteError as exc:
+        ctx = TaskRunContext.get()
+        attempt = ctx.task_run.run_count if ctx is not None else 1
+        if attempt <= 1 or exc.report is None:
+            raise
+        raise ShardWriteError(exc.report.message(attempts=attempt), report=exc.report) from exc
+
+
+#: :func:`pipeline.run.write_shards`; the failure message counts the attempts.
+write_shards_task = task(name="write-shards", **_IO_POLICY, **_NOT_CACHED)(_write_shards)
 #: :func:`pipeline.run.verify_output`.
 verify_task = task(name="verify", **_IO_POLICY, **_NOT_CACHED)(run.verify_output)
 #: :func:`pipeline.run.finish`.
 finish_task = task(name="finish", **_IO_POLICY, **_NOT_CACHED)(run.finish)
 
-_TASKS: dict[Callable[..., Any], Any] = {
+#: The task of each :mod:`pipeline.run` step (what :class:`TaskRunner` runs).
+TASKS: dict[Callable[..., Any], Any] = {
     run.scan_source: scan_task,
     run.compute_run_stats: stats_task,
     run.open_output: open_store_task,
@@ -285,7 +303,9 @@ class TaskRunner:
 
     def __call__(self, step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run ``step`` as its task and return the result (raising the task's error)."""
-        prefect_task = _TASKS[step]
+        prefect_task = TASKS.get(step)
+        if prefect_task is None:
+            raise TypeError(f"{getattr(step, '__name__', step)!r} is not a step of pipeline.run")
         if step is run.compute_run_stats and self.refresh_stats:
             prefect_task = prefect_task.with_options(refresh_cache=True)
         state = prefect_task(

@@ -23,6 +23,7 @@ __all__ = [
     "InvalidArgumentError",
     "StoreError",
     "StoreLockedError",
+    "ShardFailures",
     "ShardWriteError",
     "StoreMismatchError",
     "StoreVerificationError",
@@ -64,7 +65,39 @@ class StoreVerificationError(StoreError):
 
 
 class ShardWriteError(ImageprepError):
-    """One or more shards could not be written; the store stays resumable."""
+    """One or more shards could not be written; the store stays resumable.
+
+    Attributes:
+        report: what failed (:class:`ShardFailures`), when known.
+    """
+
+    def __init__(self, message: str, *, report: ShardFailures | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ShardFailures:
+    """The shards of a run that failed, with their causes.
+
+    Example:
+        >>> print(ShardFailures("/o", 2, ("shard 1: OSError: disk full",)).message())
+        1 of 2 shards failed; the store at /o is resumable (rerun the same command):
+          - shard 1: OSError: disk full
+    """
+
+    store: str
+    n_shards: int
+    errors: tuple[str, ...]
+
+    def message(self, *, attempts: int | None = None) -> str:
+        """Count, store, one line per shard and cause (and the attempts, when more than one)."""
+        after = f" after {attempts} attempts" if attempts and attempts > 1 else ""
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        return (
+            f"{len(self.errors)} of {self.n_shards} shards failed{after}; the store at "
+            f"{self.store} is resumable (rerun the same command):\n{lines}"
+        )
 
 
 @dataclass(frozen=True, order=True)

@@ -42,6 +42,7 @@ from pipeline.errors import (
     DecodeError,
     Failure,
     ImageprepError,
+    ShardFailures,
     ShardWriteError,
     StoreVerificationError,
 )
@@ -70,7 +71,6 @@ __all__ = [
     "prepare",
     "resume_stats",
     "scan_source",
-    "shard_failure_message",
     "shard_jobs",
     "store_attrs",
     "store_layout",
@@ -752,7 +752,12 @@ def write_shards(
             result.written.append(job.index)
             result.samples += job.rows
     if result.errors:
-        raise ShardWriteError(shard_failure_message(config, state, result))
+        report = ShardFailures(
+            store=str(config.output.path),
+            n_shards=state.layout.n_shards,
+            errors=tuple(str(e) for e in result.errors),
+        )
+        raise ShardWriteError(report.message(), report=report)
     return result
 
 
@@ -774,29 +779,6 @@ def verify_output(store: str | Path, *, workers: int | None = None) -> VerifyRep
 
 
 # ----------------------------------------------------------------------------- 6. finish
-
-
-def shard_failure_message(config: RunConfig, state: StoreState, write: WriteResult) -> str:
-    """The message of a run whose shards failed: count, store, one line per shard and cause.
-
-    Example:
-        >>> from pipeline.config import RunConfig
-        >>> from pipeline.execution import TaskError
-        >>> from pipeline.store import StoreLayout, StoreState
-        >>> cfg = RunConfig.model_validate({"source": {"path": "/d"}, "output": {"path": "/o"}})
-        >>> layout = StoreLayout(n_samples=4, channels=3, height=2, width=2, dtype="float16",
-        ...                      shard_size=2)
-        >>> state = StoreState(Path("/o"), layout, resumed=False, done=frozenset())
-        >>> write = WriteResult(errors=[TaskError("shard 1", "OSError: disk full", "")])
-        >>> print(shard_failure_message(cfg, state, write))
-        1 of 2 shards failed; the store at /o is resumable (rerun the same command):
-          - shard 1: OSError: disk full
-    """
-    lines = "\n".join(f"  - {e}" for e in write.errors)
-    return (
-        f"{len(write.errors)} of {state.layout.n_shards} shards failed; the store at "
-        f"{config.output.path} is resumable (rerun the same command):\n{lines}"
-    )
 
 
 def finish(

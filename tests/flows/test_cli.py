@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 import flows.demo
 import flows.prepare
+import flows.tasks
 import pipeline.run
 from flows.cli import app
 from flows.demo import demo_config, demo_config_data
@@ -80,10 +81,10 @@ def test_run_exits_1_naming_the_failed_shard(source, tmp_path: Path, monkeypatch
         return real(job, *args, **kwargs)
 
     monkeypatch.setattr(pipeline.run, "write_one_shard", broken)
-    monkeypatch.setattr(
-        flows.prepare,
-        "write_shards_task",
-        flows.prepare.write_shards_task.with_options(retry_delay_seconds=0),
+    monkeypatch.setitem(
+        flows.tasks.TASKS,
+        pipeline.run.write_shards,
+        flows.tasks.write_shards_task.with_options(retry_delay_seconds=0),
     )
     extra = ["--no-prefect"] if no_prefect else []
     r = runner.invoke(app, _run_args(source.root, tmp_path / "f.zarr", *extra))

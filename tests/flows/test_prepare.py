@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import flows.prepare
+import flows.tasks
 import pipeline.run
 from flows.prepare import prepare_flow
 from pipeline.errors import ShardWriteError, StoreLockedError
@@ -86,14 +87,16 @@ def test_flow_accepts_the_config_as_json(source, tmp_path: Path):
 
 
 def test_stats_are_cached_until_the_source_changes(source, tmp_path: Path, monkeypatch):
-    calls = []
-    real = pipeline.run.compute_run_stats
+    import pipeline.stats
 
-    def counting(*args, **kwargs):
+    calls = []
+    real = pipeline.stats.compute_stats
+
+    def counting(*args, **kwargs):  # the decoding pass of the statistics step
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.run, "compute_run_stats", counting)
+    monkeypatch.setattr(pipeline.stats, "compute_stats", counting)
     cfg = run_config(source.root, tmp_path / "a.zarr")
 
     first = prepare_flow(cfg, return_state=True)
@@ -129,10 +132,10 @@ def test_stats_are_cached_until_the_source_changes(source, tmp_path: Path, monke
 @pytest.fixture
 def fast_retries(monkeypatch):
     """The flow's write task with its retries but no backoff delay."""
-    monkeypatch.setattr(
-        flows.prepare,
-        "write_shards_task",
-        flows.prepare.write_shards_task.with_options(retry_delay_seconds=0),
+    monkeypatch.setitem(
+        flows.tasks.TASKS,
+        pipeline.run.write_shards,
+        flows.tasks.write_shards_task.with_options(retry_delay_seconds=0),
     )
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import pipeline.run
+import pipeline.stats
 from flows.prepare import prepare_flow
 from flows.stats import stats_flow
 from pipeline.stats import compute_stats
@@ -17,13 +17,13 @@ def test_stats_flow_equals_the_library_and_shares_the_cache_with_prepare(
     source, tmp_path: Path, monkeypatch
 ):
     calls = []
-    real = pipeline.run.compute_run_stats
+    real = pipeline.stats.compute_stats
 
-    def counting(*args, **kwargs):
+    def counting(*args, **kwargs):  # the decoding pass of the statistics step
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.run, "compute_run_stats", counting)
+    monkeypatch.setattr(pipeline.stats, "compute_stats", counting)
     cfg = run_config(source.root, tmp_path / "ds.zarr")
     stats = stats_flow(cfg)
     assert stats == compute_stats(source.root).to_json()

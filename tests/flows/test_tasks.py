@@ -7,6 +7,7 @@ import pytest
 from prefect.states import Failed
 
 import pipeline.run
+import pipeline.stats
 from flows.tasks import (
     IO_BACKOFF_SECONDS,
     IO_RETRIES,
@@ -206,7 +207,7 @@ def test_stats_task_fn_reuses_a_store_of_the_same_run(tmp_path: Path, monkeypatc
     def no_compute(*args, **kwargs):
         raise AssertionError("statistics recomputed")
 
-    monkeypatch.setattr(pipeline.run, "compute_run_stats", no_compute)
+    monkeypatch.setattr(pipeline.stats, "compute_stats", no_compute)
     reused = stats_task.fn(cfg, manifest, reuse_store=True)
     assert reused.stats == first.stats
     assert reused.failures == tuple(first.failures)
