@@ -59,14 +59,14 @@ def run_floor(src: Path, workers: int) -> dict:
 
     import torch
 
+    import ops
     from pipeline.decode import decode
-    from pipeline.transforms import draft_size, resize_image
+    from pipeline.transforms import to_tensor
 
     torch.set_num_threads(1)
-    draft = draft_size(SIZE, "shorter-side-crop")
 
     def load(p: Path) -> int:
-        return int(resize_image(decode(p, draft=draft), SIZE).shape[0])
+        return int(ops.resize_to(to_tensor(decode(p, draft=SIZE)), SIZE).shape[0])
 
     with ThreadPoolExecutor(workers) as ex:
         n = sum(1 for _ in ex.map(load, _files(src), chunksize=16))

@@ -31,9 +31,8 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from pipeline.config import CompressionConfig
 from pipeline.reader import ShardDataset, iter_shards
-from pipeline.store import StoreLayout, create_store, verify, write_shard
+from pipeline.store import Compression, StoreLayout, create_store, verify, write_shard
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -66,7 +65,7 @@ def main() -> None:
     src = np.arange(n, dtype=np.int64)
     cpy = np.zeros(n, dtype=np.int32)
     mb = images.nbytes / 2**20
-    compression = CompressionConfig.model_validate({"codec": args.codec})
+    compression = Compression(args.codec)
     layout = StoreLayout(
         n_samples=n,
         channels=3,
@@ -113,14 +112,12 @@ def main() -> None:
 
     def plain_zarr() -> None:
         shutil.rmtree(tmp / "plain.zarr", ignore_errors=True)
-        from pipeline.store import _compressors
-
         arr = zarr.create_array(
             tmp / "plain.zarr",
             shape=images.shape,
             dtype="float16",
             chunks=(1, 3, args.size, args.size),
-            compressors=_compressors(compression),
+            compressors=compression.compressors(),
         )
         for i in range(layout.n_shards):
             r = layout.shard_rows(i)

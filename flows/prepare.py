@@ -27,7 +27,6 @@ Parameters are typed: ``config`` is a :class:`pipeline.config.RunConfig`
 # validates the JSON parameters against the annotations, which must therefore
 # be the classes themselves, not strings naming them.
 import sys
-from collections.abc import Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -39,7 +38,7 @@ from pipeline.errors import ShardWriteError
 from pipeline.progress import LogProgress
 from pipeline.run import RunResult, prepare
 
-__all__ = ["FLOW_NAME", "main", "prepare_flow", "run_foreground"]
+__all__ = ["FLOW_NAME", "prepare_flow", "run_foreground"]
 
 #: Name of the flow in Prefect (deployments are ``imageprep-prepare/<name>``).
 FLOW_NAME = "imageprep-prepare"
@@ -134,13 +133,7 @@ def run_foreground(
         return prepare_flow(config, verify=verify, refresh_stats=refresh_stats)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m flows.prepare CONFIG [--set key=value ...]``: ``imageprep run`` (exits)."""
+if __name__ == "__main__":  # pragma: no cover - ``python -m flows.prepare`` is ``imageprep run``
     from flows.cli import app
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    app(["run", *args], prog_name="python -m flows.prepare")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
+    app(["run", *sys.argv[1:]], prog_name="python -m flows.prepare")

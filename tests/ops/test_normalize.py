@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import ops
 from ops import denormalize, normalize, standardize
 from pipeline.errors import InvalidArgumentError
 from tests.ops.checker import check_op, tol
@@ -184,3 +185,35 @@ def test_standardize_empty_and_bad_eps():
         standardize(torch.rand(1, 3, 4, 4), eps=0.0)
     with pytest.raises(InvalidArgumentError, match="eps must be a number > 0"):
         standardize(torch.rand(1, 3, 4, 4), eps=None)
+
+
+# ------------------------------------------------ normalize_ (the run's in-place path)
+
+
+def test_normalize_in_place_matches_float64_for_mixed_bit_depths():
+    rng = np.random.default_rng(11)
+    a8 = rng.integers(0, 256, (3, 5, 7)).astype(np.float64)
+    a16 = rng.integers(0, 65536, (3, 5, 7)).astype(np.float64)
+    x = torch.from_numpy(np.stack([a8, a16])).to(torch.float32)
+    top = torch.tensor([255.0, 65535.0]).view(-1, 1, 1, 1)
+    mean, std = [0.41, 0.52, 0.33], [0.21, 0.19, 0.27]
+    out = ops.normalize_(x, mean, std, max_value=top)
+    assert out is x  # in place, the buffer the caller owns
+    ref = (np.stack([a8 / 255.0, a16 / 65535.0]) - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(
+        std, (1, 3, 1, 1)
+    )
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=3e-6)
+    # without max_value: the pixels are on [0, 1] already, as normalize() takes them
+    y = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(
+        ops.normalize_(y.clone(), mean, std), ops.normalize(y, mean, std), rtol=0, atol=1e-6
+    )
+
+
+def test_normalize_in_place_checks_its_arguments():
+    with pytest.raises(InvalidArgumentError, match=r"std values must be finite and > 0"):
+        ops.normalize_(torch.zeros(3, 2, 2), [0.0] * 3, [1.0, 0.0, 1.0])
+    with pytest.raises(InvalidArgumentError, match="mean must have length C=3"):
+        ops.normalize_(torch.zeros(3, 2, 2), [0.0] * 2, [1.0] * 3)
+    with pytest.raises(InvalidArgumentError, match="floating-point"):
+        ops.normalize_(torch.zeros(3, 2, 2, dtype=torch.uint8), [0.0] * 3, [1.0] * 3)
