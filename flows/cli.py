@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipeline.cli import (
+    APP_SETTINGS,
     EXIT_REJECTED,
     SetOverrides,
     load_run_config,
@@ -33,14 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="imageprep",
-    help="Turn a folder of images into training-ready data: exact dataset statistics, "
-    "chunked normalization and augmentation, sharded Zarr stores.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = typer.Typer(**APP_SETTINGS)
 app.registered_commands.extend(library_app.registered_commands)
 
 _PREFECT_HELP = (

@@ -60,6 +60,17 @@ def _channel_values(
     return torch.tensor(value, dtype=dtype, device=device).view(channels, 1, 1)
 
 
+def _mean_std(
+    x: torch.Tensor, mean: ChannelValues, std: ChannelValues, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``x`` and return ``mean`` and ``std`` as ``(C, 1, 1)`` tensors of ``dtype``."""
+    check_float_image(x)
+    channels = x.shape[-3]
+    m = _channel_values(mean, "mean", channels, positive=False, dtype=dtype, device=x.device)
+    s = _channel_values(std, "std", channels, positive=True, dtype=dtype, device=x.device)
+    return m, s
+
+
 def normalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> torch.Tensor:
     """Normalize each channel with dataset statistics: ``(x - mean[c]) / std[c]``.
 
@@ -94,11 +105,8 @@ def normalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> torch
         >>> torch.allclose(back, x, atol=1e-6)
         True
     """
-    check_float_image(x)
-    work_dtype = compute_dtype(x.dtype)
-    channels = x.shape[-3]
-    m = _channel_values(mean, "mean", channels, positive=False, dtype=work_dtype, device=x.device)
-    s = _channel_values(std, "std", channels, positive=True, dtype=work_dtype, device=x.device)
+    m, s = _mean_std(x, mean, std, compute_dtype(x.dtype))
+    work_dtype = m.dtype
     if x.numel() == 0:
         return x.clone()
     scale = s.reciprocal()
@@ -143,10 +151,7 @@ def normalize_(
         >>> normalize_(x, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5], max_value=255.0).flatten()
         tensor([ 1.0000, -1.0000, -0.6000])
     """
-    check_float_image(x)
-    channels = x.shape[-3]
-    m = _channel_values(mean, "mean", channels, positive=False, dtype=x.dtype, device=x.device)
-    s = _channel_values(std, "std", channels, positive=True, dtype=x.dtype, device=x.device)
+    m, s = _mean_std(x, mean, std, x.dtype)
     if x.numel() == 0:
         return x
     inv = s.reciprocal()
@@ -176,11 +181,8 @@ def denormalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> tor
         >>> denormalize(torch.zeros(3, 2, 2), [0.5, 0.4, 0.3], [0.2, 0.2, 0.2])[:, 0, 0]
         tensor([0.5000, 0.4000, 0.3000])
     """
-    check_float_image(x)
-    work_dtype = compute_dtype(x.dtype)
-    channels = x.shape[-3]
-    m = _channel_values(mean, "mean", channels, positive=False, dtype=work_dtype, device=x.device)
-    s = _channel_values(std, "std", channels, positive=True, dtype=work_dtype, device=x.device)
+    m, s = _mean_std(x, mean, std, compute_dtype(x.dtype))
+    work_dtype = m.dtype
     if x.numel() == 0:
         return x.clone()
     return torch.addcmul(m, x.to(work_dtype), s).to(x.dtype)

@@ -23,7 +23,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pipeline.stats import Stats
 
 __all__ = [
+    "APP_SETTINGS",
     "EXIT_OK",
     "EXIT_REJECTED",
     "EXIT_USAGE",
@@ -57,14 +58,17 @@ repeated here so that ``--help`` does not import Pillow)."""
 
 FAILURES_SHOWN = 5
 
-app = typer.Typer(
-    name="imageprep",
-    help="Turn a folder of images into training-ready data: exact dataset statistics, "
+#: The settings of the ``imageprep`` typer app (:mod:`flows.cli` builds the full one with them).
+APP_SETTINGS: dict[str, Any] = {
+    "name": "imageprep",
+    "help": "Turn a folder of images into training-ready data: exact dataset statistics, "
     "chunked normalization and augmentation, sharded Zarr stores.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+    "no_args_is_help": True,
+    "add_completion": False,
+    "pretty_exceptions_enable": False,
+}
+
+app = typer.Typer(**APP_SETTINGS)
 
 
 SetOverrides = Annotated[

@@ -4,7 +4,7 @@ Every source image becomes an ``(H, W, 3)`` array: ``uint8`` for 8-bit
 sources, ``uint16`` for 16-bit ones, EXIF-oriented. Anything that cannot be
 turned into such an array raises :class:`~pipeline.errors.DecodeError` with a
 short human reason; callers record it as a :class:`~pipeline.errors.Failure`
-and go on. The rules (also in ``notes/README-stats.md``):
+and go on. The rules (also in ``docs/stats.md``):
 
 - **Formats.** Only the formats of the scanned extensions are tried, whatever
   the extension of the file: JPEG (and MPO, multi-picture JPEG), PNG, WebP,

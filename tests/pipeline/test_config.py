@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
-# The contract's defaults, typed out from ARCHITECTURE.md ("Contract: the run
+# The contract's defaults, typed out from docs/architecture.md ("Contract: the run
 # config"), independently of the models. Paths are filled in by the tests.
 CONTRACT_DEFAULTS = {
     "source": {"labels": "folders"},
