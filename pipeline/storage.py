@@ -323,7 +323,18 @@ def _filesystem(
     if protocol == "file":
         return fsspec.filesystem("file")
     _filesystem_class(protocol, key=url, scheme=protocol)  # a worker may lack the package
-    return fsspec.filesystem(_FSSPEC_PROTOCOL[protocol], **dict(storage_options))
+    return fsspec.filesystem(_FSSPEC_PROTOCOL[protocol], **_options(protocol, storage_options))
+
+
+def _options(protocol: str, storage_options: Mapping[str, Any]) -> dict[str, Any]:
+    """The filesystem options: the location's, over imageprep's defaults.
+
+    s3fs reads a whole object with a HEAD (its size) and then the GETs, unless
+    ``max_concurrency`` is 1: then it is one GET. s3fs splits only objects over
+    2 x 50 MiB, larger than any image or shard here, so 1 is the default.
+    """
+    defaults: dict[str, Any] = {"max_concurrency": 1} if protocol == "s3" else {}
+    return {**defaults, **storage_options}
 
 
 # --------------------------------------------------------------------------- zarr
@@ -362,7 +373,7 @@ def zarr_store(location: Location, *, read_only: bool) -> Store:
     _filesystem_class(location.protocol, key=location.url, scheme=location.protocol)
     return FsspecStore.from_url(
         f"{_FSSPEC_PROTOCOL[location.protocol]}://{location.path}",
-        storage_options=dict(location.storage_options),
+        storage_options=_options(location.protocol, location.storage_options),
         read_only=read_only,
     )
 

@@ -397,3 +397,36 @@ def test_lock_arguments():
         in ObjectStoreLock(resolve_location("s3://bucket/x", key="output.path")).guarantee
     )
     assert "read back" in ObjectStoreLock(loc).guarantee
+
+
+@pytest.mark.parametrize("shard", [8, 64])
+def test_a_shard_costs_a_constant_number_of_requests_on_s3(s3_bucket, shard: int):
+    """zarr's sharding codec writes a shard as one PUT and reads it with one GET."""
+    loc = resolve_location(
+        s3_bucket.url(f"req{shard}.zarr"),
+        key="output.path",
+        storage_options=s3_bucket.storage_options,
+    )
+    group = zarr.open_group(zarr_store(loc, read_only=False), mode="w", zarr_format=3)
+    arr = group.create_array(
+        "images",
+        shape=(2 * shard, 3, 16, 16),
+        dtype="float16",
+        chunks=(1, 3, 16, 16),
+        shards=(shard, 3, 16, 16),
+    ).with_config({"write_empty_chunks": True})
+    data = np.random.default_rng(shard).standard_normal((shard, 3, 16, 16)).astype(np.float16)
+    server = s3_bucket.server
+    prefix = f"/{s3_bucket.name}/req{shard}.zarr/images/c/"
+
+    def requests(fn) -> list[str]:
+        server.reset_log()
+        fn()
+        return sorted(r.method for r in server.log() if r.path.startswith(prefix))
+
+    # zarr 3.1 looks for an existing shard first (a GET, 404 here), then one PUT
+    assert requests(lambda: arr.__setitem__(slice(0, shard), data)) == ["GET", "PUT"]
+    assert requests(lambda: arr.__setitem__(slice(0, shard), data)) == ["GET", "PUT"]
+    assert requests(lambda: arr[0:shard]) == ["GET"]
+    assert requests(lambda: arr[1]) == ["GET", "GET"]  # the shard index, then the chunk
+    np.testing.assert_array_equal(arr[0:shard], data)
