@@ -223,7 +223,24 @@ def _open_loaded(
     return im, orientation
 
 
-def _open_file(path: str | Path) -> IO[bytes]:
+def _name(path: str | Path | IO[bytes]) -> str:
+    """The path, or an open file's ``name`` (a URL from ``storage.open_file``), for messages."""
+    if isinstance(path, (str, os.PathLike)):
+        return os.fspath(path)
+    return str(getattr(path, "name", "<stream>"))
+
+
+def _open_file(path: str | Path | IO[bytes]) -> IO[bytes]:
+    if not isinstance(path, (str, os.PathLike)):  # already open (e.g. an object's bytes)
+        try:
+            size = path.seek(0, os.SEEK_END)
+            path.seek(0)
+        except OSError as e:
+            raise DecodeError(_name(path), _reason_from_os_error(e)) from e
+        if size == 0:
+            path.close()
+            raise DecodeError(_name(path), "empty file")
+        return path
     p = os.fspath(path)
     try:
         fp = open(p, "rb")
@@ -237,7 +254,7 @@ def _open_file(path: str | Path) -> IO[bytes]:
 
 
 def open_image(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft: tuple[int, int] | None = None,
@@ -246,7 +263,9 @@ def open_image(
     """Open, check and load an image with the rules of this module, mode untouched.
 
     Args:
-        path: the image file.
+        path: the image file: a path, or a seekable binary file open for
+            reading (read from its start and closed; e.g. the object that
+            :func:`pipeline.storage.open_file` returns).
         max_pixels: bomb limit on ``width * height`` from the header; ``None``
             for none.
         draft: ``(min_h, min_w)``: see :func:`decode`.
@@ -270,8 +289,8 @@ def open_image(
     """
     _check_max_pixels(max_pixels)
     _check_draft(draft)
-    spath = os.fspath(path)
-    with _open_file(spath) as fp:
+    spath = _name(path)
+    with _open_file(path) as fp:
         im, orientation = _open_loaded(fp, spath, max_pixels, draft, orient)
     if orient and orientation != 1:
         try:
@@ -323,7 +342,7 @@ def _check_mode(im: Image.Image, path: str) -> None:
 
 
 def decode(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft: tuple[int, int] | None = None,
@@ -335,7 +354,9 @@ def decode(
     rules per mode.
 
     Args:
-        path: the image file.
+        path: the image file: a path, or a seekable binary file open for
+            reading (read from its start and closed; e.g. the object that
+            :func:`pipeline.storage.open_file` returns).
         max_pixels: bomb limit on ``width * height`` from the header; ``None``
             disables the check.
         draft: ``(min_h, min_w)``: for JPEGs, decode the smallest DCT-scaled
@@ -359,8 +380,8 @@ def decode(
         >>> a.shape, a.dtype, int(a[0, 0, 2])
         ((3, 5, 3), dtype('uint8'), 7)
     """
-    spath = os.fspath(path)
-    im = open_image(spath, max_pixels=max_pixels, draft=draft)
+    spath = _name(path)
+    im = open_image(path, max_pixels=max_pixels, draft=draft)
     _check_mode(im, spath)
     if im.mode in SIXTEEN_BIT_MODES:
         gray = _as_uint16(im, spath)
@@ -373,7 +394,7 @@ _HIST_DIRECT = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4, "RGBX": 4}
 
 
 def decode_histogram(
-    path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    path: str | Path | IO[bytes], *, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> ImageHistogram:
     """Decode an image and return its per-channel value histogram.
 
@@ -383,7 +404,9 @@ def decode_histogram(
     from ``numpy.bincount``.
 
     Args:
-        path: the image file.
+        path: the image file: a path, or a seekable binary file open for
+            reading (read from its start and closed; e.g. the object that
+            :func:`pipeline.storage.open_file` returns).
         max_pixels: bomb limit, as in :func:`decode`.
 
     Returns:
@@ -400,8 +423,8 @@ def decode_histogram(
         >>> h.bits, h.counts.shape, int(h.counts[2, 255])
         (8, (3, 256), 8)
     """
-    spath = os.fspath(path)
-    im = open_image(spath, max_pixels=max_pixels, orient=False)
+    spath = _name(path)
+    im = open_image(path, max_pixels=max_pixels, orient=False)
     _check_mode(im, spath)
     if im.mode in SIXTEEN_BIT_MODES:
         gray = _as_uint16(im, spath)

@@ -1,9 +1,12 @@
-"""Shared fixtures: devices, dtypes, and the ``gpu`` marker's skip rule."""
+"""Shared fixtures: devices, dtypes, the ``gpu`` marker's skip rule, an S3 test server."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+
+# The S3-compatible test server (moto) and a bucket per test: see tests/s3server.py.
+from tests.s3server import s3_bucket, s3_server  # noqa: F401
 
 CUDA = torch.cuda.is_available()
 
