@@ -169,20 +169,44 @@ def run(
     refresh_stats: Annotated[
         bool,
         typer.Option(
-            "--refresh-stats", help="Recompute the statistics even when cached for this source."
+            "--refresh-stats",
+            help="Do not take the statistics from Prefect's cache (the flow's; "
+            "the plain run has none).",
         ),
     ] = False,
     no_prefect: Annotated[bool, typer.Option("--no-prefect", help=_PREFECT_HELP)] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what the run would do (files new/changed/removed, rows, shards) and "
+            "write nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Prepare a dataset with the Prefect flow: statistics, augment, normalize, Zarr shards.
 
     Without PREFECT_API_URL Prefect starts a temporary local server for the
-    run. Resumable: rerunning the same config on the same source writes only
-    the shards still missing. Rejected inputs are listed, not fatal. Exit 1
-    when shards failed (or --strict and inputs were rejected), 2 on a bad
-    config or a store in use by another run.
+    run. A rerun over a changed source updates the store: new files are
+    appended, removed or changed ones retired; an interrupted run resumes.
+    Rejected inputs are listed, not fatal. Exit 1 when shards failed (or
+    --strict and inputs were rejected), 2 on a bad config or a store in use by
+    another run.
     """
     cfg = load_run_config(config, set_)
+    if dry_run:
+        from pipeline.errors import ImageprepError
+        from pipeline.run import plan_run
+
+        try:
+            plan = plan_run(cfg)
+        except ImageprepError as e:
+            raise usage_error(str(e)) from e
+        console = make_console()
+        console.print("dry run: nothing is written", markup=False)
+        for line in plan.lines():
+            console.print(f"  {line}", markup=False, soft_wrap=True)
+        return
     result = _prepare(cfg, use_prefect=not no_prefect, verify=verify, refresh_stats=refresh_stats)
     print_run_result(result, console=make_console())
     if strict and result.failures:

@@ -81,7 +81,7 @@ IO_RETRIES = 2
 #: First retry delay in seconds; each further retry waits twice as long.
 IO_BACKOFF_SECONDS = 2.0
 #: Version of the statistics cache key; bump it when the statistics code changes its output.
-STATS_CACHE_VERSION = "imageprep-stats-cache/1"
+STATS_CACHE_VERSION = "imageprep-stats-cache/2"
 
 
 def is_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
@@ -118,11 +118,11 @@ def _version(package: str) -> str | None:
         return None
 
 
-def stats_cache_key(config: RunConfig, fingerprint: str) -> str:
+def stats_cache_key(config: RunConfig, fingerprint: str, base: str | None = None) -> str:
     """Return the cache key of the statistics of ``config``'s source.
 
-    The key hashes everything the statistics and the set of accepted files
-    depend on, and nothing else:
+    The key hashes everything the statistics step's result depends on, and
+    nothing else:
 
     - the source: its folder, ``source.labels`` and the manifest
       ``fingerprint`` (relative paths, sizes and mtimes of every file: a
@@ -130,11 +130,14 @@ def stats_cache_key(config: RunConfig, fingerprint: str) -> str:
     - ``stats.file``: the SHA-256 of the file's content; otherwise
       ``stats.method`` and ``stats.at``, and for ``stats.at: resized`` the
       ``transform.size`` and ``transform.resize``;
+    - ``base``, the ``state`` token of the store the source is compared with
+      (``None``: no store, everything is new), and then ``stats.update``: an
+      update's result depends on what the store holds;
     - the versions of imageprep and Pillow (the decoder), and
       :data:`STATS_CACHE_VERSION`.
 
-    The output store, augmentations, normalization, seed and runtime options
-    are not in it: they do not change the statistics.
+    The output path, augmentations, normalization, seed and runtime options
+    are not in it: two new stores of one source share the statistics.
 
     Raises:
         ConfigError: ``stats.file`` can no longer be read.
@@ -176,16 +179,29 @@ def stats_cache_key(config: RunConfig, fingerprint: str) -> str:
         },
         "stats": stats,
     }
+    if base is not None:
+        data["store"] = {"state": base, "update": config.stats.update}
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return "imageprep-stats-" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _stats_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """Prefect ``cache_key_fn`` of :func:`stats_task`."""
+    from pipeline.update import store_token
+
     manifest = parameters["manifest"]
     if isinstance(manifest, quote):  # the flows pass large values quoted (not introspected)
         manifest = manifest.unquote()
-    return stats_cache_key(parameters["config"], manifest.fingerprint)
+    from pipeline.errors import ImageprepError
+
+    config = parameters["config"]
+    base = None
+    if parameters.get("reuse_store"):
+        try:
+            base = store_token(config.output.path)
+        except ImageprepError:  # not a store of ours: the task itself says so
+            base = "unreadable"
+    return stats_cache_key(config, manifest.fingerprint, base)
 
 
 # ----------------------------------------------------------------------------- tasks

@@ -45,6 +45,7 @@ __all__ = [
     "load_run_config",
     "print_run_result",
     "print_stats",
+    "stats_drift",
     "usage_error",
 ]
 
@@ -309,13 +310,49 @@ def print_run_result(
         title="dataset statistics",
         max_failures=max_failures,
     )
-    verb = "resumed" if result.resumed else "written"
+    verb = "updated" if result.resumed else "written"
     console.print(
         f"store {verb}: {result.store} ({result.samples} samples in {result.shards} shards; "
         f"{result.shards_written} written now, {result.shards_skipped} already done) "
         f"in {result.seconds:.1f} s",
         soft_wrap=True,
     )
+    if result.diff is not None and result.diff.is_update:
+        console.print(f"source since the last run: {result.diff.summary()}", soft_wrap=True)
+        if result.retired:
+            console.print(
+                f"{result.retired} rows retired or unused (imageprep compact {result.store} "
+                "drops them)",
+                soft_wrap=True,
+            )
+    drift = stats_drift(result.stats, result.current_stats)
+    if drift:
+        console.print(f"normalization statistics vs the live rows now: {drift}", soft_wrap=True)
+
+
+def stats_drift(stats: dict[str, Any] | None, current: dict[str, Any] | None) -> str:
+    """``"mean +0.0012/..., std ..."``: how the live rows' statistics moved from the frozen ones.
+
+    Empty when either is missing or nothing moved.
+
+    Example:
+        >>> stats_drift({"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]},
+        ...             {"mean": [0.5, 0.51, 0.5], "std": [0.2, 0.2, 0.19]})
+        'mean +0/+0.01/+0, std +0/+0/-0.01'
+    """
+    if not stats or not current:
+        return ""
+    parts = []
+    for key in ("mean", "std"):
+        old, new = stats.get(key), current.get(key)
+        if not (isinstance(old, list) and isinstance(new, list)) or None in old + new:
+            return ""
+        parts.append(key + " " + "/".join(f"{b - a:+.4g}" for a, b in zip(old, new, strict=True)))
+    if all(
+        a == b for key in ("mean", "std") for a, b in zip(stats[key], current[key], strict=True)
+    ):
+        return ""
+    return ", ".join(parts)
 
 
 @app.command()
@@ -337,6 +374,44 @@ def verify(
     make_console().print(report.summary(), markup=False)
     if not report.ok:
         raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+def compact(
+    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Threads copying shards (default: all cores).", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Rewrite a store without its retired rows (resumable, checksummed, verified, then swapped)."""
+    from pipeline.errors import ImageprepError
+    from pipeline.progress import BarProgress
+    from pipeline.store import compact as compact_store
+
+    err = make_console(stderr=True)
+    try:
+        with BarProgress(err) as bars:
+            result = compact_store(
+                store,
+                workers=workers,
+                progress=lambda done, total: bars.update("shards", done, total),
+            )
+    except ImageprepError as e:
+        raise usage_error(str(e)) from e
+    console = make_console()
+    if not result.dropped:
+        console.print(f"{store}: nothing to drop ({result.rows_after} live rows)", markup=False)
+        return
+    console.print(
+        f"{store}: {result.rows_before} rows -> {result.rows_after} ({result.dropped} dropped), "
+        f"{result.shards_written} shards written, {result.bytes_before / 2**20:.1f} MiB -> "
+        f"{result.bytes_after / 2**20:.1f} MiB",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

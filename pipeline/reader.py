@@ -17,10 +17,11 @@ Conventions:
 - uint8 stores hold un-normalized pixels 0..255; they come back as
   ``x / 255`` in [0, 1], the image convention everywhere in imageprep, so a
   model sees the same scale whatever the store dtype.
-- Only complete stores open by default: a store with unwritten shards raises
-  :class:`~pipeline.errors.StoreError` naming them, unless
-  ``allow_partial=True``, which exposes the rows of the done shards only (in
-  row order).
+- A reader serves the ``live`` rows: written, and not retired by an update
+  (their source file removed or changed), in row order. A store that was never
+  completely written raises :class:`~pipeline.errors.StoreError` naming the
+  missing shards, unless ``allow_partial=True``, which serves the rows written
+  so far; a finished store that an update is extending serves its live rows.
 
 :func:`iter_shards` is the fast path for bulk reads: one Zarr read per shard.
 
@@ -69,7 +70,7 @@ from pipeline.store import (
     read_layout,
 )
 
-__all__ = ["ShardDataset", "iter_shards"]
+__all__ = ["ShardDataset", "iter_shards", "readable_rows"]
 
 
 class _Converter:
@@ -141,16 +142,9 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         self.layout = read_layout(group)
         self.denormalize = denormalize
         self._convert = _Converter(self.meta, self.layout, denormalize=denormalize, dtype=dtype)
-        self.shards = _readable_shards(group, self.layout, allow_partial=allow_partial)
-        starts = [self.layout.shard_rows(i).start for i in self.shards]
-        sizes = [len(self.layout.shard_rows(i)) for i in self.shards]
-        # Dataset index -> store row: offsets of each readable shard in the dataset.
-        self._offsets = np.cumsum([0, *sizes]).astype(np.int64)
-        self._starts = np.asarray(starts, dtype=np.int64)
-        labels = read_array(get_array(group, "labels"))
-        self._labels = np.concatenate(
-            [labels[s : s + n] for s, n in zip(starts, sizes, strict=True)] or [labels[:0]]
-        )
+        # dataset index -> store row
+        self._rows = readable_rows(group, self.layout, allow_partial=allow_partial)
+        self._labels = read_array(get_array(group, "labels"))[self._rows]
         self._images: zarr.Array | None = None
         self._pid: int | None = None
 
@@ -177,7 +171,7 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         return self._labels.copy()
 
     def __len__(self) -> int:
-        return int(self._offsets[-1])
+        return int(self._rows.shape[0])
 
     # -- reading
 
@@ -193,8 +187,8 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         if bad.any():
             raise IndexError(f"index {int(idx[bad][0])} is out of range for {n} samples")
         idx = np.where(idx < 0, idx + n, idx)
-        shard = np.searchsorted(self._offsets, idx, side="right") - 1
-        return self._starts[shard] + (idx - self._offsets[shard])
+        rows: np.ndarray = self._rows[idx]
+        return rows
 
     def _array(self) -> zarr.Array:
         pid = os.getpid()
@@ -249,16 +243,27 @@ def _read_rows(array: zarr.Array, rows: np.ndarray) -> np.ndarray:
     return np.stack([np.asarray(x) for x in zarr_sync(gather())])
 
 
-def _readable_shards(group: zarr.Group, layout: StoreLayout, *, allow_partial: bool) -> list[int]:
-    done = done_shards(group)
-    missing = sorted(set(range(layout.n_shards)) - done)
-    if missing and not allow_partial:
-        raise StoreError(
-            f"{group.store}: {len(missing)} of {layout.n_shards} shards are not written "
-            f"({format_ranges(missing)}); finish the run, or pass allow_partial=True to read "
-            "the written ones"
-        )
-    return sorted(done)
+def readable_rows(group: zarr.Group, layout: StoreLayout, *, allow_partial: bool) -> np.ndarray:
+    """The store rows a reader serves, in row order: the ``live`` rows.
+
+    A row is live once its shard is written, until its source file is removed
+    or changed (an update retires it). A store that was never completely
+    written is refused unless ``allow_partial``; a finished store that an
+    update is extending serves its live rows meanwhile.
+
+    Raises:
+        StoreError: the store was never completely written, and not ``allow_partial``.
+    """
+    if not allow_partial and not read_attrs(group).get("complete"):
+        done = done_shards(group)
+        missing = sorted(set(range(layout.n_shards)) - done)
+        if missing:
+            raise StoreError(
+                f"{group.store}: {len(missing)} of {layout.n_shards} shards are not written "
+                f"({format_ranges(missing)}); finish the run, or pass allow_partial=True to "
+                "read the written ones"
+            )
+    return np.flatnonzero(read_array(get_array(group, "live"))).astype(np.int64)
 
 
 def iter_shards(
@@ -271,7 +276,8 @@ def iter_shards(
     """Yield ``(images, labels)`` one whole shard at a time, in row order.
 
     ``images`` is ``(rows, C, H, W)`` (converted as :class:`ShardDataset`
-    does), ``labels`` is ``(rows,)`` int64. Each shard is one Zarr read.
+    does), ``labels`` is ``(rows,)`` int64: the shard's live rows
+    (:func:`readable_rows`). Each shard is one Zarr read.
 
     Raises:
         StoreError: not an imageprep store, or unwritten shards and not
@@ -281,12 +287,15 @@ def iter_shards(
     meta = read_attrs(group)
     layout = read_layout(group)
     convert = _Converter(meta, layout, denormalize=denormalize, dtype=dtype)
-    shards = _readable_shards(group, layout, allow_partial=allow_partial)
+    rows = readable_rows(group, layout, allow_partial=allow_partial)
     images, labels = get_array(group, "images"), get_array(group, "labels")
-    for index in shards:
-        rows = layout.shard_rows(index)
-        sl = slice(rows.start, rows.stop)
-        yield (
-            convert(read_array(images, sl)),
-            torch.from_numpy(read_array(labels, sl).astype(np.int64)),
-        )
+    shard_of = rows // layout.shard_size
+    for index in np.unique(shard_of):
+        wanted = rows[shard_of == index]
+        span = layout.shard_rows(int(index))
+        sl = slice(span.start, span.stop)
+        keep = wanted - span.start
+        block, lab = read_array(images, sl), read_array(labels, sl)
+        if len(keep) != len(span):  # retired rows or holes in this shard
+            block, lab = block[keep], lab[keep]
+        yield convert(block), torch.from_numpy(lab.astype(np.int64))

@@ -41,22 +41,25 @@ import numpy as np
 from pipeline.errors import (
     DecodeError,
     Failure,
-    ImageprepError,
     ShardFailures,
     ShardWriteError,
+    StoreError,
     StoreVerificationError,
 )
 from pipeline.execution import TaskError, decode_pool, resolve_workers, run_tasks, torch_threads
 from pipeline.progress import Progress, counter
+from pipeline.update import SourceDiff, new_state
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
     from pipeline.decode import ImageHistogram
     from pipeline.sources import Manifest
+    from pipeline.stats import FileMoments
     from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
 
 __all__ = [
+    "RunPlan",
     "RunResult",
     "RunStats",
     "ShardJob",
@@ -64,17 +67,15 @@ __all__ = [
     "WriteResult",
     "check_runtime",
     "compute_run_stats",
-    "config_differences",
     "direct",
     "finish",
     "open_output",
+    "plan_run",
     "prepare",
-    "resume_stats",
     "scan_source",
     "shard_jobs",
     "store_attrs",
     "store_layout",
-    "validate_sources",
     "verify_output",
     "write_one_shard",
     "write_shards",
@@ -98,20 +99,35 @@ def direct(step: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
 
 @dataclass(frozen=True)
 class RunStats:
-    """The statistics a run normalizes with, and the inputs it accepted.
+    """The outcome of the statistics step: what the run normalizes with, and what it adds.
 
     Attributes:
-        stats: the stats JSON (contract shape), ``failures`` included.
-        accepted: relative paths of the accepted sources, sorted (the store's
-            ``paths``).
-        labels: the label of each accepted source (``-1`` without classes).
-        failures: every rejected input (scan and decode), sorted by path.
+        stats: the stats JSON (contract shape) the rows are normalized with,
+            ``failures`` included: for a new store the statistics of the source
+            (or ``stats.file``); for an update those the store was made with
+            (``stats.update: freeze``) or those of the live files after it
+            (``refresh``).
+        accepted: the decoded files this run adds, sorted (a new store: every
+            accepted file).
+        labels: the label of each accepted file (index into the scan's classes).
+        failures: every rejected input (scan, decode, and earlier failures of
+            unchanged files), sorted by path.
+        diff: the comparison of the source with the store (:mod:`pipeline.update`).
+        moments: the accepted files' exact moments and digests, in ``accepted`` order.
+        failure_records: the failures as the store records them (a file's size
+            and mtime beside its reason, so an unchanged bad file is not decoded again).
+        rewrite: ``stats.update: refresh`` changed the statistics: every live
+            row is written again.
     """
 
     stats: dict[str, Any]
     accepted: tuple[str, ...]
     labels: tuple[int, ...]
     failures: tuple[Failure, ...]
+    diff: SourceDiff = field(default_factory=lambda: SourceDiff(base=None))
+    moments: FileMoments | None = None
+    failure_records: tuple[dict[str, Any], ...] = ()
+    rewrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +140,7 @@ class ShardJob:
     labels: tuple[int, ...]
     source_index: tuple[int, ...]
     copy_index: tuple[int, ...]
+    live: tuple[bool, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -162,6 +179,10 @@ class RunResult:
     seconds: float
     timings: dict[str, float]
     samples_written: int = 0
+    diff: SourceDiff | None = None
+    live: int = 0
+    retired: int = 0
+    current_stats: dict[str, Any] | None = None
 
     @property
     def samples_per_second(self) -> float:
@@ -192,8 +213,11 @@ def prepare(
 ) -> RunResult:
     """Run the whole prepare job for ``config``: scan, stats, open, write, verify, finish.
 
-    Holds :class:`pipeline.store.StoreLock` on ``output.path`` from the
-    statistics to the end: a second run against the same output is refused.
+    Holds :class:`pipeline.store.StoreLock` on ``output.path`` for the whole
+    run: a second run against the same output is refused. Over a store made by
+    the same config, the run is an incremental update (:mod:`pipeline.update`):
+    it decodes and appends only what is new or changed, retires what was
+    removed or changed, and resumes shards an interrupted run left unwritten.
 
     Args:
         config: the validated run config.
@@ -201,8 +225,8 @@ def prepare(
             ``"stats"`` (files decoded) and ``"shards"`` (shards written).
         verify: recompute every shard's checksum before the store is marked
             complete.
-        refresh_stats: compute the statistics even when the store (or the
-            runner's cache) holds them for this source.
+        refresh_stats: do not take the statistics from the runner's cache (the
+            flow's); the plain run has no cache.
         runner: calls each step (:data:`direct`; the flow's runs them as tasks).
 
     Returns:
@@ -219,16 +243,12 @@ def prepare(
 
     check_runtime(config)
     timings: dict[str, float] = {}
-    with _timed(timings, "scan"):
-        manifest = runner(scan_source, config)
     with StoreLock(config.output.path):
+        with _timed(timings, "scan"):
+            manifest = runner(scan_source, config)
         with _timed(timings, "stats"):
             run_stats = runner(
-                compute_run_stats,
-                config,
-                manifest,
-                reuse_store=not refresh_stats,
-                progress=progress,
+                compute_run_stats, config, manifest, reuse_store=True, progress=progress
             )
         state = runner(open_output, config, manifest, run_stats)
         with _timed(timings, "write"):
@@ -240,6 +260,95 @@ def prepare(
                 runner(verify_output, str(config.output.path), workers=config.runtime.workers)
         result: RunResult = runner(finish, config, state, run_stats, write, timings=timings)
         return result
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run of a config would do now (:func:`plan_run`); nothing is written.
+
+    Attributes:
+        store: the output store.
+        exists: a store of this config is there (the run is an update, or resumes).
+        diff: the source compared with it.
+        files_to_decode: files the statistics step would decode.
+        rows_to_add: sample rows the new files would add (fewer if some fail).
+        shards_to_write: new shards, plus shards an interrupted run left unwritten.
+        rows_to_retire: live rows whose file was removed or changed.
+        refresh: ``stats.update: refresh``: every live row is rewritten when
+            the statistics change.
+    """
+
+    store: Path
+    exists: bool
+    diff: SourceDiff
+    files_to_decode: int
+    rows_to_add: int
+    shards_to_write: int
+    rows_to_retire: int
+    refresh: bool
+
+    def lines(self) -> list[str]:
+        """The plan, one line per fact."""
+        what = "update" if self.exists else ("replace" if self.diff.replaces else "create")
+        out = [
+            f"store: {self.store} ({what})",
+            f"files: {self.diff.summary()}",
+            f"statistics: {self.files_to_decode} files to decode"
+            + ("" if self.files_to_decode else " (nothing new: no decoding)"),
+            f"rows: {self.rows_to_add} to add, {self.rows_to_retire} to retire",
+            f"shards to write: {self.shards_to_write}",
+        ]
+        if self.diff.known_failures:
+            out.append(f"known failures kept (not decoded again): {len(self.diff.known_failures)}")
+        if self.exists and self.refresh:
+            out.append(
+                "stats.update: refresh: every live row is rewritten if the statistics change"
+            )
+        return out
+
+
+def plan_run(config: RunConfig) -> RunPlan:
+    """Scan the source and compare it with the store: what a run would do (``--dry-run``).
+
+    Reads the source and the store (and hashes the files whose mtime alone
+    changed); writes nothing, takes no lock.
+
+    Raises:
+        StoreMismatchError: the store was made by another config, as a run would say.
+    """
+    from pipeline.store import done_shards, read_layout
+    from pipeline.update import diff_source
+
+    manifest = scan_source(config)
+    diff = diff_source(config, manifest)
+    copies = config.transform.copies
+    size = config.output.shard_size
+    rows_to_add = len(diff.new) * copies
+    shards = -(-rows_to_add // size)
+    retire = 0
+    if diff.is_update:
+        from pipeline.store import get_array, open_group, read_array
+
+        group = open_group(config.output.path)
+        layout = read_layout(group)
+        shards += layout.n_shards - len(done_shards(group))
+        if diff.retire:
+            sources = read_array(get_array(group, "source_index"))
+            live = read_array(get_array(group, "live"))
+            retire = int((live & np.isin(sources, np.asarray(diff.retire))).sum())
+    return RunPlan(
+        store=Path(config.output.path),
+        exists=diff.is_update,
+        diff=diff,
+        files_to_decode=len(diff.new),
+        rows_to_add=rows_to_add,
+        shards_to_write=shards,
+        rows_to_retire=retire,
+        refresh=config.stats.update == "refresh",
+    )
 
 
 # ----------------------------------------------------------------------------- 1. scan
@@ -298,142 +407,121 @@ def compute_run_stats(
     reuse_store: bool = False,
     progress: Progress | None = None,
 ) -> RunStats:
-    """The statistics the run normalizes with, and the accepted files.
+    """Compare the source with the store, decode what is new, decide the statistics.
 
-    - With ``reuse_store``, a store at ``output.path`` made by this config
-      from this very source gives them back without decoding anything
-      (:func:`resume_stats`).
+    Only the files the store does not know (new ones, and new content of
+    changed ones) are decoded, once each: their exact moments and SHA-256
+    (kept in the store), the statistics, and the rejected ones all come from
+    that pass (:func:`pipeline.stats.measure`).
+
     - ``stats.at: source``: statistics of the decoded source pixels with
-      ``stats.method`` (:func:`pipeline.stats.compute_stats`).
-    - ``stats.at: resized``: the same methods over the pixels after the
-      resize/crop of ``transform.resize`` (no augmentation): resized pixels
-      are still integers, so ``exact`` stays exact.
+      ``stats.method``; ``stats.at: resized``: the same over the pixels after
+      the resize/crop of ``transform.resize`` (still integers, so ``exact``
+      stays exact).
     - ``stats.file``: the statistics come from that JSON; the files are still
-      checked once (:func:`validate_sources`) to find the rejected ones before
-      the store is laid out.
+      decoded once for their moments and to find the rejected ones before the
+      store is laid out.
+    - An update keeps the store's statistics (``stats.update: freeze``) or
+      takes the exact statistics of the live files after it (``refresh``),
+      summed from the stored moments.
 
     Args:
         config: the run config.
         manifest: the scanned source.
-        reuse_store: read the statistics back from a store of this run.
-        progress: receives ``("stats", files done, files)``.
+        reuse_store: compare with the store at ``output.path`` (an update, or a
+            resumed run); ``False`` treats every file as new.
+        progress: receives ``("stats", files done, files to decode)``.
 
     Returns:
-        The statistics and the accepted files.
-    """
-    from pipeline.stats import Stats, compute_stats
-    from pipeline.transforms import TransformPlan
+        The statistics, the files this run adds, the failures and the diff.
 
-    if reuse_store:
-        stored = resume_stats(config, manifest)
-        if stored is not None:
-            return stored
+    Raises:
+        StoreMismatchError: the store was made by another config (the message
+            names the keys that differ) and ``output.overwrite`` is false.
+    """
+    from pipeline.sources import Manifest, fingerprint_of
+    from pipeline.stats import FileMoments, Stats, measure
+    from pipeline.store import finish_swap
+    from pipeline.transforms import TransformPlan
+    from pipeline.update import diff_source
+
     st = config.stats
-    advance = counter(progress, "stats", len(manifest.files))
-    kwargs: dict[str, Any] = {
-        "workers": config.runtime.workers,
-        "progress": advance,
-        "address": config.runtime.dask_address,
-    }
-    if st.file is not None:
-        stats = Stats.load(st.file)
-        stats.failures = validate_sources(
-            manifest,
+    if reuse_store:
+        finish_swap(config.output.path)  # a compaction killed between its two renames
+    diff = diff_source(config, manifest, compare=reuse_store)
+    todo = Manifest(
+        root=manifest.root,
+        files=diff.new,
+        classes=manifest.classes,
+        rejected=(),
+        fingerprint=fingerprint_of(diff.new),
+    )
+    # the decoded statistics normalize a new store; otherwise only the moments count
+    method = st.method if (st.file is None and not diff.is_update) else "exact"
+    if todo.files:
+        loader = _resized_loader(TransformPlan.for_stats(config)) if st.at == "resized" else None
+        decoded, moments = measure(
+            todo,
+            method=method,
             workers=config.runtime.workers,
             address=config.runtime.dask_address,
-            progress=advance,
+            loader=loader,
+            progress=counter(progress, "stats", len(todo.files)),
         )
-    elif st.at == "resized":
-        plan = TransformPlan.for_stats(config)
-        stats = compute_stats(manifest, method=st.method, loader=_resized_loader(plan), **kwargs)
     else:
-        stats = compute_stats(manifest, method=st.method, **kwargs)
-    failures = tuple(sorted(stats.failures))
-    rejected = {f.path for f in failures}
-    accepted = [f for f in manifest.files if f.path not in rejected]
+        decoded, moments = Stats.empty(method=method), FileMoments.empty()
+    failures = tuple(sorted([*manifest.rejected, *decoded.failures, *diff.known_failures]))
+    kept = set(moments.paths)
+    accepted = [f for f in diff.new if f.path in kept]
+    rewrite = False
+    if not diff.is_update:
+        stats = Stats.load(st.file) if st.file is not None else decoded
+        stats.fingerprint = manifest.fingerprint
+        stats_json = stats.to_json()
+    else:
+        stored = _stored_stats(config)
+        stats_json = stored
+        if st.update == "refresh":
+            current = _live_moments_after(config, diff, moments).stats()
+            if [current.mean, current.std] != [stored.get("mean"), stored.get("std")]:
+                stats_json, rewrite = current.to_json(), True
+    stats_json["failures"] = [f.to_json() for f in failures]
+    by_path = {f.path: f for f in manifest.files}
+    records = []
+    for f in failures:
+        record: dict[str, Any] = f.to_json()
+        source = by_path.get(f.path)
+        if source is not None:  # a file that failed to decode: not decoded again unchanged
+            record.update(size=source.size, mtime_ns=source.mtime_ns)
+        records.append(record)
     return RunStats(
-        stats=stats.to_json(),
+        stats=stats_json,
         accepted=tuple(f.path for f in accepted),
         labels=tuple(f.label for f in accepted),
         failures=failures,
+        diff=diff,
+        moments=moments,
+        failure_records=tuple(records),
+        rewrite=rewrite,
     )
 
 
-def _validate_chunk(root: str, paths: Sequence[str]) -> list[Failure]:
-    from pipeline.decode import decode
+def _stored_stats(config: RunConfig) -> dict[str, Any]:
+    from pipeline.store import read_attrs
 
-    failures = []
-    for rel in paths:
-        try:
-            # JPEGs decode at 1/8 scale: every entropy-coded byte is still read
-            # (truncation and corrupt streams fail the same way), the IDCT is cheap.
-            decode(os.path.join(root, rel), draft=(1, 1))
-        except DecodeError as exc:
-            failures.append(Failure(rel, exc.reason))
-    return failures
+    return dict(read_attrs(config.output.path)["stats"])
 
 
-def validate_sources(
-    manifest: Manifest,
-    *,
-    workers: int | None = None,
-    address: str | None = None,
-    progress: Callable[[int], None] | None = None,
-    chunk_size: int = 64,
-) -> list[Failure]:
-    """Decode every file once, cheaply, and return the rejected ones (scan's included).
+def _live_moments_after(config: RunConfig, diff: SourceDiff, new: FileMoments) -> FileMoments:
+    """The moments of the files that are live once ``diff`` is applied."""
+    from pipeline.stats import FileMoments
+    from pipeline.store import open_group, read_attrs, read_files
+    from pipeline.update import moments_of
 
-    Used when the statistics come from a file, so that the store's layout
-    (which files are accepted) is known before any shard is written.
-    """
-    import dask
-
-    paths = [f.path for f in manifest.files]
-    chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
-    tasks = [dask.delayed(_validate_chunk, pure=False)(str(manifest.root), c) for c in chunks]
-
-    def on_done(position: int, outcome: Any) -> None:
-        if progress is not None:
-            progress(len(chunks[position]))
-
-    results = run_tasks(tasks, workers=workers, address=address, on_done=on_done)
-    return sorted([*manifest.rejected, *(f for part in results for f in part)])
-
-
-def resume_stats(config: RunConfig, manifest: Manifest) -> RunStats | None:
-    """Return the :class:`RunStats` stored by an earlier run of this config on this source.
-
-    ``None`` when there is no store at ``output.path``, or it was made by
-    another config or from another source (then the statistics are computed).
-    """
-    from pipeline.store import ATTRIBUTE, get_array, open_group, read_array
-
-    path = Path(config.output.path)
-    if not (path / "zarr.json").is_file():
-        return None
-    try:
-        group = open_group(path, mode="r")
-    except ImageprepError:
-        return None
-    attrs = group.attrs.get(ATTRIBUTE)
-    if not isinstance(attrs, dict):
-        return None
-    if (
-        attrs.get("config_identity") != config.identity()
-        or attrs.get("source_fingerprint") != manifest.fingerprint
-    ):
-        return None
-    paths = tuple(str(p) for p in read_array(get_array(group, "paths")))
-    label_of = {f.path: f.label for f in manifest.files}
-    if any(p not in label_of for p in paths):
-        return None
-    failures = tuple(sorted(Failure(f["path"], f["error"]) for f in attrs.get("failures", [])))
-    return RunStats(
-        stats=dict(attrs["stats"]),
-        accepted=paths,
-        labels=tuple(label_of[p] for p in paths),
-        failures=failures,
-    )
+    table = read_files(open_group(config.output.path), int(read_attrs(config.output.path)["files"]))
+    live = table.live.copy()
+    live[list(diff.retire)] = False
+    return FileMoments.concat([moments_of(table.take(np.flatnonzero(live))), new])
 
 
 # ----------------------------------------------------------------------------- 3. output
@@ -468,7 +556,8 @@ def store_attrs(
 
     Returns:
         A JSON-safe dict: ``config`` (resolved), ``config_identity``, ``stats``,
-        ``classes``, ``seed``, ``versions``, ``source_fingerprint``, ``failures``.
+        ``classes``, ``seed``, ``versions``, ``source_fingerprint``, ``failures``,
+        and a fresh ``state`` token (:mod:`pipeline.update`).
     """
     return {
         "config": config.resolved_dict(),
@@ -479,36 +568,8 @@ def store_attrs(
         "versions": _package_versions(),
         "source_fingerprint": str(source_fingerprint),
         "failures": [dict(f) for f in failures],
+        "state": new_state(),
     }
-
-
-def config_differences(stored: Any, config: RunConfig) -> list[str]:
-    """``key: before -> after`` for each identity key where a stored config and ``config`` differ.
-
-    Example:
-        >>> from pipeline.config import validate_config
-        >>> a = validate_config({"source": {"path": "/s"}, "output": {"path": "/o"}})
-        >>> b = validate_config({"source": {"path": "/t"}, "output": {"path": "/o"},
-        ...                      "transform": {"size": [64, 64]}})
-        >>> config_differences(a.resolved_dict(), b)
-        ['transform.size: [224, 224] -> [64, 64]']
-    """
-    from pipeline.store import differences
-
-    return differences(_identity_view(stored), _identity_view(config.resolved_dict()))
-
-
-def _identity_view(config: Any) -> Any:
-    """A stored resolved config without the keys outside the identity."""
-    from pipeline.config import NOT_IN_IDENTITY
-
-    if not isinstance(config, dict):
-        return {}
-    view = json.loads(json.dumps(config))
-    for section, key in NOT_IN_IDENTITY:
-        if isinstance(view.get(section), dict):
-            view[section].pop(key, None)
-    return view
 
 
 def store_layout(config: RunConfig, *, n_samples: int) -> StoreLayout:
@@ -528,53 +589,151 @@ def store_layout(config: RunConfig, *, n_samples: int) -> StoreLayout:
 
 
 def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> StoreState:
-    """Create the output store, or resume it when it was made by the same run.
+    """Create the store, or apply the update that the statistics step planned.
+
+    A new store gets one segment: every accepted file, ``transform.copies``
+    rows each, in path order. An update marks the retired files, records the
+    new mtimes of touched ones, appends the new files to the file table and
+    their rows as a new segment of new shards, or, when ``stats.update:
+    refresh`` changed the statistics, plans every live file's rows again. A
+    resumed run finds nothing to add and keeps the plan in the store. New
+    class folders are appended to ``classes`` (labels already written keep
+    their meaning).
 
     Call while holding :class:`pipeline.store.StoreLock` on ``output.path``.
 
     Raises:
-        StoreMismatchError: the store was made by another config or source and
-            ``output.overwrite`` is false; the message names the config keys
-            that differ.
+        StoreError: the store changed since the statistics step (a stale
+            result, or another writer), or ``output.path`` holds something
+            that is not an imageprep store.
     """
-    from pipeline.store import open_or_create
+    from pipeline.store import (
+        ATTRIBUTE,
+        SampleRows,
+        StoreState,
+        create_store,
+        done_shards,
+        get_array,
+        grow_store,
+        open_group,
+        read_array,
+        read_attrs,
+        read_files,
+        read_layout,
+        reset_rows,
+        write_live,
+    )
+    from pipeline.update import file_rows, store_token
 
-    layout = store_layout(config, n_samples=len(run_stats.accepted) * config.transform.copies)
-    attrs = store_attrs(
-        config,
-        stats=run_stats.stats,
-        classes=manifest.classes,
-        source_fingerprint=manifest.fingerprint,
-        failures=[f.to_json() for f in run_stats.failures],
-    )
-    return open_or_create(
-        config.output.path,
-        layout,
-        attrs=attrs,
-        paths=run_stats.accepted,
-        overwrite=config.output.overwrite,
-        explain=lambda existing: config_differences(existing.get("config"), config),
-    )
+    path = Path(config.output.path)
+    diff = run_stats.diff
+    copies = config.transform.copies
+    moments = run_stats.moments
+    accepted = [f for f in diff.new if f.path in set(run_stats.accepted)]
+    if not diff.is_update:
+        if store_token(path) is not None and not diff.replaces:
+            raise StoreError(f"{path}: a store appeared after the statistics step; rerun")
+        table = file_rows(accepted, _moments(moments), labels=[f.label for f in accepted])
+        layout = store_layout(config, n_samples=len(table) * copies)
+        attrs = store_attrs(
+            config,
+            stats=run_stats.stats,
+            classes=manifest.classes,
+            source_fingerprint=manifest.fingerprint,
+            failures=run_stats.failure_records,
+        )
+        rows = SampleRows.of_files(range(len(table)), table.label, copies=copies)
+        create_store(path, layout, attrs=attrs, files=table, rows=rows, overwrite=True)
+        return StoreState(path, layout, resumed=False, done=frozenset())
+    if store_token(path) != diff.base:
+        raise StoreError(
+            f"{path}: the store changed after the statistics step (another writer, or "
+            "statistics from a cache of an older store); rerun"
+        )
+    group = open_group(path, mode="r+")
+    meta = read_attrs(group)
+    classes = list(meta.get("classes") or [])
+    extra = sorted(set(manifest.classes) - set(classes))
+    classes += extra
+    labels = [classes.index(manifest.classes[f.label]) if f.label >= 0 else -1 for f in accepted]
+    count = int(meta["files"])
+    if diff.touched:
+        mtimes = get_array(group, "files/mtime_ns")
+        for row, mtime in diff.touched:
+            mtimes[row] = mtime
+    if diff.retire:
+        files_live = get_array(group, "files/live")
+        for row in diff.retire:
+            files_live[row] = False
+        # the retired files' rows stop being served now
+        alive = read_array(get_array(group, "files/live"), slice(0, count))
+        sources = read_array(get_array(group, "source_index"))
+        rows_live = read_array(get_array(group, "live"))
+        write_live(group, rows_live & alive[np.minimum(sources, max(count - 1, 0))])
+    update = {"classes": classes, "state": new_state(), "source_fingerprint": manifest.fingerprint}
+    layout = read_layout(group)
+    table = file_rows(accepted, _moments(moments), labels=labels)
+    if run_stats.rewrite:
+        from pipeline.store import FileTable
+        from pipeline.store.files import append_files
+
+        append_files(group, table, at=count)
+        whole = FileTable.concat([read_files(group, count), table])
+        keep = np.flatnonzero(whole.live)
+        layout = store_layout(config, n_samples=len(keep) * copies)
+        rows = SampleRows.of_files(keep, whole.label[keep], copies=copies)
+        reset_rows(
+            group,
+            layout,
+            rows=rows,
+            attrs_update={**update, "stats": run_stats.stats, "files": len(whole)},
+        )
+    elif len(table):
+        rows = SampleRows.of_files(range(count, count + len(table)), labels, copies=copies)
+        layout = grow_store(group, layout, files=table, rows=rows, attrs_update=update)
+    else:
+        group.attrs[ATTRIBUTE] = {**meta, **update}
+    return StoreState(path, layout, resumed=True, done=frozenset(done_shards(group)))
+
+
+def _moments(moments: FileMoments | None) -> FileMoments:
+    from pipeline.stats import FileMoments
+
+    return moments if moments is not None else FileMoments.empty()
 
 
 # ----------------------------------------------------------------------------- 4. shards
 
 
-def shard_jobs(run_stats: RunStats, *, copies: int, shard_size: int) -> list[ShardJob]:
-    """Split the samples into shards: row ``n`` is source ``n // copies``, copy ``n % copies``."""
-    n = len(run_stats.accepted) * copies
+def shard_jobs(store: str | Path, shards: Sequence[int]) -> list[ShardJob]:
+    """What each of ``shards`` holds, as the store plans it: paths, labels, sources, copies.
+
+    The plan of every row is in the store (written when the rows were laid
+    out), so an interrupted run writes exactly the rows it planned.
+    """
+    from pipeline.store import get_array, open_group, read_array, read_attrs, read_layout
+
+    group = open_group(store)
+    layout = read_layout(group)
+    count = int(read_attrs(group)["files"])
+    paths = [str(p) for p in read_array(get_array(group, "paths"), slice(0, count))]
+    files_live = read_array(get_array(group, "files/live"), slice(0, count))
+    labels = read_array(get_array(group, "labels"))
+    sources = read_array(get_array(group, "source_index"))
+    copies = read_array(get_array(group, "copy_index"))
     jobs = []
-    for index, start in enumerate(range(0, n, shard_size)):
-        rows = range(start, min(n, start + shard_size))
-        sources = [r // copies for r in rows]
+    for index in shards:
+        rows = layout.shard_rows(index)
+        sl = slice(rows.start, rows.stop)
         jobs.append(
             ShardJob(
-                index=index,
-                start=start,
-                paths=tuple(run_stats.accepted[s] for s in sources),
-                labels=tuple(run_stats.labels[s] for s in sources),
-                source_index=tuple(sources),
-                copy_index=tuple(r % copies for r in rows),
+                index=int(index),
+                start=rows.start,
+                paths=tuple(paths[int(k)] for k in sources[sl]),
+                labels=tuple(int(v) for v in labels[sl]),
+                source_index=tuple(int(v) for v in sources[sl]),
+                copy_index=tuple(int(v) for v in copies[sl]),
+                live=tuple(bool(files_live[k]) for k in sources[sl]),
             )
         )
     return jobs
@@ -662,6 +821,7 @@ def write_one_shard(
             labels=np.asarray(job.labels, dtype=np.int64),
             source_index=np.asarray(job.source_index, dtype=np.int64),
             copy_index=np.asarray(job.copy_index, dtype=np.int32),
+            live=np.asarray(job.live, dtype=bool) if job.live else None,
         )
 
     record: ShardRecord = _retry_io(write)
@@ -698,16 +858,14 @@ def write_shards(
     import dask
 
     from pipeline.execution import guarded
-    from pipeline.store import done_shards
+    from pipeline.store import done_shards, read_layout
     from pipeline.transforms import TransformPlan
 
     plan = TransformPlan.from_config(config, run_stats.stats)
-    jobs = shard_jobs(
-        run_stats, copies=config.transform.copies, shard_size=config.output.shard_size
-    )
+    layout = read_layout(state.path)
     done = done_shards(state.path)
-    todo = [job for job in jobs if job.index not in done]
-    result = WriteResult(skipped=len(jobs) - len(todo))
+    todo = shard_jobs(state.path, [i for i in range(layout.n_shards) if i not in done])
+    result = WriteResult(skipped=layout.n_shards - len(todo))
     workers = resolve_workers(config.runtime.workers)
     tasks = [
         dask.delayed(guarded, pure=False)(
@@ -722,7 +880,7 @@ def write_shards(
         )
         for job in todo
     ]
-    images = sum(job.rows for job in jobs if job.index in done)
+    images = layout.rows_of(sorted(done))
     finished = 0
 
     def on_done(position: int, outcome: Any) -> None:
@@ -731,7 +889,7 @@ def write_shards(
         if not isinstance(outcome, TaskError):
             images += todo[position].rows
         if progress is not None:
-            progress.update("shards", result.skipped + finished, len(jobs), units=images)
+            progress.update("shards", result.skipped + finished, layout.n_shards, units=images)
 
     start = time.perf_counter()
     # shard tasks run torch single-threaded (write_one_shard); in this process
@@ -754,7 +912,7 @@ def write_shards(
     if result.errors:
         report = ShardFailures(
             store=str(config.output.path),
-            n_shards=state.layout.n_shards,
+            n_shards=layout.n_shards,
             errors=tuple(str(e) for e in result.errors),
         )
         raise ShardWriteError(report.message(), report=report)
@@ -791,28 +949,65 @@ def finish(
 ) -> RunResult:
     """Record the end of the run in the store (it is then complete) and return its summary.
 
+    The ``live`` mask becomes the rows of written shards whose file is live
+    (only the chunks that change are written), ``current_stats`` the exact
+    statistics of the live files (summed from their stored moments), and the
+    failures those of this scan.
+
     Raises:
         StoreError: some shards are not written (:func:`pipeline.store.finalize`).
     """
-    from pipeline.store import finalize
+    from pipeline.store import (
+        finalize,
+        get_array,
+        open_group,
+        read_array,
+        read_attrs,
+        read_files,
+        read_layout,
+        read_records,
+        write_live,
+    )
+    from pipeline.update import moments_of, new_state
 
+    group = open_group(config.output.path)
+    layout = read_layout(group)
+    table = read_files(group, int(read_attrs(group)["files"]))
+    sources = read_array(get_array(group, "source_index"))
+    live = np.zeros(layout.n_samples, dtype=bool)
+    for record in read_records(group):
+        if record.done:
+            start = layout.shard_rows(record.index).start
+            sl = slice(start, start + record.rows)
+            live[sl] = table.live[sources[sl]]
+    write_live(config.output.path, live)
+    live_files = np.flatnonzero(table.live)
+    current = moments_of(table.take(live_files)).stats(failures=run_stats.failures).to_json()
+    n_live = int(live.sum())
     finalize(
         config.output.path,
         {
-            "failures": [f.to_json() for f in run_stats.failures],
+            "failures": list(run_stats.failure_records),
             "timings": {k: round(v, 3) for k, v in timings.items()},
+            "current_stats": current,
+            "live_rows": n_live,
+            "state": new_state(),
         },
     )
     return RunResult(
         store=Path(config.output.path),
         stats=run_stats.stats,
         failures=list(run_stats.failures),
-        samples=state.layout.n_samples,
-        shards=state.layout.n_shards,
+        samples=n_live,
+        shards=layout.n_shards,
         shards_written=len(write.written),
         shards_skipped=write.skipped,
         resumed=state.resumed,
         seconds=sum(timings.values()),
         timings=timings,
         samples_written=write.samples,
+        diff=run_stats.diff,
+        live=n_live,
+        retired=int(layout.n_samples - n_live),
+        current_stats=current,
     )

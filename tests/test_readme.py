@@ -31,7 +31,7 @@ def test_every_command_is_documented():
     from flows.cli import app
 
     names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert names == {"demo", "stats", "run", "serve", "verify", "info", "preview"}
+    assert names == {"demo", "stats", "run", "serve", "verify", "compact", "info", "preview"}
     for name in names:
         assert f"| `imageprep {name}" in README, name
 

@@ -37,8 +37,8 @@ Example:
     ... )
     >>> cfg.transform.size, cfg.output.dtype, cfg.output.compression.level
     ((224, 224), 'float16', 3)
-    >>> [step.op for step in cfg.transform.augment][:2]
-    ['invert', 'dog_noise']
+    >>> cfg.transform.augment  # clean by default: no augmentation baked into the store
+    ()
     >>> len(cfg.identity())
     64
 """
@@ -57,7 +57,7 @@ from pipeline.config.schema import (
     SourceConfig,
     StatsConfig,
     TransformConfig,
-    default_augment,
+    config_differences,
 )
 from pipeline.config.steps import (
     STEPS,
@@ -91,8 +91,8 @@ __all__ = [
     "Step",
     "TransformConfig",
     "apply_overrides",
+    "config_differences",
     "config_reference",
-    "default_augment",
     "default_config_dict",
     "load_config",
     "parse_override",

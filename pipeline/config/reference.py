@@ -88,9 +88,6 @@ def config_reference() -> list[ConfigKey]:
             if sub is not None and name != "compression":
                 walk(sub, key, value)
                 continue
-            if name == "augment":
-                rows.append(ConfigKey(key, "(contract example, 5 steps)", field.description or ""))
-                continue
             shown = "(required)" if value is None and field.is_required() else _yaml_value(value)
             rows.append(ConfigKey(key, shown, field.description or ""))
             if sub is not None:

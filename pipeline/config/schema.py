@@ -25,14 +25,10 @@ from pipeline.config._values import (
 )
 from pipeline.config.steps import (
     AugmentStep,
-    DogNoiseStep,
-    GaussianBlurStep,
-    InvertStep,
-    RandomResizedCropStep,
-    ShadowsHighlightsStep,
 )
 from pipeline.errors import ConfigError
 from pipeline.store.codecs import CODEC_LEVELS, Compression
+from pipeline.store.create import differences
 
 __all__ = [
     "IDENTITY_VERSION",
@@ -45,23 +41,12 @@ __all__ = [
     "SourceConfig",
     "StatsConfig",
     "TransformConfig",
-    "default_augment",
+    "config_differences",
 ]
 
 
-def default_augment() -> tuple[Any, ...]:
-    """The default ``transform.augment``: the contract's example list."""
-    return (
-        InvertStep(op="invert", p=0.5),
-        DogNoiseStep(op="dog_noise", band=(0.05, 0.2), rms=0.08, p=1.0),
-        ShadowsHighlightsStep(op="shadows_highlights", shadows=0.3, highlights=-0.2),
-        GaussianBlurStep(op="gaussian_blur", sigma=(0.1, 1.5)),
-        RandomResizedCropStep(op="random_resized_crop", scale=(0.35, 1.0), ratio=(0.75, 1.333)),
-    )
-
-
 #: Version of the identity hash's input; bump it when the meaning of a key changes.
-IDENTITY_VERSION = "imageprep-config/1"
+IDENTITY_VERSION = "imageprep-config/2"
 
 #: Keys left out of :meth:`RunConfig.identity`: they do not determine the stored bytes.
 NOT_IN_IDENTITY: tuple[tuple[str, str], ...] = (
@@ -70,6 +55,7 @@ NOT_IN_IDENTITY: tuple[tuple[str, str], ...] = (
     ("output", "overwrite"),  # what to do with an existing store, not what to write
     ("runtime", "workers"),  # results are bit-identical whatever the worker count
     ("runtime", "dask_address"),  # ... and whatever the cluster
+    ("stats", "update"),  # what a rerun over a changed source does, not what a run writes
 )
 
 #: The keys that hold paths (relative ones resolve against the config file's folder).
@@ -106,6 +92,11 @@ class StatsConfig(Model):
     file: PathValue | None = Field(
         default=None, description="Reuse this stats JSON instead of computing (must exist)."
     )
+    update: Literal["freeze", "refresh"] = Field(
+        default="freeze",
+        description="On a changed source: freeze (keep normalizing with the store's stats) "
+        "| refresh (renormalize every live row with the current stats).",
+    )
 
     @field_validator("file")
     @classmethod
@@ -131,8 +122,8 @@ class TransformConfig(Model):
         default=1, description="Independently augmented samples per source image (>= 1)."
     )
     augment: tuple[AugmentStep, ...] = Field(
-        default_factory=default_augment,
-        description="Augmentation steps, applied in order after the resize; [] for none.",
+        default=(),
+        description="Augmentation steps, applied in order after the resize (default: none).",
     )
 
     @field_validator("augment")
@@ -328,3 +319,28 @@ class RunConfig(Model):
             allow_nan=False,
         )
         return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def config_differences(stored: Any, config: RunConfig) -> list[str]:
+    """``key: before -> after`` for each identity key where a stored config and ``config`` differ.
+
+    Example:
+        >>> from pipeline.config import validate_config
+        >>> a = validate_config({"source": {"path": "/s"}, "output": {"path": "/o"}})
+        >>> b = validate_config({"source": {"path": "/t"}, "output": {"path": "/o"},
+        ...                      "transform": {"size": [64, 64]}})
+        >>> config_differences(a.resolved_dict(), b)
+        ['transform.size: [224, 224] -> [64, 64]']
+    """
+    return differences(_identity_view(stored), _identity_view(config.resolved_dict()))
+
+
+def _identity_view(config: Any) -> Any:
+    """A stored resolved config without the keys outside the identity."""
+    if not isinstance(config, dict):
+        return {}
+    view = json.loads(json.dumps(config))
+    for section, key in NOT_IN_IDENTITY:
+        if isinstance(view.get(section), dict):
+            view[section].pop(key, None)
+    return view

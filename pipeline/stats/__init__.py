@@ -47,7 +47,8 @@ References:
     (the corrected two-pass algorithm, eq. 1.7).
 """
 
-from pipeline.stats.compute import DEFAULT_CHUNK_SIZE, METHODS, Method, compute_stats
+from pipeline.stats.compute import DEFAULT_CHUNK_SIZE, METHODS, Method, compute_stats, measure
+from pipeline.stats.files import FileMoments
 from pipeline.stats.model import CHANNELS, HISTOGRAM_BINS, Stats
 from pipeline.stats.moments import (
     FloatDeviations,
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "HISTOGRAM_BINS",
     "METHODS",
+    "FileMoments",
     "FloatDeviations",
     "FloatMoments",
     "FloatSums",
@@ -70,6 +72,7 @@ __all__ = [
     "Stats",
     "compute_stats",
     "float_stats",
+    "measure",
     "sqrt_fraction",
     "two_pass_stats",
 ]

@@ -10,6 +10,8 @@ so memory is bounded by the chunks in flight, not the dataset.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +21,10 @@ from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
 from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
 from pipeline.sources import Manifest, scan
 from pipeline.stats.exact import Partial, finish, hist_moments, merge
+from pipeline.stats.files import FileMoments
 from pipeline.stats.model import Stats
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "METHODS", "Method", "compute_stats"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "METHODS", "Method", "compute_stats", "measure"]
 
 Method = Literal["exact", "chan", "two-pass"]
 METHODS: tuple[str, ...] = ("exact", "chan", "two-pass")
@@ -29,28 +32,61 @@ DEFAULT_CHUNK_SIZE = 64
 """Files per Dask task in :func:`compute_stats`."""
 
 
+def _read(path: str, rel: str) -> bytes:
+    """The bytes of a source file; an OS error is the file's rejection."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise DecodeError(rel, f"unreadable: {exc.strerror or exc}") from None
+
+
 def _chunk(
     root: str,
     paths: tuple[str, ...],
     method: str,
     max_pixels: int | None,
-    loader: Callable[[str], ImageHistogram] | None = None,
+    loader: Callable[[Any], ImageHistogram] | None = None,
+    per_file: bool = False,
 ) -> Partial:
     part = Partial()
+    kept: list[str] = []
+    histograms: list[ImageHistogram] = []
+    digests: list[bytes] = []
     for rel in paths:
         try:
             path = os.path.join(root, rel)
+            source: Any = path
+            if per_file:  # read once: the digest and the decode see the same bytes
+                data = _read(path, rel)
+                digests.append(hashlib.sha256(data).digest())
+                source = _NamedBytes(data, path)
             if loader is None:
-                h = decode_histogram(path, max_pixels=max_pixels)
+                h = decode_histogram(source, max_pixels=max_pixels)
             else:
-                h = loader(path)
+                h = loader(source)
         except DecodeError as e:
+            if per_file and len(digests) > len(histograms):
+                digests.pop()
             part.failures.append(Failure(rel, e.reason))
         else:
             part.add_image(h)
+            if per_file:
+                kept.append(rel)
+                histograms.append(h)
+    if per_file:
+        part.files.append(FileMoments.of_histograms(kept, histograms, digests))
     if method == "chan":
         part.moments = hist_moments(part.hist8, part.hist16)
     return part
+
+
+class _NamedBytes(io.BytesIO):
+    """File bytes in memory that carry the file's name (for the decoder's messages)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
 
 
 def _check_positive_int(name: str, value: object) -> None:
@@ -66,7 +102,7 @@ def compute_stats(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: Callable[[int], None] | None = None,
-    loader: Callable[[str], ImageHistogram] | None = None,
+    loader: Callable[[Any], ImageHistogram] | None = None,
     address: str | None = None,
 ) -> Stats:
     """Compute per-channel statistics of a folder of images (or of its manifest).
@@ -83,8 +119,9 @@ def compute_stats(
         progress: called with the chunk's file count as each chunk ends.
         loader: per-file function returning the :class:`ImageHistogram` to
             count, instead of :func:`decode_histogram` (the prepare step
-            passes decode + resize for ``stats.at: resized``); it must raise
-            :class:`DecodeError` for a bad file.
+            passes decode + resize for ``stats.at: resized``); it gets a path
+            or an open binary file and must raise :class:`DecodeError` for a
+            bad file.
         address: run the chunk tasks on the ``dask.distributed`` scheduler
             at this address; the result equals a local run.
 
@@ -108,6 +145,53 @@ def compute_stats(
         >>> s.failures
         [Failure(path='b.jpg', error='not an image: cannot identify image file')]
     """
+    stats, _ = measure(
+        source,
+        method=method,
+        workers=workers,
+        chunk_size=chunk_size,
+        max_pixels=max_pixels,
+        progress=progress,
+        loader=loader,
+        address=address,
+        per_file=False,
+    )
+    return stats
+
+
+def measure(
+    source: str | Path | Manifest,
+    *,
+    method: Method = "exact",
+    workers: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int], None] | None = None,
+    loader: Callable[[Any], ImageHistogram] | None = None,
+    address: str | None = None,
+    per_file: bool = True,
+) -> tuple[Stats, FileMoments]:
+    """:func:`compute_stats`, and in the same pass each file's exact moments and digest.
+
+    Every file is read once: its SHA-256 is taken over the bytes the decoder
+    reads. The moments (:class:`~pipeline.stats.files.FileMoments`, sorted by
+    path) are what a store keeps so that its statistics stay exact when files
+    come and go.
+
+    Args:
+        source: a folder or a manifest, as :func:`compute_stats`.
+        method: ``exact``, ``chan`` or ``two-pass``.
+        workers: threads; ``None`` for every core.
+        chunk_size: files per task.
+        max_pixels: decompression bomb limit per image.
+        progress: called with the chunk's file count as each chunk ends.
+        loader: per-file histogram function, as :func:`compute_stats`.
+        address: a ``dask.distributed`` scheduler to run on.
+        per_file: collect the per-file moments (an empty table otherwise).
+
+    Returns:
+        The statistics of the files, and their moments (accepted files only).
+    """
     if method not in METHODS:
         raise InvalidArgumentError(f"method must be one of {list(METHODS)}, got {method!r}")
     if workers is not None:
@@ -125,7 +209,7 @@ def compute_stats(
     paths = [f.path for f in manifest.files]
     chunks = [tuple(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
     tasks = [
-        dask.delayed(_chunk, pure=False)(root, chunk, method, max_pixels, loader)
+        dask.delayed(_chunk, pure=False)(root, chunk, method, max_pixels, loader, per_file)
         for chunk in chunks
     ]
     tree: TreeMerge[Partial] = TreeMerge(len(chunks), merge)
@@ -146,4 +230,4 @@ def compute_stats(
     stats = finish(part, method)
     stats.failures = sorted([*manifest.rejected, *part.failures])
     stats.fingerprint = manifest.fingerprint
-    return stats
+    return stats, FileMoments.concat(part.files).sorted()

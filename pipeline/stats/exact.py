@@ -38,6 +38,9 @@ import numpy as np
 
 from pipeline.decode import ImageHistogram
 from pipeline.errors import Failure
+from pipeline.stats.files import FIXED_BITS as _FIXED_BITS
+from pipeline.stats.files import FileMoments, image_values
+from pipeline.stats.files import fixed_point as _fixed
 from pipeline.stats.model import CHANNELS, Stats
 from pipeline.stats.moments import chan_merge, sqrt_fraction
 
@@ -56,32 +59,6 @@ _V8 = np.arange(256, dtype=np.int64)
 _V16 = np.arange(65536, dtype=np.int64)
 _X8 = np.arange(256, dtype=np.float64) / 255.0
 _X16 = np.arange(65536, dtype=np.float64) / 65535.0
-_INT64_SAFE = 1 << 62
-
-
-def _image_values(h: ImageHistogram) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population std of one image, correctly rounded."""
-    v = _V8 if h.bits == 8 else _V16
-    scale = 255 if h.bits == 8 else 65535
-    gray = h.counts.strides[0] == 0
-    means: list[float] = []
-    stds: list[float] = []
-    for c in range(3):
-        if gray and c > 0:
-            means.append(means[0])
-            stds.append(stds[0])
-            continue
-        counts = h.counts[c]
-        n = int(counts.sum())
-        if n * scale * scale < _INT64_SAFE:
-            s1 = int(np.dot(counts, v))
-            s2 = int(np.dot(counts, v * v))
-        else:
-            s1 = _exact_dot(counts, v)
-            s2 = _exact_dot(counts, v * v)
-        means.append(s1 / (n * scale))
-        stds.append(sqrt_fraction(Fraction(n * s2 - s1 * s1, n * n * scale * scale)))
-    return means, stds
 
 
 def hist_moments(
@@ -105,14 +82,6 @@ def hist_moments(
 
 # --------------------------------------------------------- integer-source partial
 
-_FIXED_BITS = 1074  # every finite float is an integer multiple of 2**-1074
-
-
-def _fixed(x: float) -> int:
-    """The float ``x`` exactly, as an integer number of ``2**-1074`` (cheaper than Fraction)."""
-    num, den = x.as_integer_ratio()
-    return num << (_FIXED_BITS + 1 - den.bit_length())
-
 
 @dataclass
 class Partial:
@@ -126,6 +95,8 @@ class Partial:
     std_sum: list[int] = field(default_factory=lambda: [0, 0, 0])
     failures: list[Failure] = field(default_factory=list)
     moments: tuple[int, np.ndarray, np.ndarray] | None = None
+    # per-file moments (when the caller asks for them), in any order
+    files: list[FileMoments] = field(default_factory=list)
 
     def add_image(self, h: ImageHistogram) -> None:
         """Count one image: its histogram, and its mean and std in the exact per-image sums."""
@@ -136,7 +107,7 @@ class Partial:
                 self.hist16 = h.counts.copy()
             else:
                 self.hist16 += h.counts
-        means, stds = _image_values(h)
+        means, stds = image_values(h)
         self.images += 1
         self.mean_sum = [s + _fixed(m) for s, m in zip(self.mean_sum, means, strict=True)]
         self.std_sum = [s + _fixed(m) for s, m in zip(self.std_sum, stds, strict=True)]
@@ -160,6 +131,7 @@ def merge(*parts: Partial) -> Partial:
         out.mean_sum = [a + b for a, b in zip(out.mean_sum, p.mean_sum, strict=True)]
         out.std_sum = [a + b for a, b in zip(out.std_sum, p.std_sum, strict=True)]
         out.failures.extend(p.failures)
+        out.files.extend(p.files)
         if p.moments is not None:
             out.moments = p.moments if out.moments is None else chan_merge(out.moments, p.moments)
     return out

@@ -11,6 +11,8 @@ those values.
 - :mod:`~pipeline.store.writer`: :func:`write_shard`, records, :func:`finalize`.
 - :mod:`~pipeline.store.verify`: :func:`verify`.
 - :mod:`~pipeline.store.lock`: :class:`StoreLock`.
+- :mod:`~pipeline.store.files`: the file table (:class:`FileTable`).
+- :mod:`~pipeline.store.compact`: :func:`compact` (drop retired rows).
 
 Example:
     >>> import tempfile, numpy as np
@@ -31,7 +33,17 @@ Example:
 """
 
 from pipeline.store.codecs import CODEC_LEVELS, CODECS, Compression
-from pipeline.store.create import StoreState, create_store, differences, open_or_create
+from pipeline.store.compact import CompactResult, compact, finish_swap
+from pipeline.store.create import (
+    SampleRows,
+    StoreState,
+    create_store,
+    differences,
+    grow_store,
+    open_or_create,
+    reset_rows,
+)
+from pipeline.store.files import FILE_ARRAYS, FileTable, read_files
 from pipeline.store.group import (
     ATTRIBUTE,
     FORMAT_VERSION,
@@ -51,6 +63,7 @@ from pipeline.store.writer import (
     finalize,
     read_records,
     shard_digest,
+    write_live,
     write_shard,
 )
 
@@ -59,27 +72,37 @@ __all__ = [
     "CODECS",
     "CODEC_LEVELS",
     "DTYPES",
+    "FILE_ARRAYS",
     "FORMAT_VERSION",
+    "CompactResult",
     "Compression",
+    "FileTable",
+    "SampleRows",
     "ShardProblem",
     "ShardRecord",
     "StoreLayout",
     "StoreLock",
     "StoreState",
     "VerifyReport",
+    "compact",
     "create_store",
     "differences",
     "done_shards",
     "finalize",
+    "finish_swap",
     "format_ranges",
     "get_array",
+    "grow_store",
     "open_group",
     "open_or_create",
     "read_array",
     "read_attrs",
+    "read_files",
     "read_layout",
     "read_records",
+    "reset_rows",
     "shard_digest",
     "verify",
+    "write_live",
     "write_shard",
 ]

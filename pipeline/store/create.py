@@ -1,20 +1,30 @@
-"""Creating a store, resuming it, and deleting only what imageprep made.
+"""Creating a store, growing it, resuming it, and deleting only what imageprep made.
 
-Layout (a Zarr v3 group on the local filesystem; ``N`` samples, ``S`` rows per
-shard, ``M`` accepted source files)::
+Layout (a Zarr v3 group on the local filesystem; ``N`` sample rows, ``S`` rows
+per shard, ``M`` source files)::
 
     images          (N, C, H, W)  float16 | float32 | uint8, chunk (1, C, H, W), shard (S, C, H, W)
     labels          (N,)          int64, chunk (S,)   -1 where the source has no classes
     source_index    (N,)          int64, chunk (S,)   row of ``paths`` each sample came from
     copy_index      (N,)          int32, chunk (S,)   which augmented copy of its source it is
-    paths           (M,)          variable-length UTF-8, sorted, relative to the source root
+    live            (N,)          bool, chunk (S,)    False for retired rows and holes
+    paths           (M,)          variable-length UTF-8, relative to the source root
+    files/...       (M, ...)      the file table (pipeline.store.files): size, mtime,
+                                  sha256, label, live, exact moments
     records/rows    (n_shards,)   int64, chunk (1,)   rows written by shard i
     records/sha256  (n_shards, 32) uint8, chunk (1, 32)  SHA-256 of shard i (see shard_digest)
     records/done    (n_shards,)   bool, chunk (1,)    True once shard i is completely written
-    attribute ``imageprep``: format version, layout, and what the caller records
-                             (resolved config, config identity, stats JSON,
-                             classes, seed, package versions, source
-                             fingerprint, failures, and what finalize() adds).
+    attribute ``imageprep``: format version, layout (with its segments), ``files``
+                             (rows of the file table in use), and what the
+                             caller records (resolved config, config identity,
+                             stats JSON, classes, seed, package versions,
+                             source fingerprint, failures, and what
+                             finalize() adds).
+
+The coordinator writes ``labels``, ``source_index`` and ``copy_index`` of the
+rows it plans (:func:`create_store`, :func:`grow_store`), so the plan of every
+shard not yet written is in the store and a resumed run reads it back; each
+shard task then writes its rows again with the images, and its record.
 
 One shard task writes exactly one ``images`` shard, one chunk of each 1-D
 array and one element (its own chunk) of each ``records/`` array: no two
@@ -42,11 +52,151 @@ import numpy as np
 import zarr
 
 from pipeline.errors import InvalidArgumentError, StoreError, StoreMismatchError
-from pipeline.store.group import ATTRIBUTE, CREATING, FORMAT_VERSION, PathLike, now, open_zarr_group
+from pipeline.store.files import FileTable, append_files, create_file_arrays
+from pipeline.store.group import (
+    ATTRIBUTE,
+    CREATING,
+    FORMAT_VERSION,
+    PathLike,
+    get_array,
+    now,
+    open_zarr_group,
+    read_attrs,
+)
 from pipeline.store.layout import StoreLayout
 from pipeline.store.writer import done_shards
 
-__all__ = ["StoreState", "create_store", "differences", "flatten", "open_or_create"]
+__all__ = [
+    "SampleRows",
+    "StoreState",
+    "create_store",
+    "differences",
+    "flatten",
+    "grow_store",
+    "open_or_create",
+    "reset_rows",
+]
+
+
+_ROW_ARRAYS = (("labels", "int64"), ("source_index", "int64"), ("copy_index", "int32"))
+_ROW_FILL = {"labels": -1, "source_index": 0, "copy_index": 0}
+
+
+@dataclass(frozen=True)
+class SampleRows:
+    """The plan of consecutive sample rows: each row's label, source file row and copy.
+
+    Example:
+        >>> SampleRows.of_files([5, 7], [0, 2], copies=2).source_index.tolist()
+        [5, 5, 7, 7]
+    """
+
+    labels: np.ndarray
+    source_index: np.ndarray
+    copy_index: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @classmethod
+    def of_files(
+        cls,
+        file_rows: Sequence[int] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        *,
+        copies: int,
+    ) -> SampleRows:
+        """``copies`` rows per file: row ``j * copies + k`` is copy ``k`` of file ``j``."""
+        src = np.repeat(np.asarray(file_rows, np.int64), copies)
+        lab = np.repeat(np.asarray(labels, np.int64), copies)
+        cpy = np.tile(np.arange(copies, dtype=np.int32), len(file_rows))
+        return cls(labels=lab, source_index=src, copy_index=cpy)
+
+    def write(self, group: zarr.Group, start: int) -> None:
+        """Write the plan as rows ``start, start + 1, ...`` of the row arrays."""
+        end = start + len(self)
+        for name, _ in _ROW_ARRAYS:
+            get_array(group, name)[start:end] = getattr(self, name)
+
+
+def grow_store(
+    group: zarr.Group,
+    layout: StoreLayout,
+    *,
+    files: FileTable,
+    rows: SampleRows,
+    attrs_update: Mapping[str, Any],
+) -> StoreLayout:
+    """Append a segment: the new files to the file table, ``rows`` as new shards.
+
+    The shards already written are not touched. The order makes an
+    interruption harmless: the file rows and the sample rows are written
+    first, past what the group attribute counts; the attribute (the new
+    layout, the file count and ``attrs_update``) is written last, so a store
+    interrupted before it is exactly the store before the call.
+
+    Args:
+        group: the store, open for writing.
+        layout: its current layout.
+        files: the file table rows to append (may be empty).
+        rows: the plan of the new sample rows (at least one).
+        attrs_update: keys of the ``imageprep`` attribute to set with it.
+
+    Returns:
+        The new layout.
+    """
+    meta = read_attrs(group)
+    count = int(meta["files"])
+    append_files(group, files, at=count)
+    grown = layout.extended(len(rows))
+    for name, _ in (("images", ""), *_ROW_ARRAYS, ("live", "")):
+        array = get_array(group, name)
+        array.resize((grown.n_samples, *array.shape[1:]))
+    for name in ("rows", "sha256", "done"):
+        array = get_array(group, f"records/{name}")
+        array.resize((grown.n_shards, *array.shape[1:]))
+    rows.write(group, grown.segments[-1][0])
+    update = json.loads(json.dumps(dict(attrs_update)))
+    group.attrs[ATTRIBUTE] = {
+        **meta,
+        **update,
+        "layout": grown.to_json(),
+        "files": count + len(files),
+    }
+    return grown
+
+
+def reset_rows(
+    group: zarr.Group,
+    layout: StoreLayout,
+    *,
+    rows: SampleRows,
+    attrs_update: Mapping[str, Any],
+) -> None:
+    """Replace every sample row with the plan ``rows`` (one segment): all shards to write again.
+
+    Used to renormalize every live row (``stats.update: refresh``). The file
+    table is kept. The order keeps an interruption safe: every shard is first
+    marked not done and every row not live, then the arrays take the new
+    shape and plan, and the group attribute (the new layout and
+    ``attrs_update``) is written last; a rerun plans the same rows again.
+    """
+    meta = read_attrs(group)
+    done = get_array(group, "records/done")
+    done[:] = False
+    live = get_array(group, "live")
+    live[:] = False
+    for name, _ in (("images", ""), *_ROW_ARRAYS, ("live", "")):
+        array = get_array(group, name)
+        array.resize((layout.n_samples, *array.shape[1:]))
+    for name in ("rows", "sha256", "done"):
+        array = get_array(group, f"records/{name}")
+        array.resize((layout.n_shards, *array.shape[1:]))
+        array[:] = False if name == "done" else 0
+    if len(rows):
+        rows.write(group, 0)
+    update = json.loads(json.dumps(dict(attrs_update)))
+    group.attrs[ATTRIBUTE] = {**meta, **update, "layout": layout.to_json()}
 
 
 @dataclass(frozen=True)
@@ -76,10 +226,12 @@ def create_store(
     layout: StoreLayout,
     *,
     attrs: Mapping[str, Any],
-    paths: Sequence[str],
+    paths: Sequence[str] | None = None,
+    files: FileTable | None = None,
+    rows: SampleRows | None = None,
     overwrite: bool = False,
 ) -> None:
-    """Create an empty store: every array, the source manifest and the group attribute.
+    """Create an empty store: every array, the file table, the row plan, the group attribute.
 
     The group attribute is written last, so an interrupted creation is
     recognisable (and :func:`open_or_create` simply redoes it).
@@ -87,23 +239,34 @@ def create_store(
     Args:
         path: the store folder (must not exist, or be empty, unless ``overwrite``).
         layout: shape, dtype, sharding, compression.
-        attrs: the ``imageprep`` attribute (see :func:`store_attrs`), JSON-safe;
-            ``format_version``, ``layout`` and ``created`` are added.
-        paths: the manifest, every accepted source file relative to the source
-            root, in sorted order.
+        attrs: the ``imageprep`` attribute (see :func:`pipeline.run.store_attrs`),
+            JSON-safe; ``format_version``, ``layout``, ``files`` and ``created``
+            are added.
+        paths: the source files relative to the source root, when ``files``
+            is not given (a table with nothing but the paths).
+        files: the file table.
+        rows: the plan of the sample rows (labels, source and copy of each);
+            default: none written yet (labels -1, sources 0).
         overwrite: delete an existing imageprep store at ``path`` first.
 
     Raises:
         StoreError: ``path`` holds something else, or a store and not ``overwrite``.
-        InvalidArgumentError: ``attrs`` is not JSON-safe or uses reserved keys.
+        InvalidArgumentError: ``attrs`` is not JSON-safe or uses reserved keys,
+            ``paths`` is not a sequence of strings, ``rows`` does not fit the layout.
     """
     path = Path(path)
     _check_attrs(attrs)
-    manifest = np.empty(len(paths), dtype=object)
-    manifest[:] = list(paths)
-    bad = next((p for p in manifest if not isinstance(p, str)), None)
-    if bad is not None or isinstance(paths, str):
-        raise InvalidArgumentError(f"paths must be a sequence of strings, got an item {bad!r}")
+    if files is None:
+        if paths is None or isinstance(paths, str):
+            raise InvalidArgumentError(f"paths must be a sequence of strings, got {paths!r}")
+        bad = next((p for p in paths if not isinstance(p, str)), None)
+        if bad is not None:
+            raise InvalidArgumentError(f"paths must be a sequence of strings, got an item {bad!r}")
+        files = FileTable.blank(list(paths))
+    if rows is not None and len(rows) != layout.n_samples:
+        raise InvalidArgumentError(
+            f"rows must plan the layout's {layout.n_samples} rows, got {len(rows)}"
+        )
     if _occupied(path):
         if not overwrite:
             raise StoreError(f"{path}: a store already exists (pass overwrite=True to replace it)")
@@ -111,38 +274,40 @@ def create_store(
     group = zarr.create_group(
         str(path), zarr_format=3, overwrite=True, attributes={CREATING: {"pid": os.getpid()}}
     )
-    n, rows = layout.n_samples, layout.shard_size
+    n, rows_per_shard = layout.n_samples, layout.shard_size
     compressors = layout.compression.compressors()
     group.create_array(
         "images",
         shape=(n, *layout.sample_shape),
         dtype=layout.dtype,
         chunks=(1, *layout.sample_shape),
-        shards=(rows, *layout.sample_shape),
+        shards=(rows_per_shard, *layout.sample_shape),
         compressors=compressors,
         fill_value=0,
         dimension_names=("sample", "channel", "y", "x"),
     )
-    for name, dtype in (("labels", "int64"), ("source_index", "int64"), ("copy_index", "int32")):
+    for name, dtype in _ROW_ARRAYS:
         group.create_array(
             name,
             shape=(n,),
             dtype=dtype,
-            chunks=(rows,),
+            chunks=(rows_per_shard,),
             compressors=compressors,
-            fill_value=-1 if name == "labels" else 0,
+            fill_value=_ROW_FILL[name],
             dimension_names=("sample",),
         )
-    arr = group.create_array(
-        "paths",
-        shape=(len(manifest),),
-        dtype=str,
-        chunks=(max(1, min(len(manifest), 65536)),),
+    group.create_array(
+        "live",
+        shape=(n,),
+        dtype="bool",
+        chunks=(rows_per_shard,),
         compressors=compressors,
-        dimension_names=("file",),
+        fill_value=False,
+        dimension_names=("sample",),
     )
-    if len(manifest):
-        arr[:] = manifest
+    if rows is not None and n:
+        rows.write(group, 0)
+    create_file_arrays(group, files, compressors)
     records = group.create_group("records")
     n_shards = layout.n_shards
     records.create_array("rows", shape=(n_shards,), dtype="int64", chunks=(1,), fill_value=0)
@@ -154,6 +319,7 @@ def create_store(
         **json.loads(json.dumps(dict(attrs))),
         "format_version": FORMAT_VERSION,
         "layout": layout.to_json(),
+        "files": len(files),
         "created": now(),
     }
     group.attrs.put({ATTRIBUTE: meta})
@@ -162,7 +328,7 @@ def create_store(
 def _check_attrs(attrs: Mapping[str, Any]) -> None:
     if not isinstance(attrs, Mapping):
         raise InvalidArgumentError(f"attrs must be a mapping, got {type(attrs).__name__}")
-    reserved = {"format_version", "layout", "created"} & set(attrs)
+    reserved = {"format_version", "layout", "files", "created"} & set(attrs)
     if reserved:
         raise InvalidArgumentError(
             f"attrs must not set {', '.join(sorted(reserved))} (the store sets them)"

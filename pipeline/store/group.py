@@ -40,7 +40,7 @@ __all__ = [
 #: Name of the group attribute that holds imageprep's metadata.
 ATTRIBUTE = "imageprep"
 #: Version of the store layout; a reader refuses versions it does not know.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Group attribute present only while :func:`pipeline.store.create_store` runs.
 CREATING = "imageprep_creating"
 PathLike = str | os.PathLike[str]
@@ -72,7 +72,8 @@ def open_group(path: PathLike, *, mode: str = "r") -> zarr.Group:
     if version != FORMAT_VERSION:
         raise StoreError(
             f"{path}: store format_version must be {FORMAT_VERSION}, got {version!r} "
-            f"(written by another imageprep version)"
+            f"(written by another imageprep version; rerun with output.overwrite: true "
+            f"to rebuild it)"
         )
     return group
 

@@ -1,9 +1,11 @@
 """Writing shards: one task writes one whole shard, its checksummed record, ``done`` last.
 
-A shard is written in this order: its ``done`` flag is cleared, the data is
-written, then ``rows`` and ``sha256``, then ``done``; a shard counts as
-written only once ``done`` is True, so a process killed anywhere in between
-leaves the shard "not done" and a resumed run writes it again. Zarr's local
+A shard is written in this order: its ``done`` flag and its rows' ``live``
+flags are cleared, the data is written, then ``rows`` and ``sha256``, then
+``done``, then ``live``; a shard counts as written only once ``done`` is True,
+and its rows are served only after that, so a process killed anywhere in
+between leaves the shard "not done" (nothing of it served) and a resumed run
+writes it again. Zarr's local
 store writes every object to a temporary file and renames it, so no object is
 ever half-written. Records are one-element chunks, so concurrent shard tasks
 never rewrite a shared document.
@@ -36,6 +38,7 @@ from pipeline.store.layout import StoreLayout
 
 __all__ = [
     "FROZEN_KEYS",
+    "write_live",
     "ShardRecord",
     "done_shards",
     "finalize",
@@ -45,9 +48,7 @@ __all__ = [
 ]
 
 #: Keys of the ``imageprep`` attribute that finalize() may not change.
-FROZEN_KEYS = frozenset(
-    {"format_version", "layout", "config", "config_identity", "source_fingerprint"}
-)
+FROZEN_KEYS = frozenset({"format_version", "layout", "config", "config_identity", "files"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def write_shard(
     labels: np.ndarray,
     source_index: np.ndarray,
     copy_index: np.ndarray,
+    live: np.ndarray | None = None,
 ) -> ShardRecord:
     """Write shard ``index``: its rows of every array, then its record, ``done`` last.
 
@@ -134,6 +136,8 @@ def write_shard(
         labels: ``(rows,)`` integers, -1 for "no class".
         source_index: ``(rows,)`` integers, rows of ``paths``.
         copy_index: ``(rows,)`` integers that fit in int32.
+        live: ``(rows,)`` bools, which rows readers serve (default: all);
+            not part of the checksum (an update retires rows by clearing it).
 
     Returns:
         The shard's record.
@@ -167,7 +171,15 @@ def write_shard(
 
     done = get_array(group, "records/done")
     sl = slice(rows.start, rows.stop)
+    if live is None:
+        live_rows = np.ones(n, dtype=bool)
+    else:
+        live_rows = np.asarray(live, dtype=bool)
+        if live_rows.shape != (n,):
+            raise InvalidArgumentError(f"live must have shape ({n},), got {live_rows.shape}")
     done[index] = False
+    live_array = get_array(group, "live")
+    live_array[sl] = False  # nothing of a shard being (re)written is served
     # every chunk is written, so zarr need not scan each one for "all fill value"
     get_array(group, "images").with_config({"write_empty_chunks": True})[sl] = imgs
     get_array(group, "labels")[sl] = lab
@@ -176,6 +188,7 @@ def write_shard(
     get_array(group, "records/rows")[index] = n
     get_array(group, "records/sha256")[index] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
     done[index] = True
+    live_array[sl] = live_rows  # served only once the shard is done
     return ShardRecord(index=int(index), rows=n, sha256=digest, done=True)
 
 
@@ -201,6 +214,28 @@ def done_shards(store: PathLike | zarr.Group) -> set[int]:
     group = group_of(store)
     done = read_array(get_array(group, "records/done"))
     return {int(i) for i in np.flatnonzero(done)}
+
+
+def write_live(store: PathLike | zarr.Group, live: np.ndarray) -> int:
+    """Set the ``live`` mask of every row, writing only the chunks (shards) that change.
+
+    Returns:
+        The number of chunks written.
+    """
+    group = group_of(store, mode="r+")
+    array = get_array(group, "live")
+    mask = np.asarray(live, dtype=bool)
+    if mask.shape != array.shape:
+        raise InvalidArgumentError(f"live must have shape {array.shape}, got {mask.shape}")
+    old = read_array(array)
+    step = array.chunks[0]
+    written = 0
+    for start in range(0, mask.shape[0], step):
+        part = slice(start, min(start + step, mask.shape[0]))
+        if not np.array_equal(old[part], mask[part]):
+            array[part] = mask[part]
+            written += 1
+    return written
 
 
 def finalize(store: PathLike | zarr.Group, attrs_update: Mapping[str, Any]) -> dict[str, Any]:

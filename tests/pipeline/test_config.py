@@ -25,19 +25,13 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 # config"), independently of the models. Paths are filled in by the tests.
 CONTRACT_DEFAULTS = {
     "source": {"labels": "folders"},
-    "stats": {"method": "exact", "at": "source", "file": None},
+    "stats": {"method": "exact", "at": "source", "file": None, "update": "freeze"},
     "transform": {
         "size": [224, 224],
         "resize": "shorter-side-crop",
         "normalize": True,
         "copies": 1,
-        "augment": [
-            {"op": "invert", "p": 0.5},
-            {"op": "dog_noise", "band": [0.05, 0.2], "rms": 0.08, "p": 1.0},
-            {"op": "shadows_highlights", "shadows": 0.3, "highlights": -0.2, "p": 1.0},
-            {"op": "gaussian_blur", "sigma": [0.1, 1.5], "p": 1.0},
-            {"op": "random_resized_crop", "scale": [0.35, 1.0], "ratio": [0.75, 1.333], "p": 1.0},
-        ],
+        "augment": [],  # default: none
     },
     "output": {
         "dtype": "float16",
@@ -77,7 +71,7 @@ def test_every_shipped_config_loads(path):
 
 def test_shipped_configs_exist():
     names = {p.name for p in CONFIGS}
-    assert {"demo.yaml", "imagenet-style.yaml"} <= names
+    assert {"demo.yaml", "imagenet-style.yaml", "augmented.yaml"} <= names
     demo = load_config(CONFIGS[[p.name for p in CONFIGS].index("demo.yaml")])
     assert demo.transform.size == (64, 64)
     assert {s.op for s in demo.transform.augment} == {
@@ -91,8 +85,19 @@ def test_shipped_configs_exist():
     assert imagenet.transform.size == (224, 224)
     assert imagenet.output.dtype == "float16"
     assert imagenet.output.shard_size == 256
-    expected = CONTRACT_DEFAULTS["transform"]["augment"]
-    assert imagenet.resolved_dict()["transform"]["augment"] == expected
+    # the clean preparation: centre crop, normalized, nothing random baked in
+    assert imagenet.transform.augment == ()
+    assert imagenet.transform.resize == "shorter-side-crop"
+    assert imagenet.transform.copies == 1
+    augmented = load_config(CONFIGS[[p.name for p in CONFIGS].index("augmented.yaml")])
+    assert augmented.transform.copies > 1
+    assert [s.op for s in augmented.transform.augment] == [
+        "random_resized_crop",
+        "invert",
+        "dog_noise",
+        "shadows_highlights",
+        "gaussian_blur",
+    ]
 
 
 def test_defaults_are_the_contract(tmp_path):
@@ -308,7 +313,7 @@ def test_unknown_keys_in_the_file_are_errors_at_every_level(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     assert _problems(exc) == [
-        "stats.methd: unknown key (allowed: method, at, file)",
+        "stats.methd: unknown key (allowed: method, at, file, update)",
         "transform.augment[0].q: unknown key (allowed: op, p)",
         "runtime.gpu: unknown key (allowed: seed, device, workers, batch_size, dask_address)",
         "colour: unknown key (allowed: source, stats, transform, output, runtime)",
@@ -387,15 +392,33 @@ def test_overrides_apply_yaml_values(tmp_path):
     assert cfg.output.compression.level == 6
 
 
-def test_override_into_a_list_item_uses_the_default_list(tmp_path):
+AUGMENT_YAML = (
+    "transform:\n  augment:\n"
+    "    - {op: invert, p: 0.5}\n"
+    "    - {op: dog_noise, band: [0.05, 0.2], rms: 0.08}\n"
+    "    - {op: shadows_highlights, shadows: 0.3, highlights: -0.2}\n"
+    "    - {op: gaussian_blur, sigma: [0.1, 1.5]}\n"
+    "    - {op: random_resized_crop, scale: [0.35, 1.0], ratio: [0.75, 1.333]}\n"
+)
+
+
+def test_override_into_a_list_item(tmp_path):
     cfg = load_config(
-        _minimal(tmp_path), ["transform.augment[0].p=0.125", "transform.augment[4].scale=[0.5, 1]"]
+        _minimal(tmp_path, AUGMENT_YAML),
+        ["transform.augment[0].p=0.125", "transform.augment[4].scale=[0.5, 1]"],
     )
     assert cfg.transform.augment[0].p == 0.125
     assert cfg.transform.augment[4].scale == (0.5, 1.0)
     assert [s.op for s in cfg.transform.augment] == [
-        s["op"] for s in CONTRACT_DEFAULTS["transform"]["augment"]
+        "invert",
+        "dog_noise",
+        "shadows_highlights",
+        "gaussian_blur",
+        "random_resized_crop",
     ]
+    # the default list is empty: indexing into it names the key and the length
+    with pytest.raises(ConfigError, match=r"index 0 out of range, 'transform.augment' has 0"):
+        load_config(_minimal(tmp_path), ["transform.augment[0].p=0.125"])
 
 
 def test_later_overrides_win(tmp_path):
@@ -428,7 +451,7 @@ def test_later_overrides_win(tmp_path):
         ),
         (
             "transform.augment[9].p=1",
-            "--set transform.augment[9].p=1: index 9 out of range, 'transform.augment' has 5 items",
+            "--set transform.augment[9].p=1: index 9 out of range, 'transform.augment' has 0 items",
         ),
         ("transform=", None),
         ("noequals", "--set noequals: expected key.path=value"),
@@ -482,6 +505,7 @@ def test_identity_ignores_what_does_not_change_the_bytes(tmp_path):
             "output.overwrite=true",
             "output.path=/elsewhere/x.zarr",
             "source.path=/moved/images",
+            "stats.update=refresh",
         ],
     )
     assert same.identity() == base.identity()
@@ -504,6 +528,7 @@ def test_identity_ignores_what_does_not_change_the_bytes(tmp_path):
         "transform.augment[3].sigma=0.8",
         "transform.augment[3].sigma=[0.8, 0.8]",
         "transform.augment=[]",
+        "transform.augment=[{op: invert}]",
         "stats.method=chan",
         "stats.at=resized",
         "source.labels=none",
@@ -514,8 +539,8 @@ def test_identity_ignores_what_does_not_change_the_bytes(tmp_path):
     ],
 )
 def test_identity_changes_with_everything_else(tmp_path, override):
-    base = load_config(_minimal(tmp_path))
-    assert load_config(_minimal(tmp_path), [override]).identity() != base.identity()
+    base = load_config(_minimal(tmp_path, AUGMENT_YAML))
+    assert load_config(_minimal(tmp_path, AUGMENT_YAML), [override]).identity() != base.identity()
 
 
 def test_identity_hashes_the_stats_file_content(tmp_path):

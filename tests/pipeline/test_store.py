@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.config import validate_config
+from pipeline.config import config_differences, validate_config
 from pipeline.errors import (
     InvalidArgumentError,
     StoreError,
     StoreLockedError,
     StoreMismatchError,
 )
-from pipeline.run import config_differences, store_attrs
+from pipeline.run import store_attrs
 from pipeline.store import (
     Compression,
     StoreLayout,
@@ -156,9 +156,29 @@ def test_store_layout_on_disk_is_the_contract(store, layout):
         assert meta["shape"] == [23]
         assert meta["data_type"] == dtype
         assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [4]  # one chunk per shard
+    live = json.loads((store / "live" / "zarr.json").read_text())
+    assert (live["shape"], live["data_type"]) == ([23], "bool")
+    assert live["chunk_grid"]["configuration"]["chunk_shape"] == [4]
     paths = json.loads((store / "paths" / "zarr.json").read_text())
     assert paths["shape"] == [3]
     assert paths["data_type"] == "string"
+    expected_files = {
+        "size": ("int64", [3]),
+        "mtime_ns": ("int64", [3]),
+        "sha256": ("uint8", [3, 32]),
+        "label": ("int64", [3]),
+        "live": ("bool", [3]),
+        "n": ("int64", [3]),
+        "s1": ("int64", [3, 3]),
+        "s2": ("uint64", [3, 3]),
+        "min": ("uint16", [3, 3]),
+        "max": ("uint16", [3, 3]),
+        "image_mean": ("float64", [3, 3]),
+        "image_std": ("float64", [3, 3]),
+    }
+    for name, (dtype, shape) in expected_files.items():
+        meta = json.loads((store / "files" / name / "zarr.json").read_text())
+        assert (meta["data_type"], meta["shape"]) == (dtype, shape), name
     for name, shape, chunk in [
         ("rows", [6], [1]),
         ("sha256", [6, 32], [1, 32]),
@@ -169,8 +189,10 @@ def test_store_layout_on_disk_is_the_contract(store, layout):
         assert meta["chunk_grid"]["configuration"]["chunk_shape"] == chunk
     group = json.loads((store / "zarr.json").read_text())
     attrs = group["attributes"]["imageprep"]
-    assert attrs["format_version"] == 1
+    assert attrs["format_version"] == 2
     assert attrs["layout"] == layout.to_json()
+    assert attrs["layout"]["segments"] == [[0, 23]]
+    assert attrs["files"] == 3
     assert attrs["classes"] == ["a", "b", "c"]
     assert zarr.open_array(store / "paths", mode="r")[:].tolist() == [
         "a/0.png",
