@@ -8,17 +8,21 @@ of three ways to process the same files:
 
 - stats:  ``decode_histogram`` per file, one after the other (what a stats chunk does);
 - before: ``resize_image(decode(path, draft=...), size)`` per file in a pool of
-          ``--threads`` threads (what ``TransformPlan.load`` did);
+          ``--threads`` threads (what ``TransformPlan.load`` did), with this checkout's
+          ``decode`` or, with ``--before-src``, an older one;
 - after:  ``decode_for_size(path, size)`` in the same pool.
 
     python benchmarks/bench_decode_memory.py                 # 1 and 8 files, 8 threads
     python benchmarks/bench_decode_memory.py --counts 1 --threads 2 --mode RGB
+    git archive 9d659cc pipeline ops | tar -x -C /tmp/before
+    python benchmarks/bench_decode_memory.py --before-src /tmp/before
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.decode import decode, decode_for_size, decode_histogram
+from pipeline.decode import decode, decode_histogram
 from pipeline.transforms import draft_size, resize_image
 
 path, files, threads, size = sys.argv[1], sys.argv[2:-2], int(sys.argv[-2]), int(sys.argv[-1])
@@ -55,6 +59,8 @@ def before(p):
 
 
 def after(p):
+    from pipeline.decode import decode_for_size
+
     decode_for_size(p, size)
 
 
@@ -95,9 +101,12 @@ def make_files(folder: Path, n: int, side: int, mode: str) -> list[str]:
     return out
 
 
-def measure(path: str, files: list[str], threads: int, size: int) -> dict[str, float]:
+def measure(
+    path: str, files: list[str], threads: int, size: int, src: str | None = None
+) -> dict[str, float]:
     cmd = [sys.executable, "-c", CHILD, path, *files, str(threads), str(size)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = None if src is None else {**os.environ, "PYTHONPATH": src}
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -108,6 +117,11 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=9000)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--mode", default="L", help="Pillow mode of the PNGs (L, RGB, P, I;16)")
+    ap.add_argument(
+        "--before-src",
+        help="a folder holding an older pipeline/ (git archive <rev> pipeline ops | tar -x -C DIR)"
+        " to measure 'before' with (default: this checkout's decode + resize_image)",
+    )
     args = ap.parse_args()
     print(
         f"{args.side}x{args.side} {args.mode} PNGs, target {args.size}x{args.size}, "
@@ -119,7 +133,9 @@ def main() -> None:
             folder = Path(tmp) / f"n{n}"
             folder.mkdir()
             files = make_files(folder, n, args.side, args.mode)
-            r = {p: measure(p, files, args.threads, args.size) for p in ("stats", "before", "after")}
+            r = {p: measure(p, files, args.threads, args.size) for p in ("stats", "after")}
+            r["before"] = measure("before", files, args.threads, args.size, args.before_src)
+            r = {p: r[p] for p in ("stats", "before", "after")}
             cells = [f"{r[p]['growth_mb']:7.0f} ({r[p]['wall_s']:4.1f})" for p in r]
             ratio = r["after"]["growth_mb"] / r["stats"]["growth_mb"]
             print(f"{n:>5} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {ratio:12.2f}")
