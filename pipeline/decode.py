@@ -168,6 +168,15 @@ RESIZE_MODES: tuple[str, ...] = ("shorter-side-crop", "stretch", "pad")
 """The resize modes of :func:`decode_for_size` (``transform.resize``)."""
 
 _HUGE_LOCK = threading.Lock()
+
+
+def _reset_huge_lock() -> None:  # a forked child must not inherit a lock held by a thread
+    global _HUGE_LOCK
+    _HUGE_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_huge_lock)
 _BAND_VALUES = 1 << 20  # values per band buffer in decode_for_size (1M: 1-8 MB)
 _MAX_REASON = 300
 
@@ -426,8 +435,9 @@ def _loaded(
             )
         w, h = im.size
         huge = huge_pixels is not None and w * h > huge_pixels
+        lock = _HUGE_LOCK
         if huge:
-            _HUGE_LOCK.acquire()
+            lock.acquire()
         try:
             _load(im, path)
             if orient and (draft is None or im.format not in ("JPEG", "MPO")):
@@ -437,7 +447,7 @@ def _loaded(
             if huge:
                 im.close()  # frees Pillow's pixels now, not when the caller's frame goes
                 _malloc_trim()
-                _HUGE_LOCK.release()
+                lock.release()
 
 
 def _open_checked(fp: IO[bytes], path: str, max_pixels: int | None) -> Image.Image:
