@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -774,6 +773,7 @@ def write_one_shard(
     """
     import torch
 
+    from pipeline.sources import source_path
     from pipeline.store import write_shard
     from pipeline.transforms import sample_generator
 
@@ -792,7 +792,7 @@ def write_one_shard(
         key = row if per_copy else job.source_index[row]
         if key not in loads:
             gen = generators[row] if per_copy else None
-            loads[key] = pool.submit(plan.load, os.path.join(root, rel), gen)
+            loads[key] = pool.submit(plan.load, source_path(root, rel), gen)
         futures.append(loads[key])
 
     out = np.empty((job.rows, 3, *plan.size), dtype=plan.out_dtype)

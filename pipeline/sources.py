@@ -1,4 +1,4 @@
-"""Scan a folder of images into a manifest: files, labels, sizes, mtimes, fingerprint.
+r"""Scan a folder of images into a manifest: files, labels, sizes, mtimes, fingerprint.
 
 The scan follows the ImageFolder convention (torchvision's
 ``datasets.ImageFolder``): every first-level subfolder of the root is a class,
@@ -25,9 +25,37 @@ here:
   entry that is not a regular file (a FIFO, a socket, a device) are not
   followed: they are recorded in ``Manifest.rejected`` with a reason (for
   files, only when the name has an image extension).
-- The fingerprint is the SHA-256 of the relative paths, sizes and mtimes (in
-  nanoseconds) of the accepted files in order: it changes when a file is
-  added, removed, renamed, resized or touched, and not otherwise.
+- The fingerprint is the SHA-256 of the relative paths (their raw bytes),
+  sizes and mtimes (in nanoseconds) of the accepted files in order: it
+  changes when a file is added, removed, renamed, resized or touched, and not
+  otherwise.
+
+**Names.** A POSIX file name is a byte string, not text: it may hold any byte
+but ``/`` and NUL, including bytes that are not valid UTF-8 (``printf
+'n\xff.jpg'``). Every path this module hands out (``SourceFile.path``, the
+paths of ``Manifest.rejected``) is a *manifest name*: a ``str`` that is valid
+Unicode (it encodes to UTF-8, so it can be written to JSON, a Zarr ``paths``
+array or a terminal) and that maps back to the exact bytes of the name:
+
+- The name's bytes are decoded as UTF-8; each byte that is not part of valid
+  UTF-8 (always ``0x80``..``0xFF``) becomes ``%XX``, two upper-case hex digits
+  (``n\xff.jpg`` -> ``n%FF.jpg``).
+- A literal ``%`` becomes ``%25`` only where it would otherwise be read as
+  such an escape, i.e. when it is followed by ``25`` or by ``8``..``F`` and a
+  hex digit (upper case). Every other character is kept as it is: newlines,
+  tabs, backslashes, other ``%`` signs, NFC and NFD forms (never normalized:
+  ``é`` as one or two code points are two different files).
+
+So every name that is valid UTF-8 and has no ``%25``/``%8X``..``%FX``
+sequence is its own manifest name, and percent-escapes appear only where they
+are needed. :func:`escape_path` and :func:`unescape_path` are the two
+directions (``unescape_path(escape_path(b)) == b`` for every byte string);
+:func:`source_path` (or :meth:`Manifest.abspath`) turns a manifest name back
+into the path to open. Open files through them, never by joining the manifest
+name to the root: the two differ exactly for the names that needed escaping.
+Percent-escapes were chosen over ``\xff``-style ones because backslashes are
+common in names copied from Windows, while a ``%`` followed by two upper-case
+hex digits from ``8`` up is rare, so fewer real names change.
 """
 
 from __future__ import annotations
@@ -35,6 +63,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +71,16 @@ from typing import Literal
 
 from pipeline.errors import Failure, InvalidArgumentError
 
-__all__ = ["IMAGE_EXTENSIONS", "Manifest", "SourceFile", "fingerprint_of", "scan"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Manifest",
+    "SourceFile",
+    "escape_path",
+    "fingerprint_of",
+    "scan",
+    "source_path",
+    "unescape_path",
+]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -55,7 +93,8 @@ class SourceFile:
     """One accepted source file.
 
     Attributes:
-        path: path relative to the source root, with ``/`` separators.
+        path: path relative to the source root, with ``/`` separators, as a
+            manifest name (module docstring; open it with :func:`source_path`).
         size: size in bytes (of the link target for a symlink).
         mtime_ns: modification time in nanoseconds since the epoch.
         label: index into ``Manifest.classes``, or ``-1`` when there is none.
@@ -87,18 +126,99 @@ class Manifest:
     fingerprint: str
 
     def abspath(self, f: SourceFile) -> Path:
-        """Return the absolute path of a file of this manifest."""
-        return self.root.joinpath(*f.path.split("/"))
+        """Return the absolute path of a file of this manifest (its name unescaped)."""
+        return Path(source_path(self.root, f.path))
 
     def __len__(self) -> int:
         return len(self.files)
 
 
+# A byte that is not valid UTF-8, decoded with "surrogateescape" (U+DC80..U+DCFF),
+# or a literal "%" that would read as an escape: the only characters escape_path changes.
+_NEEDS_ESCAPE = re.compile("[\udc80-\udcff]|%(?=25|[89A-F][0-9A-F])")
+_ESCAPE = re.compile("%(25|[89A-F][0-9A-F])")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = m.group()
+    return "%25" if c == "%" else f"%{ord(c) - 0xDC00:02X}"
+
+
+def _unescape_one(m: re.Match[str]) -> str:
+    v = int(m.group(1), 16)
+    return "%" if v == 0x25 else chr(0xDC00 + v)
+
+
+def escape_path(raw: bytes | str) -> str:
+    r"""Return the manifest name of a path: valid Unicode, lossless (module docstring).
+
+    Args:
+        raw: the path's bytes, or a ``str`` as the OS gives it (``os.fsdecode``:
+            undecodable bytes as lone surrogates), which is encoded back with
+            ``os.fsencode`` first.
+
+    Returns:
+        The name with each byte that is not valid UTF-8 as ``%XX`` and a ``%``
+        that would read as an escape as ``%25``; everything else unchanged.
+
+    Example:
+        >>> escape_path(b"cat/n\xff.jpg"), escape_path("50%.jpg"), escape_path(b"%FF.png")
+        ('cat/n%FF.jpg', '50%.jpg', '%25FF.png')
+        >>> escape_path("caf\u00e9\ttab.png")
+        'café\ttab.png'
+    """
+    data = os.fsencode(raw) if isinstance(raw, str) else raw
+    text = data.decode("utf-8", "surrogateescape")
+    return _NEEDS_ESCAPE.sub(_escape_one, text)
+
+
+def unescape_path(name: str) -> bytes:
+    r"""Return the raw bytes of a manifest name: the inverse of :func:`escape_path`.
+
+    Raises:
+        InvalidArgumentError: ``name`` holds a lone surrogate, so it is not a
+            manifest name (a raw ``os.fsdecode`` string, for instance).
+
+    Example:
+        >>> unescape_path("cat/n%FF.jpg"), unescape_path("50%.jpg"), unescape_path("%25FF.png")
+        (b'cat/n\xff.jpg', b'50%.jpg', b'%FF.png')
+    """
+    if _SURROGATE.search(name) is not None:
+        raise InvalidArgumentError(
+            f"path must be a manifest name (valid Unicode, undecodable bytes as %XX), got {name!r}"
+        )
+    return _ESCAPE.sub(_unescape_one, name).encode("utf-8", "surrogateescape")
+
+
+def source_path(root: str | os.PathLike[str], rel: str) -> str:
+    r"""Return the path to open for the manifest name ``rel`` under ``root``.
+
+    The result is a ``str`` as the OS functions take it (undecodable bytes as
+    ``os.fsdecode`` gives them), so ``open``, Pillow and ``pathlib`` accept it.
+
+    Args:
+        root: the source folder.
+        rel: a manifest name (``SourceFile.path``), ``/``-separated.
+
+    Raises:
+        InvalidArgumentError: ``rel`` is not a manifest name.
+
+    Example:
+        >>> p = source_path("/data", "cat/n%FF.jpg")
+        >>> os.fsencode(p)
+        b'/data/cat/n\xff.jpg'
+    """
+    return os.fsdecode(os.path.join(os.fsencode(root), unescape_path(rel)))
+
+
 def fingerprint_of(files: tuple[SourceFile, ...] | list[SourceFile]) -> str:
     """Return the hex SHA-256 of the files' relative paths, sizes and mtimes.
 
-    Each file contributes ``path NUL size NUL mtime_ns LF`` (path in UTF-8 with
-    surrogate escapes for undecodable bytes), in the order given.
+    Each file contributes ``path NUL size NUL mtime_ns LF``, in the order
+    given; ``path`` is the raw bytes of the relative path
+    (:func:`unescape_path` of the manifest name), so the fingerprint does not
+    depend on the escaping.
 
     Args:
         files: the files, normally ``Manifest.files`` (already sorted).
@@ -114,7 +234,7 @@ def fingerprint_of(files: tuple[SourceFile, ...] | list[SourceFile]) -> str:
     """
     h = hashlib.sha256()
     for f in files:
-        h.update(f.path.encode("utf-8", "surrogateescape"))
+        h.update(unescape_path(f.path))
         h.update(b"\0%d\0%d\n" % (f.size, f.mtime_ns))
     return h.hexdigest()
 
@@ -176,7 +296,7 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
             with os.scandir(dir_abs) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            rel = "/".join(rel_parts) or "."
+            rel = escape_path("/".join(rel_parts)) or "."
             rejected.append(Failure(rel, f"unreadable folder: {_os_reason(e)}"))
             return
         for entry in entries:
@@ -184,7 +304,7 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
             if _is_hidden(name):
                 continue
             rel_list = (*rel_parts, name)
-            rel = "/".join(rel_list)
+            rel = escape_path("/".join(rel_list))
             is_image_name = _is_image_name(name)
             is_link = entry.is_symlink()
             if is_link:
@@ -192,7 +312,9 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
                 if not _inside(target, root_real):
                     if is_image_name or os.path.isdir(target):
                         rejected.append(
-                            Failure(rel, f"symlink leaves the source root: -> {target}")
+                            Failure(
+                                rel, f"symlink leaves the source root: -> {escape_path(target)}"
+                            )
                         )
                     continue
             try:
@@ -210,7 +332,7 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
             if stat.S_ISDIR(st.st_mode):
                 real = os.path.realpath(entry.path)
                 if real in ancestors:
-                    rejected.append(Failure(rel, f"symlink loop: -> {real}"))
+                    rejected.append(Failure(rel, f"symlink loop: -> {escape_path(real)}"))
                     continue
                 walk(entry.path, rel_list, ancestors | {real})
             elif is_image_name:

@@ -3,13 +3,15 @@
 The plan is built once from the run config and the dataset statistics and is
 applied inside each shard task; every pixel operation is an :mod:`ops` kernel:
 
-1. :meth:`TransformPlan.load`: decode the source (JPEG draft decoding to no
-   less than the target size), then :func:`ops.resize_to` with the configured
-   mode, as integer pixels (``uint8``, or ``int32`` holding 16-bit values).
-   ``random_resized_crop``, when configured, replaces the resize: the
-   :class:`ops.RandomResizedCrop` of the step draws the box from the sample's
-   generator and resamples the integer pixels, exactly as the class does on
-   its own.
+1. :meth:`TransformPlan.load`: decode the source straight to the target
+   size (:func:`pipeline.decode.decode_for_size`: JPEG draft decoding to no
+   less than the target, then the :func:`ops.resize` resampling band by band,
+   so a huge image never becomes a full-size array), as integer pixels
+   (``uint8``, or ``int32`` holding 16-bit values): bit for bit
+   :func:`ops.resize_to` of the decoded image. ``random_resized_crop``, when
+   configured, replaces the resize: the :class:`ops.RandomResizedCrop` of the
+   step draws the box from the sample's generator and the cut is resampled
+   as the class resamples it (:func:`ops.resized_crop`).
 2. :meth:`TransformPlan.finish`: a batch of loaded samples goes to float
    ``[0, 1]`` on the configured device, through the configured augmentations
    in order (the :mod:`ops` classes the config's steps build, each drawing
@@ -183,22 +185,27 @@ class TransformPlan:
         Raises:
             DecodeError: the file cannot be decoded.
         """
-        from pipeline.decode import decode
+        from pipeline.decode import decode_for_size
 
         cropper = self.crop if crop else None
         kwargs: dict[str, Any] = {}
         if self.max_pixels is not None:
             kwargs["max_pixels"] = self.max_pixels
-        # a random crop may zoom into a small box: it needs the full resolution
-        draft = None if cropper is not None else self.size
-        image = decode(path, draft=draft, **kwargs)
-        bits = 16 if image.dtype == np.uint16 else 8
-        pixels = to_tensor(image)
-        if cropper is not None:
-            if generator is None:
-                raise InvalidArgumentError("generator is required with random_resized_crop")
-            return cropper(pixels, generator=generator), bits
-        return ops.resize_to(pixels, self.size, mode=self.resize), bits
+        if cropper is None:
+            return decode_for_size(path, self.size, mode=self.resize, **kwargs)
+        if generator is None:
+            raise InvalidArgumentError("generator is required with random_resized_crop")
+        # the box is drawn from the displayed size, as ops.RandomResizedCrop draws it,
+        # and the cut is resampled as ops.resized_crop does (a random crop may zoom
+        # into a small box: no draft decoding)
+        crop_op = cropper
+        return decode_for_size(
+            path,
+            self.size,
+            box=lambda h, w: crop_op.sample_box(h, w, generator),
+            draft=False,
+            **kwargs,
+        )
 
     # -- stage 2: per batch, on the device -----------------------------------------------------
 

@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from pipeline.config._values import show
 from pipeline.config.messages import config_error, problems
 from pipeline.config.overrides import apply_overrides
 from pipeline.config.schema import RunConfig
+from pipeline.config.yamlsafe import load_yaml
 from pipeline.errors import ConfigError
 
 __all__ = ["load_config", "validate_config"]
@@ -86,13 +86,8 @@ def load_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> 
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {file}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"invalid config {file}: not valid YAML{where}: {problem}") from None
+    # bounded: a "billion laughs" of aliases is refused, not expanded
+    data = load_yaml(text, source=str(file))
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_origin
 
-import yaml
 from pydantic import BaseModel
 
 from pipeline.config._values import show
 from pipeline.config.messages import field_model, loc_path
 from pipeline.config.reference import default_config_dict
 from pipeline.config.schema import PATH_KEYS, RunConfig
+from pipeline.config.yamlsafe import load_yaml
 from pipeline.errors import ConfigError
 
 __all__ = ["apply_overrides", "parse_override"]
@@ -59,9 +59,10 @@ def parse_override(text: str) -> tuple[tuple[str | int, ...], Any]:
         parts.append(match.group(1))
         parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text}: the value is not valid YAML: {exc}") from None
+        value = load_yaml(raw, source="", aliases=False) if raw.strip() else None
+    except ConfigError as exc:
+        reason = str(exc).removeprefix("invalid config : ")
+        raise ConfigError(f"--set {text}: the value is not valid YAML: {reason}") from None
     return tuple(parts), value
 
 

@@ -104,7 +104,11 @@ class StatsConfig(Model):
         if value is None:
             return None
         path = resolve_path(value, info)
-        if not path.is_file():
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # e.g. a name longer than the filesystem allows
+            raise ValueError(f"cannot use {str(path)[:200]!r}: {exc.strerror or exc}") from None
+        if not exists:
             raise ValueError(f"no such file: {path}")
         return path
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
 from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
-from pipeline.sources import Manifest, scan
+from pipeline.sources import Manifest, scan, source_path
 from pipeline.stats.exact import Partial, finish, hist_moments, merge
 from pipeline.stats.files import FileMoments
 from pipeline.stats.model import Stats
@@ -55,7 +54,7 @@ def _chunk(
     digests: list[bytes] = []
     for rel in paths:
         try:
-            path = os.path.join(root, rel)
+            path = source_path(root, rel)
             source: Any = path
             if per_file:  # read once: the digest and the decode see the same bytes
                 data = _read(path, rel)

@@ -7,9 +7,11 @@ import subprocess
 import sys
 import warnings
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipeline.decode import (
@@ -452,3 +454,333 @@ def test_open_image_keeps_mode_and_orientation_flag(tmp_path):
     assert open_image(p, orient=False).size == (30, 10)
     q = save(Image.fromarray(rgb).convert("CMYK"), tmp_path / "c.tif")
     assert open_image(q).mode == "CMYK"
+
+
+# --------------------------------------------------- decode_for_size: exact and bounded
+
+
+def _mode_file(tmp_path, mode: str, fmt: str, orientation: int, seed: int):
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(20, 90, size=2))
+    if mode == "I;16":
+        im = Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16))
+    elif mode == "F":
+        im = Image.fromarray(rng.random((h, w)).astype(np.float32))
+    else:
+        im = Image.fromarray(random_rgb(rng, h, w)).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    p = tmp_path / f"{mode.replace(';', '')}-{orientation}.{fmt}"
+    im.save(p, exif=exif.tobytes())
+    return p
+
+
+FOR_SIZE_CASES = [
+    ("RGB", "jpg"),
+    ("L", "png"),
+    ("P", "png"),
+    ("1", "png"),
+    ("I;16", "png"),
+    ("F", "tif"),
+    ("RGBA", "webp"),
+    ("CMYK", "tif"),
+]
+
+
+@pytest.fixture
+def many_bands(monkeypatch):
+    """Bands of a few rows, so every test image is resized in many pieces."""
+    import pipeline.decode as decode_module
+
+    monkeypatch.setattr(decode_module, "_BAND_VALUES", 3 * 40 * 3)
+
+
+@pytest.mark.usefixtures("many_bands")
+@pytest.mark.parametrize(("mode", "fmt"), FOR_SIZE_CASES)
+@pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_decode_for_size_equals_decode_then_resize(tmp_path, mode, fmt, orientation):
+    from ops import resize_to, resized_crop
+    from ops.geometry import RESIZE_MODES
+    from pipeline.decode import decode_for_size
+    from pipeline.transforms import to_tensor
+
+    p = _mode_file(tmp_path, mode, fmt, orientation, seed=orientation)
+    h, w = decode(p).shape[:2]
+    for size in [(17, 23), (64, 64), (h, w), (150, 9)]:  # down, up, same, mixed
+        for resize in RESIZE_MODES:
+            for draft in (True, False):
+                expected = resize_to(
+                    to_tensor(decode(p, draft=size if draft else None)), size, mode=resize
+                )
+                got, bits = decode_for_size(p, size, mode=resize, draft=draft)
+                assert got.dtype == expected.dtype
+                assert bits == (16 if mode in ("I;16", "F") else 8)
+                assert torch.equal(got, expected), (size, resize, draft)
+    rng = np.random.default_rng(orientation)
+    for _ in range(4):
+        x1, x2 = sorted(int(v) for v in rng.choice(w + 1, 2, replace=False))
+        y1, y2 = sorted(int(v) for v in rng.choice(h + 1, 2, replace=False))
+        got, _ = decode_for_size(p, (20, 30), box=lambda hh, ww, b=(x1, y1, x2, y2): b)
+        assert torch.equal(got, resized_crop(to_tensor(decode(p)), (x1, y1, x2, y2), (20, 30)))
+
+
+def test_decode_for_size_box_gets_the_displayed_size(tmp_path):
+    from pipeline.decode import decode_for_size
+
+    rgb = random_rgb(np.random.default_rng(0), 30, 50)
+    p = _jpeg_with_orientation(tmp_path / "o.jpg", rgb, 6)
+    seen = []
+
+    def box(h, w):
+        seen.append((h, w))
+        return (0, 0, w, h)
+
+    decode_for_size(p, (8, 8), box=box)
+    assert seen == [(50, 30)]
+
+
+def test_decode_for_size_bad_arguments(tmp_path):
+    from pipeline.decode import decode_for_size
+
+    p = save(_rgb_image(), tmp_path / "p.png")
+    for size in [(0, 5), (5,), (5.0, 5), (True, 2), "ab"]:
+        with pytest.raises(InvalidArgumentError, match=r"size must be a pair \(h, w\)"):
+            decode_for_size(p, size)
+    with pytest.raises(InvalidArgumentError, match="mode must be one of"):
+        decode_for_size(p, (4, 4), mode="crop")
+    with pytest.raises(InvalidArgumentError, match="huge_pixels must be a positive int or None"):
+        decode_for_size(p, (4, 4), huge_pixels=0)
+    with pytest.raises(InvalidArgumentError, match="box must select pixels"):
+        decode_for_size(p, (4, 4), box=lambda h, w: (5, 5, 5, 9))
+    (tmp_path / "t.png").write_bytes(b"text")
+    with pytest.raises(DecodeError, match="not an image"):
+        decode_for_size(tmp_path / "t.png", (4, 4))
+
+
+def test_huge_images_are_decoded_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.decode as decode_module
+
+    paths = [save(_rgb_image(i, 40, 40), tmp_path / f"{i}.png") for i in range(6)]
+    active, peak, lock = [0], [0], threading.Lock()
+    real = decode_module._region_resized
+
+    def slow(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(decode_module, "_region_resized", slow)
+    for huge_pixels, expected in [(40 * 40 - 1, 1), (40 * 40, len(paths))]:
+        peak[0] = 0
+        with ThreadPoolExecutor(len(paths)) as pool:
+            list(
+                pool.map(
+                    lambda p, hp=huge_pixels: decode_module.decode_for_size(
+                        p, (8, 8), huge_pixels=hp
+                    ),
+                    paths,
+                )
+            )
+        if expected == 1:
+            assert peak[0] == 1  # above the threshold: one at a time
+        else:
+            assert peak[0] > 1  # at or below it: in parallel
+
+
+MEMORY_CHILD = r"""
+import re, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pipeline.decode import decode_for_size, decode_histogram
+
+path, files = sys.argv[1], sys.argv[2:]
+
+
+def status(key):
+    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+if path == "stats":
+    work = decode_histogram
+else:
+    def work(p):
+        decode_for_size(p, (224, 224))
+work(files[0] + ".small.png")  # warm up: lazy imports, torch kernels
+Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+base = status("VmRSS")
+if path == "stats":  # a stats chunk decodes its files one after the other
+    for f in files:
+        work(f)
+else:  # the run decodes in a pool of threads
+    with ThreadPoolExecutor(len(files)) as pool:
+        list(pool.map(work, files))
+print((status("VmHWM") - base) / 1024)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists("/proc/self/clear_refs"), reason="measures the peak RSS through Linux /proc"
+)
+def test_run_decode_peak_memory_within_twice_the_stats_decode(tmp_path):
+    """Two 9000 x 9000 PNGs (legal: 81 MP < 89.5 MP; 100 KB each), two decode threads.
+
+    Peak RSS growth of decode_for_size (the run's loader) must stay below twice
+    that of decode_histogram (the statistics' decode) on the same files. The
+    old path, decode + resize_image, needed about 11x (855 MB vs 77 MB).
+    """
+    files = []
+    for i in range(2):
+        a = np.zeros((9000, 9000), np.uint8)
+        a[::97, :] = 200 + i
+        a[:, ::89] = 50
+        files.append(str(save(Image.fromarray(a), tmp_path / f"big{i}.png", compress_level=1)))
+        del a
+    Image.new("L", (300, 200), 9).save(files[0] + ".small.png")
+
+    def growth_mb(path: str) -> float:
+        cmd = [sys.executable, "-c", MEMORY_CHILD, path, *files]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=300)
+        assert done.stderr == ""
+        return float(done.stdout.strip().splitlines()[-1])
+
+    stats, run = growth_mb("stats"), growth_mb("run")
+    assert stats > 60  # the measurement sees Pillow's 81 MB image
+    assert run < 2 * stats, (run, stats)
+
+
+# ----------------------------------------------------------------- warnings
+
+
+def _warning_files(tmp_path) -> dict[str, Path]:
+    """Files on which Pillow or NumPy warn while decoding, and the expected outcome."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "maker"
+    out = {}
+    p = tmp_path / "corrupt-exif.jpg"
+    Image.fromarray(random_rgb(np.random.default_rng(0), 8, 10)).save(
+        p,
+        "JPEG",
+        exif=exif.tobytes()[:20],  # an IFD entry cut short: "Corrupt EXIF data"
+    )
+    out["corrupt-exif"] = p
+    nan = tmp_path / "nan.tif"
+    Image.fromarray(np.full((5, 4), np.nan, np.float32)).save(nan)
+    out["all-nan"] = nan
+    pal = tmp_path / "pal.png"
+    Image.fromarray(random_rgb(np.random.default_rng(1), 6, 6)).convert("P").save(
+        pal, transparency=b"\x00\x10" * 8
+    )
+    out["palette-bytes-trns"] = pal
+    return out
+
+
+def test_warnings_never_leak_and_are_logged(tmp_path, capfd, caplog):
+    import logging
+
+    files = _warning_files(tmp_path)
+    bomb = save(_rgb_image(0, 20, 20), tmp_path / "bomb.png")
+    capfd.readouterr()
+    reasons = {}
+    with caplog.at_level(logging.DEBUG, logger="pipeline.decode"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for name, p in files.items():
+                for fn in (decode, decode_histogram):
+                    try:
+                        fn(p)
+                    except DecodeError as e:
+                        reasons[name] = e.reason
+            Image.MAX_IMAGE_PIXELS = 300  # Pillow warns between 300 and 600 pixels
+            with pytest.raises(DecodeError, match="decompression bomb: 400 pixels > limit 300"):
+                decode(bomb, max_pixels=300)
+        assert [str(w.message) for w in caught] == []
+    assert capfd.readouterr().err == ""
+    assert reasons == {
+        "all-nan": "unsupported values: float image (mode F) with values outside [0, 1] or "
+        "not finite (min nan, max nan)"
+    }
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "decoder warning ignored: UserWarning: Corrupt EXIF data" in logged
+    assert "DecompressionBombWarning" in logged
+    # the EXIF block is unreadable: orientation 1, pixels kept
+    assert decode(files["corrupt-exif"]).shape == (8, 10, 3)
+
+
+def test_no_warning_output_in_a_fresh_process(tmp_path):
+    files = _warning_files(tmp_path)
+    code = (
+        "import sys\n"
+        "from pipeline.decode import decode, decode_for_size, decode_histogram\n"
+        "from pipeline.errors import DecodeError\n"
+        "for p in sys.argv[1:]:\n"
+        "    for f in (decode, decode_histogram, lambda p: decode_for_size(p, (4, 4))):\n"
+        "        try:\n"
+        "            f(p)\n"
+        "        except DecodeError as e:\n"
+        "            print(e.reason)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", code, *map(str, files.values())],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stderr == ""
+    assert done.stdout.count("unsupported values") == 3  # the all-NaN float image, 3 ways
+
+
+def test_warnings_of_other_threads_are_still_shown(tmp_path):
+    import threading
+
+    p = _warning_files(tmp_path)["corrupt-exif"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decode(p)  # installs the routing hook
+        t = threading.Thread(
+            target=lambda: warnings.warn("not from decoding", UserWarning, stacklevel=1)
+        )
+        t.start()
+        t.join()
+        warnings.warn("main thread", UserWarning, stacklevel=1)
+    assert sorted(str(w.message) for w in caught) == ["main thread", "not from decoding"]
+
+
+def test_reasons_of_data_errors_are_not_os_errors(tmp_path):
+    # Pillow raises OSError (errno None) for malformed data: not "unreadable"
+    buf = io.BytesIO()
+    _rgb_image().save(buf, "BMP")
+    bmp = bytearray(buf.getvalue())
+    bmp[30:34] = b"\xff\xff\xff\x7f"  # compression field
+    (tmp_path / "c.bmp").write_bytes(bytes(bmp))
+    assert _reason(tmp_path / "c.bmp").startswith("corrupt image: Unsupported BMP compression")
+
+
+def test_reasons_are_cleaned(tmp_path, monkeypatch):
+    from pipeline import decode as decode_module
+
+    p = save(_rgb_image(), tmp_path / "x.png")
+
+    def boom(im, path):
+        raise ValueError("bad \udcff byte\nand a very long story " + "x" * 1000)
+
+    monkeypatch.setattr(
+        decode_module, "_load", lambda im, path: decode_module._data_error(path, ValueError("x"))
+    )
+    monkeypatch.setattr(decode_module, "_check_mode", boom)
+    reason = _reason(p)
+    assert reason.startswith("corrupt image: ValueError: bad \\udcff byte and a very long")
+    assert len(reason) == 300
+    reason.encode("utf-8")

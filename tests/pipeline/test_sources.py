@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
+import re
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import InvalidArgumentError
 from pipeline.sources import IMAGE_EXTENSIONS, Manifest, SourceFile, fingerprint_of, scan
@@ -273,3 +277,145 @@ def test_unreadable_folder_simulated(tmp_path, monkeypatch):
     assert [(f.path, f.error) for f in m.rejected] == [
         ("b", "unreadable folder: permission denied")
     ]
+
+
+# ------------------------------------------------------------ names that are not text
+
+HOSTILE_NAMES = [
+    b"n\xff.jpg",  # not UTF-8: the issue's name
+    b"\xe9t\xe9.png",  # Latin-1
+    b"\xed\xa0\x80surrogate.png",  # UTF-8 of a surrogate: not valid UTF-8
+    b"new\nline.png",
+    b"tab\there.png",
+    b"back\\slash.png",
+    b"50%.png",
+    b"%FF-literal.png",  # reads like an escape: must become %25FF
+    b"%25-literal.png",
+    b"%ff-lower.png",  # lower case is never an escape: kept
+    "caf\u00e9-nfc.png".encode(),
+    "cafe\u0301-nfd.png".encode(),  # same text, other bytes: another file
+    b" lead and trail .png",
+    "\u2028sep\u00a0nbsp.png".encode(),
+]
+
+
+def _write_raw(root: Path, rel: bytes, data: bytes) -> None:
+    path = os.path.join(os.fsencode(root), rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_scan_names_round_trip_to_the_files(tmp_path):
+    import json
+
+    from pipeline.sources import escape_path, source_path, unescape_path
+
+    rels = [b"cls/" + n for n in HOSTILE_NAMES] + [b"cl\xe4ss/x.png", b"top\xfe.gif"]
+    for i, rel in enumerate(rels):
+        _write_raw(tmp_path, rel, b"file %d" % i)
+    m = scan(tmp_path)
+    assert len(m.files) == len(rels)
+    by_content = {}
+    for f in m.files:
+        f.path.encode("utf-8")  # valid Unicode: JSON, Zarr and terminals take it
+        assert f.path == escape_path(unescape_path(f.path))
+        with open(source_path(tmp_path, f.path), "rb") as fp:
+            by_content[fp.read()] = f
+        assert m.abspath(f) == Path(source_path(tmp_path, f.path))
+        assert json.loads(json.dumps(f.path, ensure_ascii=False)) == f.path
+    assert sorted(by_content) == sorted(b"file %d" % i for i in range(len(rels)))
+    for i, rel in enumerate(rels):
+        assert unescape_path(by_content[b"file %d" % i].path) == rel
+    names = {f.path for f in m.files}
+    assert "cls/n%FF.jpg" in names
+    assert "cls/%25FF-literal.png" in names
+    assert "cls/%2525-literal.png" in names
+    assert "cls/50%.png" in names  # kept: no escape needed
+    assert "cls/%ff-lower.png" in names
+    assert "cls/new\nline.png" in names
+    assert "cls/back\\slash.png" in names
+    assert "cls/caf\u00e9-nfc.png" in names
+    assert "cls/cafe\u0301-nfd.png" in names  # never normalized
+    assert m.classes == ("cl%E4ss", "cls")
+    assert [f.path for f in m.files] == sorted(names)
+    # the fingerprint hashes the raw bytes, as before the escaping
+    h = hashlib.sha256()
+    for f in m.files:
+        h.update(unescape_path(f.path) + b"\0%d\0%d\n" % (f.size, f.mtime_ns))
+    assert m.fingerprint == h.hexdigest()
+
+
+def test_hostile_names_through_stats_and_the_store(tmp_path):
+    """The issue's case: a name that is not UTF-8 no longer aborts the store's `paths`."""
+    import numpy as np
+    import zarr
+    from PIL import Image
+
+    from pipeline.decode import decode_histogram
+    from pipeline.sources import source_path
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(buf, "PNG")
+    for name in HOSTILE_NAMES:
+        _write_raw(tmp_path, b"a/" + name.replace(b".jpg", b".png"), buf.getvalue())
+    m = scan(tmp_path)
+    for f in m.files:
+        assert decode_histogram(source_path(m.root, f.path)).pixels == 16
+    group = zarr.open_group(str(tmp_path.parent / "s.zarr"), mode="w")
+    arr = group.create_array("paths", shape=(len(m),), dtype=str, chunks=(len(m),))
+    arr[:] = [f.path for f in m.files]
+    assert list(arr[:]) == [f.path for f in m.files]
+    group.attrs["failures"] = [{"path": f.path, "error": "x"} for f in m.files]
+
+
+def test_unescape_rejects_a_raw_os_string():
+    from pipeline.sources import unescape_path
+
+    with pytest.raises(InvalidArgumentError, match="must be a manifest name"):
+        unescape_path(os.fsdecode(b"n\xff.jpg"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    raw=st.binary(max_size=40) | st.text(max_size=20).map(lambda t: t.encode("utf-8", "replace"))
+)
+def test_escape_is_lossless_and_minimal(raw):
+    from pipeline.sources import escape_path, unescape_path
+
+    name = escape_path(raw)
+    name.encode("utf-8")  # never a lone surrogate
+    assert unescape_path(name) == raw
+    assert escape_path(os.fsdecode(raw)) == name  # the OS's str form gives the same name
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        assert "%" in name
+    else:
+        if re.search("%(25|[89A-F][0-9A-F])", text) is None:
+            assert name == text  # nothing to escape: unchanged
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(alphabet=st.sampled_from("%2589ABCFfx/é\n\\"), max_size=16))
+def test_escape_of_percent_heavy_text(name):
+    from pipeline.sources import escape_path, unescape_path
+
+    assert unescape_path(escape_path(name.encode())) == name.encode()
+    assert unescape_path(escape_path(name.encode())).decode() == name
+
+
+def test_rejections_carry_escaped_names(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    os.symlink(os.fsencode(root) + b"/nowhere\xff.png", os.fsencode(root) + b"/br\xff.png")
+    outside = tmp_path / "out\udcfe.png"
+    outside.write_bytes(b"x")
+    os.symlink(outside, os.fsencode(root) + b"/esc\xfd.png")
+    m = scan(root)
+    assert m.files == ()
+    by_path = {f.path: f.error for f in m.rejected}
+    assert by_path["br%FF.png"] == "broken symlink: target does not exist"
+    assert by_path["esc%FD.png"].endswith("out%FE.png")
+    for f in m.rejected:
+        (f.path + f.error).encode("utf-8")
