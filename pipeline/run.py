@@ -788,7 +788,11 @@ def write_one_shard(
     per_copy = plan.crop is not None
     loads: dict[Any, Any] = {}
     futures = []
+    retired = [not alive for alive in job.live] if job.live else [False] * job.rows
     for row, rel in enumerate(job.paths):
+        if retired[row]:  # its file was removed or changed since the rows were planned
+            futures.append(None)
+            continue
         key = row if per_copy else job.source_index[row]
         if key not in loads:
             gen = generators[row] if per_copy else None
@@ -800,12 +804,18 @@ def write_one_shard(
         stop = min(job.rows, start + batch_size)
         pixels, bits = [], []
         for row in range(start, stop):
+            future = futures[row]
+            if future is None:  # a retired row: a hole, never served
+                pixels.append(torch.zeros((3, *plan.size), dtype=torch.uint8))
+                bits.append(8)
+                continue
             try:
-                p, b = futures[row].result()
+                p, b = future.result()
             except DecodeError as exc:
                 raise ShardWriteError(
                     f"shard {job.index}: {job.paths[row]} can no longer be decoded "
-                    f"({exc.reason}); the source changed since the scan, rerun to rescan"
+                    f"({exc.reason}): the source changed during the run; the store is "
+                    "resumable, and a rerun updates it (the changed file is compared again)"
                 ) from exc
             pixels.append(p)
             bits.append(b)

@@ -12,7 +12,7 @@ those values.
 - :mod:`~pipeline.store.verify`: :func:`verify`.
 - :mod:`~pipeline.store.lock`: :class:`StoreLock`.
 - :mod:`~pipeline.store.files`: the file table (:class:`FileTable`).
-- :mod:`~pipeline.store.compact`: :func:`compact` (drop retired rows).
+- :mod:`~pipeline.store.compaction`: :func:`compact` (drop retired rows).
 
 Example:
     >>> import tempfile, numpy as np
@@ -33,7 +33,7 @@ Example:
 """
 
 from pipeline.store.codecs import CODEC_LEVELS, CODECS, Compression
-from pipeline.store.compact import CompactResult, compact, finish_swap
+from pipeline.store.compaction import CompactResult, compact, finish_swap
 from pipeline.store.create import (
     SampleRows,
     StoreState,

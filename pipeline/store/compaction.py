@@ -68,6 +68,11 @@ def _siblings(path: Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".compacting"), path.with_name(path.name + ".old")
 
 
+def _rename(source: Path, target: Path) -> None:
+    """One rename of the swap (atomic on one filesystem)."""
+    os.replace(source, target)
+
+
 def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -83,7 +88,7 @@ def finish_swap(path: PathLike) -> bool:
     path = Path(path)
     new, old = _siblings(path)
     if not path.exists() and new.is_dir() and old.is_dir():
-        os.replace(new, path)
+        _rename(new, path)
         shutil.rmtree(old)
         return True
     if path.is_dir() and old.is_dir() and not new.exists():
@@ -211,8 +216,8 @@ def compact(
         finalize(new, {"compacted_from": state, "state": uuid.uuid4().hex})
         written = len(todo)
         # the swap: a kill between the two renames is completed by finish_swap
-        os.replace(path, old)
-        os.replace(new, path)
+        _rename(path, old)
+        _rename(new, path)
         shutil.rmtree(old)
         after = _folder_bytes(path)
         return CompactResult(path, layout.n_samples, len(rows), written, before, after)

@@ -1,0 +1,424 @@
+"""Incremental updates: a rerun over a changed source updates the store instead of rebuilding it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+from PIL import Image
+
+import pipeline.run as run_module
+import pipeline.stats
+from ops import resized_shape
+from pipeline.config import RunConfig, validate_config
+from pipeline.errors import ShardWriteError, StoreMismatchError
+from pipeline.reader import ShardDataset, iter_shards
+from pipeline.run import plan_run, prepare
+from pipeline.stats import compute_stats
+from pipeline.store import compact, read_attrs, read_layout, verify
+
+SIZE = (16, 16)
+CONTRACT = (
+    "images",
+    "count",
+    "mean",
+    "var",
+    "std",
+    "min",
+    "max",
+    "per_image_mean",
+    "per_image_std",
+)
+
+
+def _image(path: Path, seed: int, *, mode: str = "RGB") -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = 20 + seed % 9, 24 + seed % 13
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16)).save(path)
+    else:
+        Image.fromarray(rng.integers(0, 256, (h, w, 3)).astype(np.uint8)).save(path)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    root = tmp_path / "src"
+    for i in range(14):
+        _image(root / ("cat" if i % 2 else "dog") / f"{i:03d}.png", i)
+    _image(root / "dog" / "deep.png", 99, mode="I;16")  # a 16-bit file among 8-bit ones
+    return root
+
+
+def _config(src: Path, out: Path, **sections: dict) -> RunConfig:
+    data: dict = {
+        "source": {"path": str(src)},
+        "transform": {"size": list(SIZE), "copies": 2},
+        "output": {"path": str(out), "shard_size": 6},
+        "runtime": {"workers": 2, "batch_size": 4, "device": "cpu"},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return validate_config(data)
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """How many files each statistics pass decodes."""
+    calls: list[int] = []
+    real = pipeline.stats.measure
+
+    def counting(manifest, **kwargs):
+        calls.append(len(manifest.files))
+        return real(manifest, **kwargs)
+
+    monkeypatch.setattr(pipeline.stats, "measure", counting)
+    return calls
+
+
+def _shard_files(store: Path) -> dict[str, str]:
+    """SHA-256 of every file of the images array (the shards)."""
+    return {
+        str(p.relative_to(store)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((store / "images").rglob("*"))
+        if p.is_file() and p.name != "zarr.json"
+    }
+
+
+def _current_equals_stats(store: Path, src: Path) -> None:
+    current = read_attrs(store)["current_stats"]
+    ref = compute_stats(src).to_json()
+    assert {k: current[k] for k in CONTRACT} == {k: ref[k] for k in CONTRACT}
+
+
+def _reference(path: Path, mean, std) -> np.ndarray:
+    """float64 decode -> shorter-side-crop -> normalize, independent of the pipeline."""
+    with Image.open(path) as im:
+        if im.mode.startswith("I"):
+            g = np.asarray(im).astype(np.float64) / 65535.0
+            a = np.repeat(g[..., None], 3, axis=2)
+        else:
+            a = np.asarray(im.convert("RGB")).astype(np.float64) / 255.0
+    h, w = a.shape[:2]
+    rh, rw = resized_shape(h, w, SIZE, "shorter-side-crop")
+    x = torch.from_numpy(a).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(rh, rw), mode="bilinear", antialias=True, align_corners=False)[0]
+    top, left = (rh - SIZE[0]) // 2, (rw - SIZE[1]) // 2
+    x = x[:, top : top + SIZE[0], left : left + SIZE[1]].numpy()
+    return (x - np.reshape(mean, (3, 1, 1))) / np.reshape(std, (3, 1, 1))
+
+
+def _by_path(store: Path) -> dict[tuple[str, int], np.ndarray]:
+    """Every live sample, keyed by (source path, copy)."""
+    g = zarr.open_group(store, mode="r")
+    paths = g["paths"][:]
+    live = g["live"][:]
+    out = {}
+    for row in np.flatnonzero(live):
+        key = (str(paths[g["source_index"][row]]), int(g["copy_index"][row]))
+        assert key not in out, key
+        out[key] = np.asarray(g["images"][row])
+    return out
+
+
+# ----------------------------------------------------------------------------- growth
+
+
+def test_new_files_become_new_shards_and_only_they_are_decoded(source, tmp_path, decoded):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    first = prepare(cfg)
+    assert decoded == [15]
+    before = _shard_files(out)
+    stats = read_attrs(out)["stats"]
+    n_before = first.samples
+    for i in range(100, 103):
+        _image(source / "cat" / f"{i}.png", i)
+    _image(source / "eel" / "new-class.png", 7)  # a new class folder
+
+    result = prepare(cfg)
+    assert decoded == [15, 4]  # the new files only
+    assert result.samples == n_before + 4 * 2
+    assert result.diff.summary().startswith("4 new, 0 changed, 0 removed")
+    after = _shard_files(out)
+    assert {k: after[k] for k in before} == before  # written shards untouched
+    assert read_attrs(out)["stats"] == stats  # freeze: the rows keep their statistics
+    _current_equals_stats(out, source)
+    assert verify(out).ok
+    # the new classes are appended: labels already written keep their meaning
+    ds = ShardDataset(out)
+    assert ds.classes == ["cat", "dog", "eel"]
+    assert len(ds) == n_before + 8
+    samples = _by_path(out)
+    for name in ["cat/100.png", "cat/102.png", "eel/new-class.png"]:
+        ref = _reference(source / name, stats["mean"], stats["std"])
+        for k in range(2):
+            # the uint8 resize rounds (one level), then float16 (one ulp)
+            tol = 1.0 / 255.0 / min(stats["std"]) + np.spacing(np.float16(np.abs(ref).max())) * 2
+            np.testing.assert_allclose(samples[(name, k)].astype(np.float64), ref, rtol=0, atol=tol)
+    labels = {ds.classes[label] for _, label in ds}
+    assert labels == {"cat", "dog", "eel"}
+
+
+def test_touch_changes_nothing(source, tmp_path, decoded):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    prepare(cfg)
+    before = _shard_files(out)
+    victim = source / "cat" / "001.png"
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    result = prepare(cfg)
+    assert decoded == [15]  # nothing decoded again
+    assert result.diff.touched
+    assert not result.diff.new
+    assert not result.diff.retire
+    assert result.shards_written == 0
+    assert _shard_files(out) == before
+    g = zarr.open_group(out, mode="r")
+    row = list(g["paths"][:]).index("cat/001.png")
+    assert int(g["files/mtime_ns"][row]) == victim.stat().st_mtime_ns  # the new mtime, kept
+
+
+def test_changed_and_removed_files_are_retired_and_the_new_content_served(
+    source, tmp_path, decoded
+):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    prepare(cfg)
+    old_cat3 = _by_path(out)[("cat/003.png", 0)]
+    # same size, other bytes: only the digest can tell (mtime moves too)
+    path = source / "cat" / "003.png"
+    img = np.asarray(Image.open(path)).copy()
+    img[img.shape[0] // 2, img.shape[1] // 2] = 255 - img[img.shape[0] // 2, img.shape[1] // 2]
+    Image.fromarray(img).save(path)
+    (source / "dog" / "000.png").unlink()
+    plan = plan_run(cfg)
+    assert plan.diff.changed == ("cat/003.png",)
+    assert plan.diff.removed == ("dog/000.png",)
+    assert plan.rows_to_retire == 4  # two files, two copies each
+    result = prepare(cfg)
+    assert decoded == [15, 1]
+    samples = _by_path(out)
+    assert ("dog/000.png", 0) not in samples
+    assert not np.array_equal(samples[("cat/003.png", 0)], old_cat3)  # the new content
+    ds = ShardDataset(out)
+    assert len(ds) == 14 * 2
+    assert sum(x.shape[0] for x, _ in iter_shards(out)) == 14 * 2
+    assert result.retired == read_layout(out).n_samples - 28
+    _current_equals_stats(out, source)
+    assert verify(out).ok
+
+
+def test_refresh_renormalizes_every_live_row_with_the_current_statistics(source, tmp_path):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out, stats={"update": "refresh"})
+    prepare(cfg)
+    for i in range(200, 206):
+        _image(source / "dog" / f"{i}.png", i)
+    (source / "cat" / "005.png").unlink()
+    prepare(cfg)
+    attrs = read_attrs(out)
+    ref = compute_stats(source).to_json()
+    assert {k: attrs["stats"][k] for k in CONTRACT} == {k: ref[k] for k in CONTRACT}
+    # every live row equals what a new store of the changed source holds, bit for bit
+    fresh = tmp_path / "fresh.zarr"
+    prepare(_config(source, fresh))
+    assert _by_path(out).keys() == _by_path(fresh).keys()
+    for key, value in _by_path(fresh).items():
+        assert np.array_equal(_by_path(out)[key], value), key
+    assert verify(out).ok
+
+
+def test_a_config_change_still_needs_overwrite_and_names_the_keys(source, tmp_path):
+    out = tmp_path / "o.zarr"
+    prepare(_config(source, out))
+    with pytest.raises(StoreMismatchError, match=r"transform.size: \[16, 16\] -> \[12, 12\]"):
+        prepare(_config(source, out, transform={"size": [12, 12]}))
+    prepare(_config(source, out, transform={"size": [12, 12]}, output={"overwrite": True}))
+    assert read_layout(out).height == 12
+
+
+def test_dry_run_writes_nothing(source, tmp_path, decoded):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    plan = plan_run(cfg)
+    assert not plan.exists
+    assert plan.files_to_decode == 15
+    assert not out.exists()
+    prepare(cfg)
+    _image(source / "cat" / "300.png", 300)
+    tree = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    plan = plan_run(cfg)
+    assert plan.exists
+    assert plan.files_to_decode == 1
+    assert plan.rows_to_add == 2
+    assert plan.shards_to_write == 1
+    assert any("1 new" in line for line in plan.lines())
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == tree
+    assert decoded == [15]
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_an_update_killed_anywhere_resumes_to_the_store_an_uninterrupted_update_writes(
+    source, tmp_path, monkeypatch
+):
+    def grow(src: Path) -> None:
+        for i in range(400, 405):
+            _image(src / "cat" / f"{i}.png", i)
+        (src / "dog" / "002.png").unlink()
+
+    # the uninterrupted update
+    src_a = tmp_path / "a"
+    shutil.copytree(source, src_a)
+    ref = tmp_path / "ref.zarr"
+    prepare(_config(src_a, ref))
+    grow(src_a)
+    prepare(_config(src_a, ref))
+    expected = _arrays(ref)
+
+    kill_points = ["open_output", "write_one_shard", "verify_output", "finish"]
+    for point in kill_points:
+        src = tmp_path / f"src-{point}"
+        shutil.copytree(source, src)
+        out = tmp_path / f"{point}.zarr"
+        cfg = _config(src, out)
+        prepare(cfg)
+        grow(src)
+        real = getattr(run_module, point)
+        calls = {"n": 0}
+
+        def crash(*args, _real=real, _point=point, _calls=calls, **kwargs):
+            _calls["n"] += 1
+            if _point == "write_one_shard" and _calls["n"] < 2:
+                return _real(*args, **kwargs)  # one new shard lands, then the crash
+            if _point == "open_output":
+                _real(*args, **kwargs)  # the segment is laid out, nothing written yet
+            raise RuntimeError(f"killed at {_point}")
+
+        monkeypatch.setattr(run_module, point, crash)
+        with pytest.raises((RuntimeError, ShardWriteError)):
+            prepare(cfg)
+        monkeypatch.setattr(run_module, point, real)
+        prepare(cfg)
+        got = _arrays(out)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert np.array_equal(got[name], expected[name]), (point, name)
+        assert verify(out).ok
+
+
+def _arrays(store: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(store, mode="r")
+    names = ["images", "labels", "source_index", "copy_index", "live", "paths"]
+    names += [f"files/{n}" for n in ("size", "sha256", "live", "label", "n", "s1", "s2")]
+    names += ["records/rows", "records/sha256", "records/done"]
+    return {n: np.asarray(g[n][:]) for n in names}
+
+
+def test_a_file_broken_during_a_run_is_a_failure_after_the_rerun(source, tmp_path, monkeypatch):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    victim = source / "cat" / "007.png"
+    real_open = run_module.open_output
+
+    def open_then_break(*args, **kwargs):
+        state = real_open(*args, **kwargs)
+        victim.write_bytes(b"broken after the statistics")
+        return state
+
+    monkeypatch.setattr(run_module, "open_output", open_then_break)
+    with pytest.raises(ShardWriteError, match="a rerun updates it"):
+        prepare(cfg)
+    monkeypatch.setattr(run_module, "open_output", real_open)
+    result = prepare(cfg)  # the changed file is compared again: retired, and now a failure
+    assert "cat/007.png" in {f.path for f in result.failures}
+    assert ("cat/007.png", 0) not in _by_path(out)
+    assert verify(out).ok
+    _current_equals_stats(out, source)
+
+
+# ----------------------------------------------------------------------------- compact
+
+
+def test_compact_drops_retired_rows_and_keeps_every_live_sample(source, tmp_path):
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    prepare(cfg)
+    for name in ["cat/001.png", "dog/004.png"]:
+        (source / name).unlink()
+    _image(source / "cat" / "500.png", 500)
+    prepare(cfg)
+    before = _by_path(out)
+    n_before = read_layout(out).n_samples
+    result = compact(out)
+    assert result.rows_before == n_before
+    assert result.rows_after == len(before)
+    assert read_layout(out).n_samples == len(before)
+    assert _by_path(out).keys() == before.keys()
+    for key, value in before.items():
+        assert np.array_equal(_by_path(out)[key], value)
+    assert verify(out).ok
+    assert compact(out).dropped == 0  # nothing left to drop
+    # the store goes on updating after a compaction
+    _image(source / "cat" / "501.png", 501)
+    assert prepare(cfg).diff.summary().startswith("1 new")
+    _current_equals_stats(out, source)
+
+
+def test_a_killed_compaction_resumes(source, tmp_path, monkeypatch):
+    import pipeline.store.compaction as compact_module
+
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    prepare(cfg)
+    (source / "cat" / "003.png").unlink()
+    prepare(cfg)
+    expected = _by_path(out)
+    real = compact_module._copy_shard
+    calls = {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("killed mid-copy")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compact_module, "_copy_shard", crash)
+    with pytest.raises(Exception, match="killed mid-copy"):
+        compact(out)
+    assert out.with_name(out.name + ".compacting").is_dir()
+    monkeypatch.setattr(compact_module, "_copy_shard", real)
+    compact(out)
+    assert _by_path(out).keys() == expected.keys()
+    assert verify(out).ok
+    # a kill between the two renames of the swap: the next command completes it
+    (source / "cat" / "009.png").unlink()
+    prepare(cfg)
+    real_rename = compact_module._rename
+    seen = {"n": 0}
+
+    def rename(a, b):
+        seen["n"] += 1
+        if seen["n"] == 2:
+            raise OSError("killed between the renames")
+        return real_rename(a, b)
+
+    monkeypatch.setattr(compact_module, "_rename", rename)
+    with pytest.raises(OSError, match="between the renames"):
+        compact(out)
+    monkeypatch.setattr(compact_module, "_rename", real_rename)
+    assert not out.exists()
+    result = prepare(cfg)  # the run completes the swap, then finds nothing new
+    assert out.is_dir()
+    assert result.shards_written == 0
+    assert verify(out).ok
