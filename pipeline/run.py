@@ -787,7 +787,7 @@ def write_one_shard(
     pool = decode_pool(decode_threads)
     per_copy = plan.crop is not None
     loads: dict[Any, Any] = {}
-    futures = []
+    futures: list[Any] = []
     retired = [not alive for alive in job.live] if job.live else [False] * job.rows
     for row, rel in enumerate(job.paths):
         if retired[row]:  # its file was removed or changed since the rows were planned
