@@ -163,7 +163,8 @@ def run(
         bool,
         typer.Option(
             "--verify/--no-verify",
-            help="Recompute every shard's SHA-256 after writing (exit 1 on a mismatch).",
+            help="Recompute the SHA-256 of the shards written (since the last verified run) "
+            "before the store counts as complete (exit 1 on a mismatch).",
         ),
     ] = True,
     refresh_stats: Annotated[

@@ -257,7 +257,9 @@ def prepare(
         if verify:
             with _timed(timings, "verify"):
                 runner(verify_output, str(config.output.path), workers=config.runtime.workers)
-        result: RunResult = runner(finish, config, state, run_stats, write, timings=timings)
+        result: RunResult = runner(
+            finish, config, state, run_stats, write, timings=timings, verified=verify
+        )
         return result
 
 
@@ -933,14 +935,20 @@ def write_shards(
 
 
 def verify_output(store: str | Path, *, workers: int | None = None) -> VerifyReport:
-    """Recompute every shard's SHA-256 and compare with its record (:func:`pipeline.store.verify`).
+    """Recompute the SHA-256 of the shards written since the last verified run.
+
+    Shards never change once written (an update appends new ones), so a run
+    checks what it wrote and what an interrupted run left unverified: the
+    shards from the store's ``verified`` count on (:func:`pipeline.store.verify`;
+    ``imageprep verify`` checks them all).
 
     Raises:
         StoreVerificationError: a shard is missing or does not match its record.
     """
-    from pipeline.store import verify
+    from pipeline.store import read_attrs, verify
 
-    report = verify(store, workers=workers)
+    start = int(read_attrs(store).get("verified", 0))
+    report = verify(store, workers=workers, start=start)
     if not report.ok:
         raise StoreVerificationError(f"verification failed: {report.summary()}")
     return report
@@ -956,13 +964,15 @@ def finish(
     write: WriteResult,
     *,
     timings: dict[str, float],
+    verified: bool = False,
 ) -> RunResult:
     """Record the end of the run in the store (it is then complete) and return its summary.
 
-    The ``live`` mask becomes the rows of written shards whose file is live
-    (only the chunks that change are written), ``current_stats`` the exact
-    statistics of the live files (summed from their stored moments), and the
-    failures those of this scan.
+    With ``verified`` (the run's verify step passed), every shard now counts as verified
+    (``verified`` in the group attribute), so the next run checks only the shards it writes. The
+    ``live`` mask becomes the rows of written shards whose file is live (only the chunks that
+    change are written), ``current_stats`` the exact statistics of the live files (summed from
+    their stored moments), and the failures those of this scan.
 
     Raises:
         StoreError: some shards are not written (:func:`pipeline.store.finalize`).
@@ -1002,6 +1012,7 @@ def finish(
             "current_stats": current,
             "live_rows": n_live,
             "state": new_state(),
+            **({"verified": layout.n_shards} if verified else {}),
         },
     )
     return RunResult(

@@ -44,7 +44,7 @@ from pipeline.store.writer import done_shards, finalize, write_shard
 
 __all__ = ["CompactResult", "compact", "finish_swap"]
 
-_RESERVED = {"format_version", "layout", "files", "created", "complete", "finalized"}
+_RESERVED = {"format_version", "layout", "files", "created", "complete", "finalized", "verified"}
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,10 @@ def compact(
         report = verify(new, workers=workers)
         if not report.ok:
             raise StoreError(f"{path}: the compacted copy does not verify: {report.summary()}")
-        finalize(new, {"compacted_from": state, "state": uuid.uuid4().hex})
+        finalize(
+            new,
+            {"compacted_from": state, "state": uuid.uuid4().hex, "verified": target.n_shards},
+        )
         written = len(todo)
         # the swap: a kill between the two renames is completed by finish_swap
         _rename(path, old)

@@ -196,7 +196,7 @@ def reset_rows(
     if len(rows):
         rows.write(group, 0)
     update = json.loads(json.dumps(dict(attrs_update)))
-    group.attrs[ATTRIBUTE] = {**meta, **update, "layout": layout.to_json()}
+    group.attrs[ATTRIBUTE] = {**meta, **update, "layout": layout.to_json(), "verified": 0}
 
 
 @dataclass(frozen=True)
