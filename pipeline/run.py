@@ -52,7 +52,7 @@ from pipeline.update import SourceDiff, new_state
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
     from pipeline.decode import ImageHistogram
-    from pipeline.sources import Manifest
+    from pipeline.sources import Manifest, SourceFile
     from pipeline.stats import FileMoments
     from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
@@ -256,7 +256,12 @@ def prepare(
             )
         if verify:
             with _timed(timings, "verify"):
-                runner(verify_output, str(config.output.path), workers=config.runtime.workers)
+                runner(
+                    verify_output,
+                    str(config.output.path),
+                    workers=config.runtime.workers,
+                    incremental=True,
+                )
         result: RunResult = runner(
             finish, config, state, run_stats, write, timings=timings, verified=verify
         )
@@ -633,6 +638,9 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     accepted = [f for f in diff.new if f.path in set(run_stats.accepted)]
     if not diff.is_update:
         if store_token(path) is not None and not diff.replaces:
+            if _made_from(path, accepted):  # this very step ran before (a retry): resume
+                layout = read_layout(path)
+                return StoreState(path, layout, resumed=True, done=frozenset(done_shards(path)))
             raise StoreError(f"{path}: a store appeared after the statistics step; rerun")
         table = file_rows(accepted, _moments(moments), labels=[f.label for f in accepted])
         layout = store_layout(config, n_samples=len(table) * copies)
@@ -695,6 +703,20 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     else:
         group.attrs[ATTRIBUTE] = {**meta, **update}
     return StoreState(path, layout, resumed=True, done=frozenset(done_shards(group)))
+
+
+def _made_from(path: Path, accepted: Sequence[SourceFile]) -> bool:
+    """True when the store at ``path`` holds exactly these files, as created from them."""
+    from pipeline.store import open_group, read_attrs, read_files
+
+    group = open_group(path)
+    table = read_files(group, int(read_attrs(group)["files"]))
+    return (
+        table.paths == [f.path for f in accepted]
+        and table.size.tolist() == [f.size for f in accepted]
+        and table.mtime_ns.tolist() == [f.mtime_ns for f in accepted]
+        and bool(table.live.all())
+    )
 
 
 def _moments(moments: FileMoments | None) -> FileMoments:
@@ -934,20 +956,22 @@ def write_shards(
 # ----------------------------------------------------------------------------- 5. verify
 
 
-def verify_output(store: str | Path, *, workers: int | None = None) -> VerifyReport:
-    """Recompute the SHA-256 of the shards written since the last verified run.
+def verify_output(
+    store: str | Path, *, workers: int | None = None, incremental: bool = False
+) -> VerifyReport:
+    """Recompute the shards' SHA-256 and compare with their records (:func:`pipeline.store.verify`).
 
     Shards never change once written (an update appends new ones), so a run
-    checks what it wrote and what an interrupted run left unverified: the
-    shards from the store's ``verified`` count on (:func:`pipeline.store.verify`;
-    ``imageprep verify`` checks them all).
+    checks only what it wrote and what an interrupted run left unverified
+    (``incremental``: the shards from the store's ``verified`` count on);
+    otherwise every shard is checked, as ``imageprep verify`` does.
 
     Raises:
         StoreVerificationError: a shard is missing or does not match its record.
     """
     from pipeline.store import read_attrs, verify
 
-    start = int(read_attrs(store).get("verified", 0))
+    start = int(read_attrs(store).get("verified", 0)) if incremental else 0
     report = verify(store, workers=workers, start=start)
     if not report.ok:
         raise StoreVerificationError(f"verification failed: {report.summary()}")

@@ -90,13 +90,13 @@ def test_stats_are_cached_until_the_source_changes(source, tmp_path: Path, monke
     import pipeline.stats
 
     calls = []
-    real = pipeline.stats.compute_stats
+    real = pipeline.stats.measure
 
     def counting(*args, **kwargs):  # the decoding pass of the statistics step
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.stats, "compute_stats", counting)
+    monkeypatch.setattr(pipeline.stats, "measure", counting)
     cfg = run_config(source.root, tmp_path / "a.zarr")
 
     first = prepare_flow(cfg, return_state=True)

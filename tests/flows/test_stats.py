@@ -17,13 +17,13 @@ def test_stats_flow_equals_the_library_and_shares_the_cache_with_prepare(
     source, tmp_path: Path, monkeypatch
 ):
     calls = []
-    real = pipeline.stats.compute_stats
+    real = pipeline.stats.measure
 
     def counting(*args, **kwargs):  # the decoding pass of the statistics step
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.stats, "compute_stats", counting)
+    monkeypatch.setattr(pipeline.stats, "measure", counting)
     cfg = run_config(source.root, tmp_path / "ds.zarr")
     stats = stats_flow(cfg)
     assert stats == compute_stats(source.root).to_json()

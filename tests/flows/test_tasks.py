@@ -207,7 +207,7 @@ def test_stats_task_fn_reuses_a_store_of_the_same_run(tmp_path: Path, monkeypatc
     def no_compute(*args, **kwargs):
         raise AssertionError("statistics recomputed")
 
-    monkeypatch.setattr(pipeline.stats, "compute_stats", no_compute)
+    monkeypatch.setattr(pipeline.stats, "measure", no_compute)
     reused = stats_task.fn(cfg, manifest, reuse_store=True)
     assert reused.stats == first.stats
     assert reused.failures == tuple(first.failures)
