@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from flows._settings import apply_prefect_defaults
 from pipeline.cli import (
     APP_SETTINGS,
     EXIT_REJECTED,
@@ -42,16 +43,6 @@ _PREFECT_HELP = (
 )
 
 
-def _prefect_defaults() -> None:
-    """Defaults for the temporary Prefect server a run starts without ``PREFECT_API_URL``.
-
-    Its anonymous usage telemetry is off unless the environment says
-    otherwise (a throwaway server has nothing to report, and on a fresh
-    ``PREFECT_HOME`` its first write races the database set-up).
-    """
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
 def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: bool) -> RunResult:
     """Run the prepare job (the flow, or the plain function) and map errors to exit codes.
 
@@ -64,8 +55,9 @@ def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: 
     err = make_console(stderr=True)
     try:
         if use_prefect:
-            _prefect_defaults()
             from flows.prepare import run_foreground
+
+            apply_prefect_defaults()  # before the flow starts a temporary server
 
             # heartbeats only when asked for in the environment (see run_foreground)
             heartbeat = any(
