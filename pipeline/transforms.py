@@ -154,7 +154,7 @@ class TransformPlan:
     def crop(self) -> ops.RandomResizedCrop | None:
         """The :class:`ops.RandomResizedCrop` of the crop step, if one is configured."""
         for step in self.steps:
-            if isinstance(step.augmentation, type) and step.augmentation is ops.RandomResizedCrop:
+            if step.ops_class() is ops.RandomResizedCrop:
                 crop: ops.RandomResizedCrop = step.build(self.size)
                 return crop
         return None
@@ -165,7 +165,7 @@ class TransformPlan:
         return [
             step.build(self.size)
             for step in self.steps
-            if step.augmentation is not ops.RandomResizedCrop
+            if step.ops_class() is not ops.RandomResizedCrop
         ]
 
     # -- stage 1: per file, in decode threads -------------------------------------------------

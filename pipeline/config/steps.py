@@ -1,7 +1,7 @@
 """The augmentation steps of ``transform.augment``: one registry, op name -> model -> ops class.
 
 Each step is a config model (its keys, defaults and descriptions) that knows
-the :mod:`ops` augmentation it configures (:attr:`Step.augmentation`) and
+the :mod:`ops` augmentation it configures (:meth:`Step.ops_class`) and
 builds it (:meth:`Step.build`). The rules on the values (a band inside
 ``(0, 0.5]``, ``rms > 0``, ``scale`` inside ``(0, 1]``, ...) are the ops
 classes' own checks (``DoGNoise.check_band``, ``RandomResizedCrop.check_scale``,
@@ -55,8 +55,15 @@ def _rule(check: Callable[[Any], Any], value: Any) -> Any:
 class Step(Model):
     """Base of the augment steps: ``op`` names the step, ``p`` its probability."""
 
-    #: The :mod:`ops` class this step configures.
-    augmentation: ClassVar[type]
+    #: The name of the :mod:`ops` class this step configures (loaded on use, so
+    #: that importing the config does not import torch).
+    augmentation: ClassVar[str]
+
+    @classmethod
+    def ops_class(cls) -> type:
+        """The :mod:`ops` augmentation class of this step."""
+        cls_: type = getattr(ops, cls.augmentation)
+        return cls_
 
     op: str
     p: Probability = Field(default=1.0, description="Probability of applying the step to a sample.")
@@ -69,7 +76,7 @@ class Step(Model):
 class InvertStep(Step):
     """``1 - x`` on the [0, 1] image, with probability ``p``."""
 
-    augmentation = ops.RandomInvert
+    augmentation = "RandomInvert"
     op: Literal["invert"] = Field(description="Invert the image: 1 - x.")
 
     def build(self, size: tuple[int, int]) -> ops.RandomInvert:
@@ -80,7 +87,7 @@ class InvertStep(Step):
 class DogNoiseStep(Step):
     """Band-pass (difference-of-Gaussians) noise added to the image."""
 
-    augmentation = ops.DoGNoise
+    augmentation = "DoGNoise"
     op: Literal["dog_noise"] = Field(description="Add band-pass (DoG-filtered) Gaussian noise.")
     band: Pair = Field(
         description="[f_low, f_high] pass band in cycles/pixel, 0 < f_low < f_high <= 0.5."
@@ -107,7 +114,7 @@ class DogNoiseStep(Step):
 class ShadowsHighlightsStep(Step):
     """Lift or darken shadows and highlights; 0 leaves them unchanged."""
 
-    augmentation = ops.ShadowsHighlights
+    augmentation = "ShadowsHighlights"
     op: Literal["shadows_highlights"] = Field(description="Shadows/highlights tone adjustment.")
     shadows: ValueOrRange = Field(
         default=0.0,
@@ -134,7 +141,7 @@ class ShadowsHighlightsStep(Step):
 class GaussianBlurStep(Step):
     """Gaussian blur with standard deviation ``sigma`` (pixels)."""
 
-    augmentation = ops.RandomGaussianBlur
+    augmentation = "RandomGaussianBlur"
     op: Literal["gaussian_blur"] = Field(description="Gaussian blur.")
     sigma: ValueOrRange = Field(
         description="Standard deviation in pixels (>= 0), a value or a [lo, hi] range."
@@ -156,7 +163,7 @@ class RandomResizedCropStep(Step):
     It replaces the resize: it is applied first, wherever it is listed.
     """
 
-    augmentation = ops.RandomResizedCrop
+    augmentation = "RandomResizedCrop"
     op: Literal["random_resized_crop"] = Field(
         description="Random crop resized to transform.size; replaces the resize."
     )
