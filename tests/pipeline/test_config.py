@@ -36,7 +36,7 @@ CONTRACT_DEFAULTS = {
     "output": {
         "dtype": "float16",
         "shard_size": 256,
-        "compression": {"codec": "zstd", "level": 3},
+        "compression": {"codec": "blosc", "level": 5, "shuffle": "bit"},  # chosen by measurement
         "overwrite": False,
     },
     "runtime": {
@@ -255,8 +255,20 @@ BAD_CASES = [
         "output.compression.codec: expected 'zstd', 'blosc', 'gzip' or 'none', got \"lz4\"",
     ),
     (
-        "output.compression.level=23",
+        "output.compression={codec: zstd, level: 23}",
         "output.compression.level: zstd level must be in 1..22, got 23",
+    ),
+    (
+        "output.compression.level=10",
+        "output.compression.level: blosc level must be in 0..9, got 10",
+    ),
+    (
+        "output.compression={codec: zstd, shuffle: bit}",
+        "output.compression.shuffle: shuffle is a blosc filter; zstd takes none, got 'bit'",
+    ),
+    (
+        "output.compression.shuffle=bits",
+        "output.compression.shuffle: expected 'bit', 'byte' or 'none'",
     ),
     (
         "output.compression={codec: gzip, level: 10}",
@@ -272,7 +284,7 @@ BAD_CASES = [
     ),
     (
         "output.compression={codec: zstd, lvl: 1}",
-        "output.compression.lvl: unknown key (allowed: codec, level)",
+        "output.compression.lvl: unknown key (allowed: codec, level, shuffle)",
     ),
     ("output.overwrite=maybe", 'output.overwrite: expected true or false, got "maybe"'),
     (
