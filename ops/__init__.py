@@ -14,7 +14,13 @@ from ops.augment import (
     RandomResizedCrop,
     ShadowsHighlights,
 )
-from ops.color import adjust_shadows_highlights, default_tone_sigma, invert, luminance
+from ops.color import (
+    adjust_shadows_highlights,
+    default_tone_sigma,
+    invert,
+    luminance,
+    shadows_highlights,
+)
 from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
 from ops.flow import Flow, lucas_kanade
 from ops.geometry import crop_resize, upsample2x
@@ -45,6 +51,7 @@ __all__ = [
     "lucas_kanade",
     "luminance",
     "normalize",
+    "shadows_highlights",
     "standardize",
     "upsample2x",
 ]
