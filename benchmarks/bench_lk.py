@@ -233,6 +233,52 @@ def tables(methods: dict[str, Callable], region: int, crop: int) -> None:
         )
 
 
+def phase_bias_table() -> None:
+    """The worst phase bias of each interpolation in the symmetric half-warp (analytic).
+
+    For ``exp(i w x)`` sampled on the integers, an interpolator with kernel ``k``
+    (and B-spline prefilter ``1 / B(w)``) returns ``H_t(w) exp(i w (n + t))`` at
+    ``n + t``; the half-warps sample at ``t`` and ``-t``, so the flow is off by
+    ``2 arg H_t(w) / w``. Printed: the worst case over ``t`` in (0, 1/2).
+    """
+    from scipy.interpolate import BSpline
+
+    def bspline(n: int) -> Callable[[np.ndarray], np.ndarray]:
+        basis = BSpline.basis_element(np.arange(n + 2) - (n + 1) / 2, extrapolate=False)
+        return lambda x: np.nan_to_num(basis(x))
+
+    def keys(a: float) -> Callable[[np.ndarray], np.ndarray]:
+        def k(x: np.ndarray) -> np.ndarray:
+            s = np.abs(x)
+            inner = (a + 2) * s**3 - (a + 3) * s**2 + 1
+            outer = a * s**3 - 5 * a * s**2 + 8 * a * s - 4 * a
+            return np.where(s <= 1, inner, np.where(s < 2, outer, 0.0))
+
+        return k
+
+    kernels = {
+        "bilinear": (lambda x: np.clip(1 - np.abs(x), 0, None), None),
+        "Keys a = -0.5": (keys(-0.5), None),
+        "grid_sample bicubic (Keys a = -0.75)": (keys(-0.75), None),
+        "cubic B-spline": (bspline(3), bspline(3)),
+        "quintic B-spline": (bspline(5), bspline(5)),
+    }
+    freqs = np.array([0.125, 0.25, 0.5, 0.75]) * np.pi
+    taps = np.arange(-4, 6)
+    print("\n## Worst phase bias of the half-warps, px (analytic, per angular frequency w)\n")
+    print("| interpolation | " + " | ".join(f"w = {f / np.pi:g} pi" for f in freqs) + " |")
+    print("|---|" + "---|" * len(freqs))
+    for label, (kernel, prefilter) in kernels.items():
+        worst = np.zeros(freqs.size)
+        for t in np.linspace(0.01, 0.49, 49):
+            h = (kernel(t - taps)[:, None] * np.exp(1j * freqs * (taps[:, None] - t))).sum(0)
+            if prefilter is not None:
+                m = np.arange(-4, 5)
+                h = h / (prefilter(m)[:, None] * np.exp(-1j * freqs * m[:, None])).sum(0)
+            worst = np.maximum(worst, np.abs(2 * np.angle(h) / freqs))
+        print(f"| {label} | " + " | ".join(f"{v:.4f}" for v in worst) + " |")
+
+
 def timed(fn: Callable[[], object], repeats: int) -> float:
     """Median seconds of ``repeats`` runs after one warm-up."""
     fn()
@@ -303,6 +349,7 @@ def main() -> None:
     }
     if with_opencv:
         methods["farneback"] = farneback
+    phase_bias_table()
     tables(methods, args.region, args.crop)
     runtime(args.size, args.repeats, with_opencv)
 
