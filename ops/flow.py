@@ -30,7 +30,7 @@ _PYRAMID_SIGMA = 1.0
 # nearest -1 (-0.268 for degree 3, -0.431 for degree 5) and are cut below 1e-17.
 _SPLINE_DEGREE = {"cubic": 3, "quintic": 5}
 _PREFILTER_RADIUS = {3: 30, 5: 47}
-INTERPOLATIONS = ("linear", "cubic", "quintic")
+_INTERPOLATIONS = ("linear", "cubic", "quintic")
 
 
 class Flow(NamedTuple):
@@ -198,7 +198,8 @@ def _warp_spline(coeffs: torch.Tensor, flow: torch.Tensor, degree: int) -> torch
     symmetric, the extension the coefficients interpolate), so every fetch
     lies inside the padded coefficients. Equal to
     ``scipy.ndimage.map_coordinates(x, p + flow, order=degree, mode="reflect")``
-    to float rounding.
+    to float rounding wherever scipy's own boundary rule is exact (axes of a few
+    tens of samples or more; on shorter ones scipy approximates the extension).
     """
     keep = degree // 2 + 1
     n, channels, padded_h, padded_w = coeffs.shape
@@ -440,7 +441,7 @@ def lucas_kanade(
     iterations = check_int(iterations, "iterations", minimum=1)
     min_eigenvalue = check_nonnegative(min_eigenvalue, "min_eigenvalue")
     presmooth = check_nonnegative(presmooth, "presmooth")
-    interpolation = check_choice(interpolation, "interpolation", INTERPOLATIONS)
+    interpolation = check_choice(interpolation, "interpolation", _INTERPOLATIONS)
     *lead, channels, height, width = a.shape
     if a.numel() == 0:
         return Flow(
