@@ -39,6 +39,8 @@ bench: .venv
 	$(PIP) install --quiet -c constraints.txt -e ".[test,bench]"
 	$(BIN)/python benchmarks/bench_stats.py
 	$(BIN)/python benchmarks/bench_ops.py
+	$(BIN)/python benchmarks/bench_lk.py
+	$(BIN)/python benchmarks/bench_tone.py
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_store.py

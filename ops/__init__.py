@@ -23,12 +23,18 @@ if TYPE_CHECKING:
         RandomResizedCrop,
         ShadowsHighlights,
     )
-    from ops.color import adjust_shadows_highlights, default_tone_sigma, invert, luminance
+    from ops.color import (
+        adjust_shadows_highlights,
+        default_tone_sigma,
+        invert,
+        luminance,
+        shadows_highlights,
+    )
     from ops.filters import difference_of_gaussians, gaussian_blur, gaussian_kernel1d
     from ops.flow import Flow, lucas_kanade
     from ops.geometry import crop_resize, resize, resize_to, resized_crop, resized_shape, upsample2x
     from ops.noise import dog_band_sigmas, dog_noise, dog_peak_frequency, dog_transfer
-    from ops.normalize import denormalize, normalize, normalize_, standardize
+    from ops.normalization import denormalize, normalize, normalize_, standardize
 
 __all__ = [
     "Compose",
@@ -59,6 +65,7 @@ __all__ = [
     "resize_to",
     "resized_crop",
     "resized_shape",
+    "shadows_highlights",
     "standardize",
     "upsample2x",
 ]
@@ -77,6 +84,7 @@ _HOMES: dict[str, str] = {
     "default_tone_sigma": "ops.color",
     "invert": "ops.color",
     "luminance": "ops.color",
+    "shadows_highlights": "ops.color",
     "difference_of_gaussians": "ops.filters",
     "gaussian_blur": "ops.filters",
     "gaussian_kernel1d": "ops.filters",
@@ -92,10 +100,10 @@ _HOMES: dict[str, str] = {
     "dog_noise": "ops.noise",
     "dog_peak_frequency": "ops.noise",
     "dog_transfer": "ops.noise",
-    "denormalize": "ops.normalize",
-    "normalize": "ops.normalize",
-    "normalize_": "ops.normalize",
-    "standardize": "ops.normalize",
+    "denormalize": "ops.normalization",
+    "normalize": "ops.normalization",
+    "normalize_": "ops.normalization",
+    "standardize": "ops.normalization",
 }
 
 
