@@ -504,22 +504,43 @@ class ShadowsHighlights(_BatchAugmentation[ShadowsHighlightsParams]):
                 )
         if self.method == "moroney":
             self.amounts = (
-                _value_or_range(0.0 if shadows is None else shadows, "shadows", low=-1.0, high=1.0),
-                _value_or_range(
-                    0.0 if highlights is None else highlights, "highlights", low=-1.0, high=1.0
-                ),
+                self.check_amount(0.0 if shadows is None else shadows, "shadows"),
+                self.check_amount(0.0 if highlights is None else highlights, "highlights"),
             )
             self.kernel_size = None
             self.sigma = None if sigma is None else check_nonnegative(sigma, "sigma")
         else:
             self.amounts = (
-                _gamma_range(1.0 if gamma_shadows is None else gamma_shadows, "gamma_shadows"),
-                _gamma_range(
+                self.check_gamma(1.0 if gamma_shadows is None else gamma_shadows, "gamma_shadows"),
+                self.check_gamma(
                     1.0 if gamma_highlights is None else gamma_highlights, "gamma_highlights"
                 ),
             )
             self.kernel_size = _check_kernel_size(7 if kernel_size is None else kernel_size)
             self.sigma = 2.5 if sigma is None else check_positive(sigma, "sigma")
+
+    @staticmethod
+    def check_amount(value: Any, name: str) -> Range:
+        """A ``"moroney"`` amount: a number or ``(lo, hi)`` range inside ``[-1, 1]``.
+
+        The one rule for it, used by this class and by the run config's step.
+
+        Raises:
+            InvalidArgumentError: not a number or a range, ``lo > hi``, or outside ``[-1, 1]``.
+        """
+        lo, hi = _value_or_range(value, name, low=-math.inf, high=math.inf)
+        if lo < -1.0 or hi > 1.0:
+            raise InvalidArgumentError(f"{name} must lie in [-1, 1], got {_shown(value)}")
+        return lo, hi
+
+    @staticmethod
+    def check_gamma(value: Any, name: str) -> Range:
+        """A ``"source"`` gamma: a number ``> 0`` or a ``(lo, hi)`` range of them.
+
+        Raises:
+            InvalidArgumentError: not a number or a range, ``lo > hi``, or ``lo <= 0``.
+        """
+        return _gamma_range(value, name)
 
     @property
     def shadows(self) -> Range:

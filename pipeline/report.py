@@ -116,9 +116,9 @@ def store_info(path: _PathLike) -> dict[str, Any]:
     raw = int(written.sum()) * layout.channels * layout.height * layout.width * itemsize
     images_disk = _folder_bytes(root / "images")
     config = meta.get("config") or {}
-    normalized = layout.dtype != "uint8" and bool(
-        (config.get("transform") or {}).get("normalize", False)
-    )
+    normalized = layout.dtype != "uint8" and (config.get("transform") or {}).get(
+        "normalize", False
+    ) in (True, "dataset", "per-image")
     failures = list(meta.get("failures") or [])
     return {
         "path": str(root),

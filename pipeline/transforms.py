@@ -97,7 +97,9 @@ class TransformPlan:
     Attributes:
         size: ``(H, W)`` of every sample.
         resize: ``shorter-side-crop``, ``stretch`` or ``pad``.
-        normalize: ``(x - mean) / std`` with ``mean``/``std``.
+        normalize: ``dataset`` (``(x - mean) / std`` with ``mean``/``std``),
+            ``per-image`` (:func:`ops.standardize`: each image on its own, TF's
+            ``per_image_standardization``) or ``none``.
         mean: per-channel mean on the ``[0, 1]`` scale.
         std: per-channel std.
         out_dtype: ``float16``, ``float32`` or ``uint8``.
@@ -109,7 +111,7 @@ class TransformPlan:
 
     size: tuple[int, int]
     resize: str
-    normalize: bool
+    normalize: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
     out_dtype: str
@@ -118,6 +120,14 @@ class TransformPlan:
     device: str = "cpu"
     max_pixels: int | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.normalize, bool):  # the older spelling
+            self.normalize = "dataset" if self.normalize else "none"
+        if self.normalize not in ("dataset", "per-image", "none"):
+            raise InvalidArgumentError(
+                f"normalize must be 'dataset', 'per-image' or 'none', got {self.normalize!r}"
+            )
+
     @classmethod
     def from_config(cls, config: RunConfig, stats: dict[str, Any]) -> TransformPlan:
         """Build the plan from a validated config and a stats JSON dict."""
@@ -125,7 +135,7 @@ class TransformPlan:
         return cls(
             size=(int(t.size[0]), int(t.size[1])),
             resize=t.resize,
-            normalize=bool(t.normalize) and config.output.dtype != "uint8",
+            normalize=t.normalize if config.output.dtype != "uint8" else "none",
             mean=tuple(float(v) for v in stats["mean"]),
             std=tuple(float(v) for v in stats["std"]),
             out_dtype=config.output.dtype,
@@ -141,7 +151,7 @@ class TransformPlan:
         return cls(
             size=(int(t.size[0]), int(t.size[1])),
             resize=t.resize,
-            normalize=False,
+            normalize="none",
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
             out_dtype="float32",
@@ -264,13 +274,15 @@ class TransformPlan:
             for aug in augmentations:
                 x = aug(x, generators=generators)
             x = x.clamp_(0.0, 1.0).mul_(255.0).round_()
-        elif augmentations:
+        elif augmentations or self.normalize == "per-image":
             x.div_(top)
             for aug in augmentations:
                 x = aug(x, generators=generators)
-            if self.normalize:
+            if self.normalize == "dataset":
                 ops.normalize_(x, self.mean[:channels], self.std[:channels])
-        elif self.normalize:
+            elif self.normalize == "per-image":
+                x = ops.standardize(x)
+        elif self.normalize == "dataset":
             ops.normalize_(x, self.mean[:channels], self.std[:channels], max_value=top)
         else:
             x.div_(top)

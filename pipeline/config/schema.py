@@ -9,9 +9,9 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.config._values import (
     Bool,
@@ -44,6 +44,17 @@ __all__ = [
     "config_differences",
 ]
 
+
+def _normalize_mode(value: Any) -> Any:
+    if value is True:
+        return "dataset"
+    if value is False:
+        return "none"
+    return value
+
+
+#: ``transform.normalize``: a mode, or ``true``/``false`` for ``dataset``/``none``.
+Normalize = Annotated[Literal["dataset", "per-image", "none"], BeforeValidator(_normalize_mode)]
 
 #: Version of the identity hash's input; bump it when the meaning of a key changes.
 IDENTITY_VERSION = "imageprep-config/2"
@@ -121,7 +132,12 @@ class TransformConfig(Model):
         default="shorter-side-crop",
         description="shorter-side-crop (scale shorter side, center crop) | stretch | pad.",
     )
-    normalize: Bool = Field(default=True, description="(x - mean) / std with the dataset stats.")
+    normalize: Normalize = Field(
+        default="dataset",
+        description="dataset: (x - mean) / std with the dataset stats | per-image: each image "
+        "standardized on its own (TF's per_image_standardization) | none; true/false = "
+        "dataset/none.",
+    )
     copies: PositiveInt = Field(
         default=1, description="Independently augmented samples per source image (>= 1)."
     )
@@ -284,10 +300,11 @@ class RunConfig(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        if self.output.dtype == "uint8" and self.transform.normalize:
+        if self.output.dtype == "uint8" and self.transform.normalize != "none":
             raise ValueError(
                 "output.dtype: uint8 stores un-normalized pixels; set transform.normalize: false "
-                "(or use float16/float32), got dtype uint8 with normalize true"
+                "(none), or use float16/float32; got dtype uint8 with normalize "
+                f"{self.transform.normalize}"
             )
         return self
 

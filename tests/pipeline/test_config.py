@@ -29,7 +29,7 @@ CONTRACT_DEFAULTS = {
     "transform": {
         "size": [224, 224],
         "resize": "shorter-side-crop",
-        "normalize": True,
+        "normalize": "dataset",  # dataset | per-image | none
         "copies": 1,
         "augment": [],  # default: none
     },
@@ -239,9 +239,9 @@ BAD_CASES = [
     ),
     (
         "transform.normalize=yes please",
-        'transform.normalize: expected true or false, got "yes please"',
+        "transform.normalize: expected 'dataset', 'per-image' or 'none', got \"yes please\"",
     ),
-    ("transform.normalize=1", "transform.normalize: expected true or false, got 1"),
+    ("transform.normalize=1", "transform.normalize: expected 'dataset', 'per-image' or 'none'"),
     ("transform.copies=0", "transform.copies: must be >= 1, got 0"),
     ("transform.copies=true", "transform.copies: expected an integer, got true"),
     ("stats.method=fast", "stats.method: expected 'exact', 'chan' or 'two-pass', got \"fast\""),
