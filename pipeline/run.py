@@ -62,6 +62,7 @@ __all__ = [
     "RunResult",
     "RunStats",
     "ShardJob",
+    "ShardOutcome",
     "StepRunner",
     "WriteResult",
     "check_runtime",
@@ -112,7 +113,11 @@ class RunStats:
         failures: every rejected input (scan, decode, and earlier failures of
             unchanged files), sorted by path.
         diff: the comparison of the source with the store (:mod:`pipeline.update`).
-        moments: the accepted files' exact moments and digests, in ``accepted`` order.
+        moments: the accepted files' exact moments and digests, in ``accepted``
+            order; ``None`` when the statistics were known before the run (a
+            stats file, or an update with ``freeze``): then ``accepted`` are
+            the candidates, each measured (or rejected) by the shard task
+            that first decodes it.
         failure_records: the failures as the store records them (a file's size
             and mtime beside its reason, so an unchanged bad file is not decoded again).
         rewrite: ``stats.update: refresh`` changed the statistics: every live
@@ -128,6 +133,11 @@ class RunStats:
     failure_records: tuple[dict[str, Any], ...] = ()
     rewrite: bool = False
 
+    @property
+    def measure_in_write(self) -> bool:
+        """The new files are measured by the shard tasks (no decoding pass before)."""
+        return self.moments is None
+
 
 @dataclass(frozen=True)
 class ShardJob:
@@ -140,6 +150,8 @@ class ShardJob:
     source_index: tuple[int, ...]
     copy_index: tuple[int, ...]
     live: tuple[bool, ...] = ()
+    measure: tuple[bool, ...] = ()
+    draft: bool = True
 
     @property
     def rows(self) -> int:
@@ -156,6 +168,7 @@ class WriteResult:
     errors: list[TaskError] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:
@@ -263,7 +276,14 @@ def prepare(
                     incremental=True,
                 )
         result: RunResult = runner(
-            finish, config, state, run_stats, write, timings=timings, verified=verify
+            finish,
+            config,
+            state,
+            run_stats,
+            write,
+            root=str(manifest.root),
+            timings=timings,
+            verified=verify,
         )
         return result
 
@@ -462,9 +482,17 @@ def compute_run_stats(
         rejected=(),
         fingerprint=fingerprint_of(diff.new),
     )
+    # statistics known before anything is written (a stats file, or an update that keeps
+    # the store's): no decoding pass here, the shard tasks measure each new file in the
+    # decode that makes its samples
+    known = st.at == "source" and (
+        st.file is not None or (diff.is_update and st.update == "freeze")
+    )
     # the decoded statistics normalize a new store; otherwise only the moments count
     method = st.method if (st.file is None and not diff.is_update) else "exact"
-    if todo.files:
+    if known:
+        decoded, moments = Stats.empty(method=method), None
+    elif todo.files:
         loader = _resized_loader(TransformPlan.for_stats(config)) if st.at == "resized" else None
         decoded, moments = measure(
             todo,
@@ -477,7 +505,7 @@ def compute_run_stats(
     else:
         decoded, moments = Stats.empty(method=method), FileMoments.empty()
     failures = tuple(sorted([*manifest.rejected, *decoded.failures, *diff.known_failures]))
-    kept = set(moments.paths)
+    kept = set(moments.paths) if moments is not None else {f.path for f in diff.new}
     accepted = [f for f in diff.new if f.path in kept]
     rewrite = False
     if not diff.is_update:
@@ -487,7 +515,7 @@ def compute_run_stats(
     else:
         stored = _stored_stats(config)
         stats_json = stored
-        if st.update == "refresh":
+        if st.update == "refresh" and moments is not None:
             current = _live_moments_after(config, diff, moments).stats()
             if [current.mean, current.std] != [stored.get("mean"), stored.get("std")]:
                 stats_json, rewrite = current.to_json(), True
@@ -629,7 +657,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         reset_rows,
         write_live,
     )
-    from pipeline.update import file_rows, store_token
+    from pipeline.update import file_rows, store_token, unmeasured_rows
 
     path = Path(config.output.path)
     diff = run_stats.diff
@@ -642,7 +670,12 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
                 layout = read_layout(path)
                 return StoreState(path, layout, resumed=True, done=frozenset(done_shards(path)))
             raise StoreError(f"{path}: a store appeared after the statistics step; rerun")
-        table = file_rows(accepted, _moments(moments), labels=[f.label for f in accepted])
+        labels0 = [f.label for f in accepted]
+        table = (
+            unmeasured_rows(accepted, labels=labels0)
+            if moments is None
+            else file_rows(accepted, moments, labels=labels0)
+        )
         layout = store_layout(config, n_samples=len(table) * copies)
         attrs = store_attrs(
             config,
@@ -651,6 +684,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
             source_fingerprint=manifest.fingerprint,
             failures=run_stats.failure_records,
         )
+        attrs["draft"] = [moments is not None]  # per segment: JPEG draft decoding allowed
         rows = SampleRows.of_files(range(len(table)), table.label, copies=copies)
         create_store(path, layout, attrs=attrs, files=table, rows=rows, overwrite=True)
         return StoreState(path, layout, resumed=False, done=frozenset())
@@ -679,9 +713,18 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         sources = read_array(get_array(group, "source_index"))
         rows_live = read_array(get_array(group, "live"))
         write_live(group, rows_live & alive[np.minimum(sources, max(count - 1, 0))])
-    update = {"classes": classes, "state": new_state(), "source_fingerprint": manifest.fingerprint}
+    update: dict[str, Any] = {
+        "classes": classes,
+        "state": new_state(),
+        "source_fingerprint": manifest.fingerprint,
+    }
     layout = read_layout(group)
-    table = file_rows(accepted, _moments(moments), labels=labels)
+    table = (
+        unmeasured_rows(accepted, labels=labels)
+        if moments is None
+        else file_rows(accepted, moments, labels=labels)
+    )
+    drafts = list(meta.get("draft") or [True] * len(layout.segments))
     if run_stats.rewrite:
         from pipeline.store import FileTable
         from pipeline.store.files import append_files
@@ -695,10 +738,16 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
             group,
             layout,
             rows=rows,
-            attrs_update={**update, "stats": run_stats.stats, "files": len(whole)},
+            attrs_update={
+                **update,
+                "stats": run_stats.stats,
+                "files": len(whole),
+                "draft": [True],
+            },
         )
     elif len(table):
         rows = SampleRows.of_files(range(count, count + len(table)), labels, copies=copies)
+        update["draft"] = [*drafts, moments is not None]
         layout = grow_store(group, layout, files=table, rows=rows, attrs_update=update)
     else:
         group.attrs[ATTRIBUTE] = {**meta, **update}
@@ -719,12 +768,6 @@ def _made_from(path: Path, accepted: Sequence[SourceFile]) -> bool:
     )
 
 
-def _moments(moments: FileMoments | None) -> FileMoments:
-    from pipeline.stats import FileMoments
-
-    return moments if moments is not None else FileMoments.empty()
-
-
 # ----------------------------------------------------------------------------- 4. shards
 
 
@@ -741,6 +784,8 @@ def shard_jobs(store: str | Path, shards: Sequence[int]) -> list[ShardJob]:
     count = int(read_attrs(group)["files"])
     paths = [str(p) for p in read_array(get_array(group, "paths"), slice(0, count))]
     files_live = read_array(get_array(group, "files/live"), slice(0, count))
+    measured = read_array(get_array(group, "files/measured"), slice(0, count))
+    drafts = read_attrs(group).get("draft") or [True] * len(layout.segments)
     labels = read_array(get_array(group, "labels"))
     sources = read_array(get_array(group, "source_index"))
     copies = read_array(get_array(group, "copy_index"))
@@ -757,9 +802,15 @@ def shard_jobs(store: str | Path, shards: Sequence[int]) -> list[ShardJob]:
                 source_index=tuple(int(v) for v in sources[sl]),
                 copy_index=tuple(int(v) for v in copies[sl]),
                 live=tuple(bool(files_live[k]) for k in sources[sl]),
+                measure=tuple(not bool(measured[k]) for k in sources[sl]),
+                draft=bool(drafts[_segment_of(layout, rows.start)]),
             )
         )
     return jobs
+
+
+def _segment_of(layout: StoreLayout, row: int) -> int:
+    return next(i for i, (a, n) in enumerate(layout.segments) if a <= row < a + n)
 
 
 def _retry_io(fn: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -> Any:
@@ -774,6 +825,32 @@ def _retry_io(fn: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+@dataclass(frozen=True)
+class ShardOutcome:
+    """What one shard task did: its record, and the files it measured or rejected.
+
+    Attributes:
+        record: the written shard's record.
+        rows: file-table rows measured by this task (:attr:`ShardJob.measure`).
+        moments: their exact moments and digests, in ``rows`` order.
+        rejected: ``(file-table row, failure)`` for each file this task could
+            not decode while measuring it: its samples are holes, not served.
+    """
+
+    record: ShardRecord
+    rows: tuple[int, ...] = ()
+    moments: FileMoments | None = None
+    rejected: tuple[tuple[int, Failure], ...] = ()
+
+
+def _load_measured(plan: TransformPlan, path: str, generator: Any) -> tuple[Any, int, Any, bytes]:
+    from pipeline.decode import read_with_digest
+
+    source, digest = read_with_digest(path)
+    pixels, bits, histogram = plan.load_measured(source, generator)
+    return pixels, bits, histogram, digest
+
+
 def write_one_shard(
     job: ShardJob,
     plan: TransformPlan,
@@ -782,22 +859,30 @@ def write_one_shard(
     root: str,
     batch_size: int,
     decode_threads: int,
-) -> ShardRecord:
+) -> ShardOutcome:
     """Produce and write one whole shard: decode, transform in batches, write, record.
 
     This is the body of one Dask task. The shard's files are decoded in the
     process-wide decode pool (a file shared by several copies is decoded once,
     unless ``random_resized_crop`` draws a different box per copy); batches of
     ``batch_size`` samples go through :meth:`TransformPlan.finish`; the shard
-    and its record are written by :func:`pipeline.shards.write_shard`.
+    and its record are written by :func:`pipeline.store.write_shard`.
+
+    A file the job marks to measure (its statistics were known before the
+    run) is read once, hashed, and decoded at full resolution: the same decode
+    gives its samples and its exact moments (:meth:`TransformPlan.load_measured`).
+    A file that fails then is rejected like a file the statistics pass
+    rejects: its samples are holes (``live`` false) and the failure is
+    returned; the coordinator records both in the file table.
 
     Raises:
-        ShardWriteError: a source file accepted by the statistics pass can no
-            longer be decoded (the source changed during the run).
+        ShardWriteError: a file measured earlier can no longer be decoded
+            (the source changed during the run).
     """
     import torch
 
     from pipeline.sources import source_path
+    from pipeline.stats import FileMoments
     from pipeline.store import write_shard
     from pipeline.transforms import sample_generator
 
@@ -810,18 +895,46 @@ def write_one_shard(
     ]
     pool = decode_pool(decode_threads)
     per_copy = plan.crop is not None
+    measure = job.measure or (False,) * job.rows
     loads: dict[Any, Any] = {}
+    measuring: dict[int, Any] = {}  # file row -> the future that measures it
     futures: list[Any] = []
-    retired = [not alive for alive in job.live] if job.live else [False] * job.rows
+    live = list(job.live) if job.live else [True] * job.rows
     for row, rel in enumerate(job.paths):
-        if retired[row]:  # its file was removed or changed since the rows were planned
+        if not live[row]:  # its file was removed or changed since the rows were planned
             futures.append(None)
             continue
-        key = row if per_copy else job.source_index[row]
+        source = job.source_index[row]
+        key = row if per_copy else source
         if key not in loads:
             gen = generators[row] if per_copy else None
-            loads[key] = pool.submit(plan.load, source_path(root, rel), gen)
+            path = source_path(root, rel)
+            if measure[row] and source not in measuring:
+                loads[key] = measuring[source] = pool.submit(_load_measured, plan, path, gen)
+            else:
+                loads[key] = pool.submit(plan.load, path, gen, draft=job.draft)
         futures.append(loads[key])
+
+    # the measured files first: a rejected one makes holes of all its rows
+    rows: list[int] = []
+    paths: list[str] = []
+    histograms: list[Any] = []
+    digests: list[bytes] = []
+    rejected: dict[int, Failure] = {}
+    for source, future in measuring.items():
+        rel = job.paths[job.source_index.index(source)]
+        try:
+            _, _, histogram, digest = future.result()
+        except DecodeError as exc:
+            rejected[source] = Failure(rel, exc.reason)
+            continue
+        rows.append(source)
+        paths.append(rel)
+        histograms.append(histogram)
+        digests.append(digest)
+    for row in range(job.rows):
+        if job.source_index[row] in rejected:
+            live[row], futures[row] = False, None
 
     out = np.empty((job.rows, 3, *plan.size), dtype=plan.out_dtype)
     for start in range(0, job.rows, batch_size):
@@ -829,12 +942,12 @@ def write_one_shard(
         pixels, bits = [], []
         for row in range(start, stop):
             future = futures[row]
-            if future is None:  # a retired row: a hole, never served
+            if future is None:  # a retired or rejected row: a hole, never served
                 pixels.append(torch.zeros((3, *plan.size), dtype=torch.uint8))
                 bits.append(8)
                 continue
             try:
-                p, b = future.result()
+                p, b, *_ = future.result()
             except DecodeError as exc:
                 raise ShardWriteError(
                     f"shard {job.index}: {job.paths[row]} can no longer be decoded "
@@ -846,6 +959,7 @@ def write_one_shard(
         plan.finish(pixels, bits, generators[start:stop], out=out[start:stop])
     futures.clear()
     loads.clear()
+    measuring.clear()
 
     def write() -> ShardRecord:
         return write_shard(
@@ -855,11 +969,58 @@ def write_one_shard(
             labels=np.asarray(job.labels, dtype=np.int64),
             source_index=np.asarray(job.source_index, dtype=np.int64),
             copy_index=np.asarray(job.copy_index, dtype=np.int32),
-            live=np.asarray(job.live, dtype=bool) if job.live else None,
+            live=np.asarray(live, dtype=bool),
         )
 
     record: ShardRecord = _retry_io(write)
-    return record
+    return ShardOutcome(
+        record,
+        rows=tuple(rows),
+        moments=FileMoments.of_histograms(paths, histograms, digests) if rows else None,
+        rejected=tuple(sorted(rejected.items())),
+    )
+
+
+def record_files(group: Any, rows: Sequence[int], moments: FileMoments | None) -> None:
+    """Store the moments and digests of files measured by a shard task (rows of the file table)."""
+    from pipeline.store import set_file_rows
+
+    if not rows or moments is None:
+        return
+    values = {name: getattr(moments, name) for name in _MOMENT_ARRAYS}
+    set_file_rows(group, rows, {**values, "measured": np.ones(len(rows), bool)})
+
+
+_MOMENT_ARRAYS = ("sha256", "n", "s1", "s2", "min", "max", "image_mean", "image_std")
+
+
+def reject_files(group: Any, rejected: Sequence[tuple[int, Failure]]) -> list[dict[str, Any]]:
+    """Retire files that failed to decode while measured; add their failure records to the store.
+
+    Each record carries the file's size and mtime (from the file table), so an
+    unchanged bad file is not decoded again by the next run.
+
+    Returns:
+        The new failure records.
+    """
+    from pipeline.store import ATTRIBUTE, get_array, read_array, read_attrs, set_file_rows
+
+    if not rejected:
+        return []
+    rows = [row for row, _ in rejected]
+    set_file_rows(group, rows, {"live": np.zeros(len(rows), bool)})
+    size = read_array(get_array(group, "files/size"))
+    mtime = read_array(get_array(group, "files/mtime_ns"))
+    records = [
+        {**failure.to_json(), "size": int(size[row]), "mtime_ns": int(mtime[row])}
+        for row, failure in rejected
+    ]
+    meta = read_attrs(group)
+    known = {f.get("path") for f in meta.get("failures", []) if isinstance(f, dict)}
+    new = [r for r in records if r["path"] not in known]
+    if new:
+        group.attrs[ATTRIBUTE] = {**meta, "failures": [*meta.get("failures", []), *new]}
+    return records
 
 
 def write_shards(
@@ -892,7 +1053,7 @@ def write_shards(
     import dask
 
     from pipeline.execution import guarded
-    from pipeline.store import done_shards, read_layout
+    from pipeline.store import done_shards, open_group, read_layout
     from pipeline.transforms import TransformPlan
 
     plan = TransformPlan.from_config(config, run_stats.stats)
@@ -917,11 +1078,16 @@ def write_shards(
     images = layout.rows_of(sorted(done))
     finished = 0
 
+    group = open_group(state.path, mode="r+")
+
     def on_done(position: int, outcome: Any) -> None:
         nonlocal images, finished
         finished += 1
         if not isinstance(outcome, TaskError):
             images += todo[position].rows
+            # the coordinator alone writes the file table (one call at a time)
+            record_files(group, outcome.rows, outcome.moments)
+            result.rejected.extend(reject_files(group, outcome.rejected))
         if progress is not None:
             progress.update("shards", result.skipped + finished, layout.n_shards, units=images)
 
@@ -981,12 +1147,35 @@ def verify_output(
 # ----------------------------------------------------------------------------- 6. finish
 
 
+def _measure_leftovers(
+    config: RunConfig, group: Any, table: Any, rows: np.ndarray, *, root: str | Path
+) -> list[dict[str, Any]]:
+    """Measure live, unmeasured files of the file table; record their moments or rejections."""
+    from pipeline.sources import Manifest, SourceFile, fingerprint_of
+    from pipeline.stats import measure
+
+    files = tuple(
+        SourceFile(table.paths[j], int(table.size[j]), int(table.mtime_ns[j]), int(table.label[j]))
+        for j in rows
+    )
+    todo = Manifest(
+        root=Path(root), files=files, classes=(), rejected=(), fingerprint=fingerprint_of(files)
+    )
+    stats, moments = measure(
+        todo, method="exact", workers=config.runtime.workers, address=config.runtime.dask_address
+    )
+    row_of = {table.paths[j]: int(j) for j in rows}
+    record_files(group, [row_of[p] for p in moments.paths], moments)
+    return reject_files(group, [(row_of[f.path], f) for f in stats.failures])
+
+
 def finish(
     config: RunConfig,
     state: StoreState,
     run_stats: RunStats,
     write: WriteResult,
     *,
+    root: str | Path,
     timings: dict[str, float],
     verified: bool = False,
 ) -> RunResult:
@@ -1014,9 +1203,17 @@ def finish(
     )
     from pipeline.update import moments_of, new_state
 
-    group = open_group(config.output.path)
+    group = open_group(config.output.path, mode="r+")
     layout = read_layout(group)
-    table = read_files(group, int(read_attrs(group)["files"]))
+    count = int(read_attrs(group)["files"])
+    table = read_files(group, count)
+    # files a shard task wrote but whose moments never reached the file table (the
+    # coordinator stopped in between): measured here, as the statistics pass would
+    leftover = np.flatnonzero(table.live & ~table.measured)
+    rejected = list(write.rejected)
+    if leftover.size:
+        rejected += _measure_leftovers(config, group, table, leftover, root=root)
+        table = read_files(group, count)
     sources = read_array(get_array(group, "source_index"))
     live = np.zeros(layout.n_samples, dtype=bool)
     for record in read_records(group):
@@ -1026,12 +1223,13 @@ def finish(
             live[sl] = table.live[sources[sl]]
     write_live(config.output.path, live)
     live_files = np.flatnonzero(table.live)
-    current = moments_of(table.take(live_files)).stats(failures=run_stats.failures).to_json()
+    failures = sorted([*run_stats.failures, *(Failure(r["path"], r["error"]) for r in rejected)])
+    current = moments_of(table.take(live_files)).stats(failures=failures).to_json()
     n_live = int(live.sum())
     finalize(
         config.output.path,
         {
-            "failures": list(run_stats.failure_records),
+            "failures": [*run_stats.failure_records, *rejected],
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "current_stats": current,
             "live_rows": n_live,
@@ -1042,7 +1240,7 @@ def finish(
     return RunResult(
         store=Path(config.output.path),
         stats=run_stats.stats,
-        failures=list(run_stats.failures),
+        failures=failures,
         samples=n_live,
         shards=layout.n_shards,
         shards_written=len(write.written),

@@ -27,11 +27,11 @@ depend on workers, shard size, batch size or the order of tasks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from pipeline.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig, Step
+    from pipeline.decode import ImageHistogram
 
 __all__ = ["TransformPlan", "resolve_device", "sample_generator", "sample_seed", "to_tensor"]
 
@@ -181,16 +182,25 @@ class TransformPlan:
     # -- stage 1: per file, in decode threads -------------------------------------------------
 
     def load(
-        self, path: str | Path, generator: torch.Generator | None, *, crop: bool = True
+        self,
+        path: str | Path | IO[bytes],
+        generator: torch.Generator | None,
+        *,
+        crop: bool = True,
+        draft: bool = True,
     ) -> tuple[torch.Tensor, int]:
         """Decode and resize one file; return ``((C, h, w) integer pixels, bit depth)``.
 
         Args:
-            path: the source file.
+            path: the source file (or its bytes as an open binary file).
             generator: the sample's generator (draws the crop box when
                 ``random_resized_crop`` is configured).
             crop: ``False`` uses the configured resize even when a random
                 crop is configured (statistics at ``stats.at: resized``).
+            draft: allow JPEG draft decoding (a reduced-scale decode when the
+                target size allows it); a store segment whose files were
+                measured in the same decode is made without it, and its
+                resumed shards must be too.
 
         Raises:
             DecodeError: the file cannot be decoded.
@@ -202,20 +212,42 @@ class TransformPlan:
         if self.max_pixels is not None:
             kwargs["max_pixels"] = self.max_pixels
         if cropper is None:
-            return decode_for_size(path, self.size, mode=self.resize, **kwargs)
-        if generator is None:
-            raise InvalidArgumentError("generator is required with random_resized_crop")
+            return decode_for_size(path, self.size, mode=self.resize, draft=draft, **kwargs)
         # the box is drawn from the displayed size, as ops.RandomResizedCrop draws it,
         # and the cut is resampled as ops.resized_crop does (a random crop may zoom
         # into a small box: no draft decoding)
-        crop_op = cropper
         return decode_for_size(
-            path,
-            self.size,
-            box=lambda h, w: crop_op.sample_box(h, w, generator),
-            draft=False,
-            **kwargs,
+            path, self.size, box=self._box(cropper, generator), draft=False, **kwargs
         )
+
+    def load_measured(
+        self, path: str | Path | IO[bytes], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, int, ImageHistogram]:
+        """:meth:`load` without draft decoding, and the file's full-resolution value histogram.
+
+        One decode gives the sample and the file's exact moments
+        (:func:`pipeline.decode.decode_measured`): a run whose statistics are
+        known before it writes needs no separate statistics pass.
+
+        Raises:
+            DecodeError: the file cannot be decoded.
+        """
+        from pipeline.decode import decode_measured
+
+        kwargs: dict[str, Any] = {}
+        if self.max_pixels is not None:
+            kwargs["max_pixels"] = self.max_pixels
+        if self.crop is None:
+            return decode_measured(path, self.size, mode=self.resize, **kwargs)
+        return decode_measured(path, self.size, box=self._box(self.crop, generator), **kwargs)
+
+    @staticmethod
+    def _box(
+        cropper: Any, generator: torch.Generator | None
+    ) -> Callable[[int, int], tuple[int, int, int, int]]:
+        if generator is None:
+            raise InvalidArgumentError("generator is required with random_resized_crop")
+        return lambda h, w: cropper.sample_box(h, w, generator)
 
     # -- stage 2: per batch, on the device -----------------------------------------------------
 

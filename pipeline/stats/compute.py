@@ -10,13 +10,11 @@ so memory is bounded by the chunks in flight, not the dataset.
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
+from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram, read_with_digest
 from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
 from pipeline.sources import Manifest, scan, source_path
 from pipeline.stats.exact import Partial, finish, hist_moments, merge
@@ -29,15 +27,6 @@ Method = Literal["exact", "chan", "two-pass"]
 METHODS: tuple[str, ...] = ("exact", "chan", "two-pass")
 DEFAULT_CHUNK_SIZE = 64
 """Files per Dask task in :func:`compute_stats`."""
-
-
-def _read(path: str, rel: str) -> bytes:
-    """The bytes of a source file; an OS error is the file's rejection."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as exc:
-        raise DecodeError(rel, f"unreadable: {exc.strerror or exc}") from None
 
 
 def _chunk(
@@ -57,9 +46,8 @@ def _chunk(
             path = source_path(root, rel)
             source: Any = path
             if per_file:  # read once: the digest and the decode see the same bytes
-                data = _read(path, rel)
-                digests.append(hashlib.sha256(data).digest())
-                source = _NamedBytes(data, path)
+                source, digest = read_with_digest(path)
+                digests.append(digest)
             if loader is None:
                 h = decode_histogram(source, max_pixels=max_pixels)
             else:
@@ -78,14 +66,6 @@ def _chunk(
     if method == "chan":
         part.moments = hist_moments(part.hist8, part.hist16)
     return part
-
-
-class _NamedBytes(io.BytesIO):
-    """File bytes in memory that carry the file's name (for the decoder's messages)."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self.name = name
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -43,7 +43,7 @@ from pipeline.store.create import (
     open_or_create,
     reset_rows,
 )
-from pipeline.store.files import FILE_ARRAYS, FileTable, read_files
+from pipeline.store.files import FILE_ARRAYS, FileTable, read_files, set_file_rows
 from pipeline.store.group import (
     ATTRIBUTE,
     FORMAT_VERSION,
@@ -98,6 +98,7 @@ __all__ = [
     "read_array",
     "read_attrs",
     "read_files",
+    "set_file_rows",
     "read_layout",
     "read_records",
     "reset_rows",
