@@ -98,17 +98,17 @@ def hand_built(arr: Any, data: np.ndarray, codec: str, threads: int = 1) -> None
 
     comp = _numcodec(codec)
     n = data.shape[0]
+    rows = np.ascontiguousarray(data).reshape(n, -1)
 
     def encode(i: int) -> bytes | memoryview:
-        sample = data[i]
-        return sample.tobytes() if comp is None else comp.encode(sample)
+        return memoryview(rows[i]).cast("B") if comp is None else comp.encode(rows[i])
 
     if threads > 1:
         with ThreadPoolExecutor(threads) as ex:
             parts = list(ex.map(encode, range(n)))
     else:
         parts = [encode(i) for i in range(n)]
-    lengths = np.fromiter((len(p) for p in parts), dtype=np.uint64, count=n)
+    lengths = np.fromiter((memoryview(p).nbytes for p in parts), dtype=np.uint64, count=n)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
     index = np.stack([offsets, lengths], axis=-1).astype("<u8").tobytes()
     crc = np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()

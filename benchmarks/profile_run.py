@@ -57,11 +57,21 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(r"_encode_sync \(zarr/codecs|encode \(numcodecs|ZSTD_compress|blosc_compress"),
     ),
     (
-        "zarr codec: decompress (verify's read-back)",
-        re.compile(r"_decode_sync \(zarr/codecs|decode \(numcodecs|ZSTD_decompress"),
+        "verify: zarr read pipeline + decompress (event loop and thread pool)",
+        re.compile(
+            r"_decode_sync \(zarr/codecs|decode \(numcodecs|ZSTD_decompress|read_batch|"
+            r"_decode_single|_decode_partial|decode_partial|_get_selection"
+        ),
     ),
     (
-        "zarr per-chunk pipeline (event loop, buffers, shard index, store I/O)",
+        "zarr write pipeline per chunk (merge copy, all_equal, shard dict, combine, store set)",
+        re.compile(
+            r"write_batch|_encode_single|_encode_partial|encode_partial|_set_selection|"
+            r"_encode_shard_dict|LocalStore\.set"
+        ),
+    ),
+    (
+        "zarr event loop overhead (asyncio tasks, thread hops; write and read)",
         re.compile(r"zarr/|asyncio/|google_crc32c"),
     ),
     ("resize (torch, in decode threads)", re.compile(r"resize_image|_interpolate")),
@@ -116,6 +126,162 @@ def summarize(raw: Path, *, idle: bool = False) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- CPU accounting
+#
+# py-spy samples a thread while the OS reports it runnable, so on a busy shared machine a
+# thread that wakes often (zarr's event loop) is over-represented. The accounting below
+# measures CPU time itself: each patched function adds its thread's CPU time
+# (time.thread_time, exclusive of nested patched calls) to its stage, and the CPU of
+# every thread is read from /proc at the end.
+
+_ACCOUNT_STAGES = {
+    "imports": "imports (first import of each module, any thread)",
+    "validate": "validation pass (stats.file: every file decoded once more)",
+    "decode": "decode (Pillow)",
+    "resize": "resize (torch)",
+    "finish": "normalize + cast to float16 (TransformPlan.finish)",
+    "sha_write": "SHA-256 of each shard (write_shard)",
+    "encode": "codec compress (zarr codec _encode_sync, zarr's thread pool)",
+    "verify": "verify: SHA-256 + Python side (pipeline.shards._check_shard)",
+    "decode_codec": "verify: codec decompress (zarr codec _decode_sync)",
+}
+
+
+def _account(argv: list[str]) -> None:
+    """Run ``imageprep`` in this process with CPU accounting; print one JSON line at exit."""
+    import atexit
+    import builtins
+    import functools
+    import json
+    import threading
+    from collections import defaultdict
+
+    totals: dict[str, float] = defaultdict(float)
+    lock = threading.Lock()
+    tls = threading.local()
+    sticky = {"validate", "verify", "imports"}
+
+    def add(stage: str, dt: float) -> None:
+        with lock:
+            totals[stage] += dt
+
+    def wrap(stage: str, fn):  # type: ignore[no-untyped-def]
+        @functools.wraps(fn)
+        def inner(*a, **k):  # type: ignore[no-untyped-def]
+            stack = getattr(tls, "stack", None)
+            if stack is None:
+                stack = tls.stack = []
+            if stack and stack[-1][0] in sticky:  # e.g. decode inside validation stays there
+                return fn(*a, **k)
+            now = time.thread_time()
+            if stack:
+                add(stack[-1][0], now - stack[-1][1])
+            stack.append([stage, now])
+            try:
+                return fn(*a, **k)
+            finally:
+                end = time.thread_time()
+                add(stage, end - stack.pop()[1])
+                if stack:
+                    stack[-1][1] = end
+
+        return inner
+
+    real_import = builtins.__import__
+    builtins.__import__ = wrap("imports", real_import)
+
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    import pipeline.decode
+    import pipeline.run
+    import pipeline.shards
+    import pipeline.transforms
+
+    pipeline.run._validate_chunk = wrap("validate", pipeline.run._validate_chunk)
+    pipeline.decode.decode = wrap("decode", pipeline.decode.decode)
+    pipeline.transforms.resize_image = wrap("resize", pipeline.transforms.resize_image)
+    plan = pipeline.transforms.TransformPlan
+    plan.finish = wrap("finish", plan.finish)  # type: ignore[method-assign]
+    pipeline.shards.shard_digest = wrap("sha_write", pipeline.shards.shard_digest)
+    pipeline.shards._check_shard = wrap("verify", pipeline.shards._check_shard)
+    for codec in (BloscCodec, GzipCodec, ZstdCodec):
+        codec._encode_sync = wrap("encode", codec._encode_sync)  # type: ignore[method-assign]
+        codec._decode_sync = wrap("decode_codec", codec._decode_sync)  # type: ignore[method-assign]
+
+    def loop_thread_cpu() -> float:
+        """CPU seconds of zarr's event loop thread (from /proc; it is alive at exit)."""
+        from zarr.core import sync
+
+        thread = sync.iothread[0]
+        if thread is None or thread.native_id is None:
+            return 0.0
+        stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    loop_in_verify = [0.0]
+    real_verify = pipeline.shards.verify
+
+    @functools.wraps(real_verify)
+    def verify(*a, **k):  # type: ignore[no-untyped-def]
+        before = loop_thread_cpu()
+        try:
+            return real_verify(*a, **k)
+        finally:
+            loop_in_verify[0] += loop_thread_cpu() - before
+
+    pipeline.shards.verify = verify
+
+    def report() -> None:
+        data = {
+            "stages": dict(totals),
+            "loop": loop_thread_cpu(),
+            "loop_verify": loop_in_verify[0],
+            "cpu": time.process_time(),
+        }
+        sys.stdout.write("\nACCOUNT " + json.dumps(data) + "\n")
+        sys.stdout.flush()
+
+    atexit.register(report)
+    import pipeline.cli
+
+    sys.argv = ["imageprep", *argv]
+    pipeline.cli.main()
+
+
+def account(run_args: list[str]) -> str:
+    """Run ``imageprep run_args`` under the CPU accounting; return the Markdown table."""
+    import json
+
+    cmd = [sys.executable, __file__, "_account", *run_args]
+    t0, u0 = time.perf_counter(), os.times()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    wall, u1 = time.perf_counter() - t0, os.times()
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-3000:])
+        raise SystemExit("the accounted run failed")
+    total = (u1.children_user - u0.children_user) + (u1.children_system - u0.children_system)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("ACCOUNT "))
+    data = json.loads(line[len("ACCOUNT ") :])
+    stages: dict[str, float] = data["stages"]
+    rows = [(label, stages.get(key, 0.0)) for key, label in _ACCOUNT_STAGES.items()]
+    loop, loop_verify = data["loop"], data["loop_verify"]
+    rows.append(("zarr event loop thread while writing (per-chunk pipeline)", loop - loop_verify))
+    rows.append(("verify: zarr event loop thread (per-chunk read pipeline)", loop_verify))
+    rows.append(("interpreter exit (after atexit: GC, module teardown)", total - data["cpu"]))
+    rest = total - sum(v for _, v in rows)
+    rows.append(("everything else (dask, zarr calls in workers, scan, store, Python)", rest))
+    lines = [
+        f"process CPU {total:.2f} s, wall {wall:.2f} s",
+        "",
+        "| stage | CPU s | % of CPU |",
+        "|---|---:|---:|",
+    ]
+    for label, v in sorted(rows, key=lambda r: -r[1]):
+        lines.append(f"| {label} | {v:.2f} | {100 * v / total:.1f} |")
+    return "\n".join(lines)
+
+
 def _stats_file(path: Path) -> Path:
     from pipeline.stats import Stats
 
@@ -137,6 +303,9 @@ def main() -> None:
     ap.add_argument("--raw", type=Path, help="only summarize this existing raw record")
     ap.add_argument("--keep", type=Path, help="write the raw record here")
     ap.add_argument("--speedscope", type=Path, help="record a second run into this file")
+    ap.add_argument(
+        "--no-spy", action="store_true", help="skip py-spy: only the run and the CPU accounting"
+    )
     args = ap.parse_args()
     if args.raw is not None:
         print(summarize(args.raw, idle=args.idle))
@@ -146,7 +315,7 @@ def main() -> None:
     src = dataset(args.images, max(args.images, 2000))
     bindir = Path(sys.executable).parent
     pyspy = shutil.which("py-spy", path=str(bindir)) or shutil.which("py-spy")
-    if pyspy is None:
+    if pyspy is None and not args.no_spy:
         raise SystemExit("py-spy not found: pip install py-spy")
     with tempfile.TemporaryDirectory(prefix="profile-run-") as tmp:
         out = Path(tmp)
@@ -174,6 +343,11 @@ def main() -> None:
             f"store {stored / 1e6:.1f} MB = {stored / raw_bytes:.3f} of raw float16"
         )
         shutil.rmtree(out / "ds.zarr")
+        print("\nCPU accounting (thread CPU of patched functions; zarr's loop thread from /proc):")
+        print(account(run[1:]))
+        shutil.rmtree(out / "ds.zarr")
+        if args.no_spy:
+            return
         record = [pyspy, "record", "--subprocesses", "-r", str(args.rate)]
         record += ["--native"] * args.native + ["--idle"] * args.idle
         raw = args.keep or out / "profile.txt"
@@ -189,4 +363,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "_account":
+        _account(sys.argv[2:])
+    else:
+        main()
