@@ -40,7 +40,8 @@ checked bit for bit.
 The Pareto front is over (enc MB/s/core, dec MB/s/core, ratio) of the
 ``photos`` float16 rows of each layout. The recommendation is the front's
 codec with the least encode + decode CPU per sample among those that store
-at most ``--target`` (0.85) of the raw bytes, as the Throughput issue asks.
+at most ``--target`` (0.85) of the raw bytes on every float16 set measured
+(photos and synthetic), as the Throughput issue asks.
 
     python benchmarks/bench_codecs.py                       # 256 samples, 3 rounds
     python benchmarks/bench_codecs.py --samples 64 --repeat 1 --data photos   # quick
@@ -342,13 +343,22 @@ def recommend(rows: list[Row], *, target: float, floor_ips: float) -> str:
         out.append(f"\nPareto front, photos float16, layout {layout} (enc, dec MB/s/core, ratio):")
         for r in front:
             ok = "meets" if 1 / r.ratio <= target else "misses"
+            worst_any = max(
+                1 / o.ratio for o in rows if o.codec == r.codec and o.dtype == "float16"
+            )
             out.append(
                 f"  {r.codec:26s} {r.rate('enc_cpu'):6.0f} {r.rate('dec_cpu'):6.0f} "
-                f"{r.ratio:6.3f}  ({ok} stored/raw <= {target})"
+                f"{r.ratio:6.3f}  ({ok} stored/raw <= {target}; worst float16 set "
+                f"{worst_any:.3f})"
             )
-        fits = [r for r in front if 1 / r.ratio <= target]
+        # the target must hold on every float16 set measured (photos and the noisy synthetic)
+        worst = {
+            r.codec: max(1 / o.ratio for o in rows if o.codec == r.codec and o.dtype == "float16")
+            for r in front
+        }
+        fits = [r for r in front if worst[r.codec] <= target]
         if not fits:
-            out.append(f"  no codec on the front stores <= {target} of raw")
+            out.append(f"  no codec on the front stores <= {target} of raw on every set")
             continue
         best = min(fits, key=lambda r: r.enc_cpu + r.dec_cpu)
         by = {r.codec: r for r in sel}
