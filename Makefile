@@ -44,6 +44,9 @@ bench: .venv
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_store.py
+	$(BIN)/python benchmarks/bench_codecs.py
+	$(BIN)/python benchmarks/bench_shard_write.py
+	$(BIN)/python benchmarks/bench_floor.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
