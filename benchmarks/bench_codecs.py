@@ -113,16 +113,19 @@ def _random_box(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int
 
 def _cut(images: list[np.ndarray], n: int, seed: int) -> np.ndarray:
     """``n`` uint8 samples ``(n, 3, 224, 224)``: each image whole, then random crops."""
-    from pipeline.transforms import resize_image
+    import torch
+
+    from ops import resize_to, resized_crop
 
     rng = np.random.default_rng(seed)
     out = np.empty((n, 3, *SIZE), dtype=np.uint8)
     for i in range(n):
         img = images[i % len(images)]
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
         if i < len(images):
-            x = resize_image(img, SIZE).numpy()
+            x = resize_to(t, SIZE).numpy()
         else:
-            x = resize_image(img, SIZE, box=_random_box(rng, *img.shape[:2])).numpy()
+            x = resized_crop(t, _random_box(rng, *img.shape[:2]), SIZE).numpy()
             if rng.random() < 0.5:
                 x = x[:, :, ::-1]
         out[i] = x

@@ -144,8 +144,7 @@ def main() -> None:
 
     import zarr
 
-    from pipeline.config import CompressionConfig
-    from pipeline.shards import StoreLayout, create_store, write_shard
+    from pipeline.store import Compression, StoreLayout, create_store, write_shard
 
     data = normalized(photo_samples(args.samples))[0]
     n = data.shape[0]
@@ -156,9 +155,10 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, best of {args.repeat}, stores in {tmp}"
     )
     store_codec = {
-        "none": CompressionConfig(codec="none", level=None),
-        "zstd-3": CompressionConfig(codec="zstd", level=3),
-        "blosc-lz4-5-shuffle": CompressionConfig(codec="blosc", level=5),  # lz4, auto shuffle
+        "none": Compression("none", None),
+        "zstd-3": Compression("zstd", 3),
+        "blosc-lz4-5-shuffle": Compression("blosc", 5, "byte"),  # lz4, byte shuffle
+        "blosc-lz4-5-bitshuffle": Compression("blosc", 5, "bit"),  # the default
     }
 
     def fresh(name: str) -> Path:

@@ -46,10 +46,10 @@ _WAIT_LEAF = re.compile(
 #: (stage, regex over the whole stack, root to leaf); the first match wins.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
     ("imports", re.compile(r"_find_and_load")),
-    ("validation pass (stats.file: every file decoded once more)", re.compile(r"_validate_chunk")),
+    ("statistics pass (decode for the moments)", re.compile(r"_chunk \(pipeline/stats")),
     (
         "verify after the run (read back + SHA-256)",
-        re.compile(r"verify \(pipeline/shards\.py|_check_shard"),
+        re.compile(r"verify \(pipeline/store/verify\.py|_check_shard"),
     ),
     ("SHA-256 of each shard (write_shard)", re.compile(r"shard_digest")),
     (
@@ -74,7 +74,8 @@ STAGES: list[tuple[str, re.Pattern[str]]] = [
         "zarr event loop overhead (asyncio tasks, thread hops; write and read)",
         re.compile(r"zarr/|asyncio/|google_crc32c"),
     ),
-    ("resize (torch, in decode threads)", re.compile(r"resize_image|_interpolate")),
+    ("moments of each file (value histogram)", re.compile(r"_histogram_of")),
+    ("resize (torch, in decode threads)", re.compile(r"resize \(ops/geometry|_interpolate")),
     ("decode (Pillow, in decode threads)", re.compile(r"pipeline/decode\.py|PIL/")),
     ("normalize + cast to float16 (TransformPlan.finish)", re.compile(r"finish \(pipeline/transf")),
     ("rest of write_shard / write_one_shard", re.compile(r"write_shard|write_one_shard")),
@@ -136,13 +137,14 @@ def summarize(raw: Path, *, idle: bool = False) -> str:
 
 _ACCOUNT_STAGES = {
     "imports": "imports (first import of each module, any thread)",
-    "validate": "validation pass (stats.file: every file decoded once more)",
-    "decode": "decode (Pillow)",
+    "stats": "statistics pass (a second decode of every file; none when the stats are known)",
+    "decode": "decode (Pillow) and read",
+    "measure": "moments of each file in the writing decode (value histogram)",
     "resize": "resize (torch)",
     "finish": "normalize + cast to float16 (TransformPlan.finish)",
     "sha_write": "SHA-256 of each shard (write_shard)",
     "encode": "codec compress (zarr codec _encode_sync, zarr's thread pool)",
-    "verify": "verify: SHA-256 + Python side (pipeline.shards._check_shard)",
+    "verify": "verify: SHA-256 + Python side (pipeline.store.verify._check_shard)",
     "decode_codec": "verify: codec decompress (zarr codec _decode_sync)",
 }
 
@@ -159,7 +161,7 @@ def _account(argv: list[str]) -> None:
     totals: dict[str, float] = defaultdict(float)
     lock = threading.Lock()
     tls = threading.local()
-    sticky = {"validate", "verify", "imports"}
+    sticky = {"stats", "verify", "imports"}
 
     def add(stage: str, dt: float) -> None:
         with lock:
@@ -192,18 +194,24 @@ def _account(argv: list[str]) -> None:
 
     from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
+    import ops
     import pipeline.decode
     import pipeline.run
-    import pipeline.shards
+    import pipeline.stats.compute
+    import pipeline.store
     import pipeline.transforms
 
-    pipeline.run._validate_chunk = wrap("validate", pipeline.run._validate_chunk)
-    pipeline.decode.decode = wrap("decode", pipeline.decode.decode)
-    pipeline.transforms.resize_image = wrap("resize", pipeline.transforms.resize_image)
+    writer = sys.modules["pipeline.store.writer"]
+    verifier = sys.modules["pipeline.store.verify"]
+    pipeline.stats.compute._chunk = wrap("stats", pipeline.stats.compute._chunk)
+    pipeline.decode._decode_for_size = wrap("decode", pipeline.decode._decode_for_size)
+    pipeline.decode.read_with_digest = wrap("decode", pipeline.decode.read_with_digest)
+    pipeline.decode._histogram_of = wrap("measure", pipeline.decode._histogram_of)
+    ops.resize = wrap("resize", ops.geometry.resize)
     plan = pipeline.transforms.TransformPlan
     plan.finish = wrap("finish", plan.finish)  # type: ignore[method-assign]
-    pipeline.shards.shard_digest = wrap("sha_write", pipeline.shards.shard_digest)
-    pipeline.shards._check_shard = wrap("verify", pipeline.shards._check_shard)
+    writer.shard_digest = wrap("sha_write", writer.shard_digest)
+    verifier._check_shard = wrap("verify", verifier._check_shard)
     for codec in (BloscCodec, GzipCodec, ZstdCodec):
         codec._encode_sync = wrap("encode", codec._encode_sync)  # type: ignore[method-assign]
         codec._decode_sync = wrap("decode_codec", codec._decode_sync)  # type: ignore[method-assign]
@@ -220,7 +228,7 @@ def _account(argv: list[str]) -> None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     loop_in_verify = [0.0]
-    real_verify = pipeline.shards.verify
+    real_verify = pipeline.store.verify
 
     @functools.wraps(real_verify)
     def verify(*a, **k):  # type: ignore[no-untyped-def]
@@ -230,7 +238,7 @@ def _account(argv: list[str]) -> None:
         finally:
             loop_in_verify[0] += loop_thread_cpu() - before
 
-    pipeline.shards.verify = verify
+    pipeline.store.verify = verify
 
     def report() -> None:
         data = {
@@ -243,10 +251,10 @@ def _account(argv: list[str]) -> None:
         sys.stdout.flush()
 
     atexit.register(report)
-    import pipeline.cli
+    import flows.cli
 
     sys.argv = ["imageprep", *argv]
-    pipeline.cli.main()
+    flows.cli.main()
 
 
 def account(run_args: list[str]) -> str:
@@ -298,6 +306,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--set", action="append", default=[], help="extra --set for the run")
+    ap.add_argument(
+        "--stats",
+        choices=("file", "computed"),
+        default="file",
+        help="file: statistics given (one decode per file); computed: the run computes them "
+        "(a statistics pass, then the writing decode)",
+    )
     ap.add_argument("--native", action="store_true", help="py-spy --native (C frames; slower)")
     ap.add_argument("--idle", action="store_true", help="py-spy --idle: also count waiting threads")
     ap.add_argument("--raw", type=Path, help="only summarize this existing raw record")
@@ -322,8 +337,12 @@ def main() -> None:
         config = out / "run.yaml"
         config.write_text(
             f"source: {{path: {src}}}\n"
-            f"stats: {{file: {_stats_file(out / 'stats.json')}}}\n"
-            "transform: {size: [224, 224], augment: []}\n"
+            + (
+                f"stats: {{file: {_stats_file(out / 'stats.json')}}}\n"
+                if args.stats == "file"
+                else ""
+            )
+            + "transform: {size: [224, 224], augment: []}\n"
             f"output: {{path: {out / 'ds.zarr'}, dtype: float16}}\n"
             f"runtime: {{workers: {args.workers}, device: cpu}}\n"
         )
