@@ -195,6 +195,7 @@ def _account(argv: list[str]) -> None:
     from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
     import ops
+    import ops.geometry
     import pipeline.decode
     import pipeline.run
     import pipeline.stats.compute
