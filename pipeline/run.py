@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -258,6 +259,7 @@ def prepare(
     with StoreLock(config.output.path):
         with _timed(timings, "scan"):
             manifest = runner(scan_source, config)
+        check_memory(config, n_files=len(manifest.files))
         with _timed(timings, "stats"):
             run_stats = runner(
                 compute_run_stats, config, manifest, reuse_store=True, progress=progress
@@ -285,7 +287,10 @@ def prepare(
             timings=timings,
             verified=verify,
         )
-        return result
+    if result.live == 0 and not run_stats.diff.is_update and result.failures:
+        # statistics known beforehand: the shard tasks found every file unreadable
+        _nothing_to_write(manifest, result.failures)
+    return result
 
 
 # ----------------------------------------------------------------------------- dry run
@@ -348,7 +353,9 @@ def plan_run(config: RunConfig) -> RunPlan:
     from pipeline.store import done_shards, read_layout
     from pipeline.update import diff_source
 
+    check_output_path(config, probe=False)
     manifest = scan_source(config)
+    check_memory(config, n_files=len(manifest.files))
     diff = diff_source(config, manifest)
     copies = config.transform.copies
     size = config.output.shard_size
@@ -392,12 +399,137 @@ def check_runtime(config: RunConfig) -> None:
     from pipeline.errors import ConfigError, InvalidArgumentError
     from pipeline.transforms import resolve_device
 
+    check_output_path(config)
+    check_memory(config)
     if config.runtime.dask_address is not None:
         return
     try:
         resolve_device(config.runtime.device)
     except InvalidArgumentError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+MEMORY_FRACTION = 0.5
+"""Share of this machine's memory a run may plan to hold at once (:func:`check_memory`)."""
+
+_ROW_BYTES = 8 + 8 + 4 + 1 + 8
+"""Bytes per planned sample row held while a store is laid out (label, source, copy, live...)."""
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(
+    config: RunConfig, *, n_files: int | None = None, total: int | None = None
+) -> None:
+    """Refuse sizes this machine cannot hold, before any work, naming the keys.
+
+    A shard task holds its whole shard (``output.shard_size`` samples of
+    ``3 x transform.size`` in ``output.dtype``) while it is made, and about as
+    much again while Zarr encodes it, plus a float32 batch of
+    ``runtime.batch_size`` samples; ``runtime.workers`` tasks run at once. A
+    new store's row plan holds ``transform.copies`` rows per file. Either
+    beyond :data:`MEMORY_FRACTION` of the machine's memory is refused (on a
+    Dask cluster the workers' memory is the cluster's business; the row plan
+    is still made here).
+
+    Args:
+        config: the run config.
+        n_files: the number of source files, once scanned (checks the row plan).
+        total: the memory to check against (default: this machine's).
+
+    Raises:
+        ConfigError: the plan does not fit; the message names the keys and sizes.
+    """
+    from pipeline.errors import ConfigError
+
+    if total is None:
+        import psutil  # type: ignore[import-untyped]
+
+        total = int(psutil.virtual_memory().total)
+    budget = MEMORY_FRACTION * total
+    h, w = config.transform.size
+    sample = 3 * h * w * np.dtype(config.output.dtype).itemsize
+    shard = config.output.shard_size * sample
+    batch = config.runtime.batch_size * 3 * h * w * 4
+    workers = 1 if config.runtime.dask_address else resolve_workers(config.runtime.workers)
+    per_task = 2 * shard + 2 * batch
+    if workers * per_task > budget:
+        raise ConfigError(
+            f"output.shard_size x transform.size: {config.output.shard_size} samples of "
+            f"3x{h}x{w} {config.output.dtype} is {_gib(shard)} per shard; with "
+            f"runtime.batch_size {config.runtime.batch_size} and runtime.workers {workers} "
+            f"a run would hold about {_gib(workers * per_task)}, more than "
+            f"{MEMORY_FRACTION:.0%} of this machine's {_gib(total)}; lower output.shard_size, "
+            "transform.size, runtime.batch_size or runtime.workers"
+        )
+    if n_files is not None:
+        rows = n_files * config.transform.copies
+        if rows * _ROW_BYTES > budget:
+            raise ConfigError(
+                f"transform.copies: {config.transform.copies} copies of {n_files} files are "
+                f"{rows} sample rows, about {_gib(rows * _ROW_BYTES)} to plan, more than "
+                f"{MEMORY_FRACTION:.0%} of this machine's {_gib(total)}; lower transform.copies"
+            )
+
+
+def check_output_path(config: RunConfig, *, probe: bool = True) -> None:
+    """Refuse an ``output.path`` that cannot hold a store, before any work.
+
+    Refused: the file system root; the source folder, a folder inside it (the
+    store would become source files) or one that contains it (``overwrite``
+    would delete the source); an existing file; a parent folder that cannot be
+    created or written (``probe``: the parent is created and a file made and
+    removed there; a dry run does not). Object-store URLs are not checked here.
+
+    Raises:
+        OutputPathError: the message names ``output.path`` and why.
+    """
+    import errno
+    import tempfile
+
+    from pipeline.errors import OutputPathError
+
+    if "://" in str(config.output.path):
+        return
+    out = Path(config.output.path).resolve()
+    src = Path(str(config.source.path)).resolve() if "://" not in str(config.source.path) else None
+    key = f"output.path {str(out)!r}"
+    if out == Path(out.anchor):
+        raise OutputPathError(
+            f"{key}: is the root of the file system; choose a folder for the store"
+        )
+    if src is not None:
+        if out == src or src in out.parents:
+            raise OutputPathError(
+                f"{key}: is inside source.path {str(src)!r}; the store's files would be "
+                "scanned as source files: choose a folder outside it"
+            )
+        if out in src.parents:
+            raise OutputPathError(
+                f"{key}: contains source.path {str(src)!r}; overwriting the store would "
+                "delete the source: choose another folder"
+            )
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{key}: exists and is not a folder")
+    if not probe:
+        return
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"{key}: cannot create its folder {str(parent)!r} ({exc.strerror or exc})"
+        ) from None
+    try:  # a real probe: os.access says yes to root even where nothing can be made (/proc)
+        with tempfile.TemporaryFile(dir=parent, prefix=".imageprep-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or os.strerror(exc.errno or errno.EACCES)
+        raise OutputPathError(
+            f"{key}: cannot write in its folder {str(parent)!r} ({reason})"
+        ) from None
 
 
 def scan_source(config: RunConfig) -> Manifest:
@@ -507,6 +639,8 @@ def compute_run_stats(
     failures = tuple(sorted([*manifest.rejected, *decoded.failures, *diff.known_failures]))
     kept = set(moments.paths) if moments is not None else {f.path for f in diff.new}
     accepted = [f for f in diff.new if f.path in kept]
+    if not accepted and not diff.is_update:
+        _nothing_to_write(manifest, failures)
     rewrite = False
     if not diff.is_update:
         stats = Stats.load(st.file) if st.file is not None else decoded
@@ -537,6 +671,23 @@ def compute_run_stats(
         moments=moments,
         failure_records=tuple(records),
         rewrite=rewrite,
+    )
+
+
+def _nothing_to_write(manifest: Manifest, failures: Sequence[Failure]) -> None:
+    """Refuse a new store without a single image (before anything is created)."""
+    from pipeline.errors import SourceError
+
+    if not failures:
+        raise SourceError(
+            f"{manifest.root}: no image files (extensions: jpg jpeg png webp bmp tif tiff gif); "
+            "nothing written"
+        )
+    shown = "; ".join(f"{f.path}: {f.error}" for f in failures[:3])
+    more = f"; ... and {len(failures) - 3} more" if len(failures) > 3 else ""
+    raise SourceError(
+        f"{manifest.root}: none of its {len(failures)} files could be read as an image "
+        f"({shown}{more}); nothing written"
     )
 
 
@@ -654,12 +805,14 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         read_attrs,
         read_files,
         read_layout,
+        remove_partials,
         reset_rows,
         write_live,
     )
     from pipeline.update import file_rows, store_token, unmeasured_rows
 
     path = Path(config.output.path)
+    remove_partials(path)  # chunk writes a killed run left half done (we hold the lock)
     diff = run_stats.diff
     copies = config.transform.copies
     moments = run_stats.moments

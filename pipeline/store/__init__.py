@@ -35,12 +35,15 @@ Example:
 from pipeline.store.codecs import CODEC_LEVELS, CODECS, Compression
 from pipeline.store.compaction import CompactResult, compact, finish_swap
 from pipeline.store.create import (
+    STORE_ENTRIES,
     SampleRows,
     StoreState,
     create_store,
     differences,
+    foreign_entries,
     grow_store,
     open_or_create,
+    remove_partials,
     reset_rows,
 )
 from pipeline.store.files import FILE_ARRAYS, FileTable, read_files, set_file_rows
@@ -74,6 +77,7 @@ __all__ = [
     "DTYPES",
     "FILE_ARRAYS",
     "FORMAT_VERSION",
+    "STORE_ENTRIES",
     "CompactResult",
     "Compression",
     "FileTable",
@@ -90,6 +94,7 @@ __all__ = [
     "done_shards",
     "finalize",
     "finish_swap",
+    "foreign_entries",
     "format_ranges",
     "get_array",
     "grow_store",
@@ -98,10 +103,11 @@ __all__ = [
     "read_array",
     "read_attrs",
     "read_files",
-    "set_file_rows",
     "read_layout",
     "read_records",
+    "remove_partials",
     "reset_rows",
+    "set_file_rows",
     "shard_digest",
     "verify",
     "write_live",

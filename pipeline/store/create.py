@@ -67,13 +67,16 @@ from pipeline.store.layout import StoreLayout
 from pipeline.store.writer import done_shards
 
 __all__ = [
+    "STORE_ENTRIES",
     "SampleRows",
     "StoreState",
     "create_store",
     "differences",
     "flatten",
+    "foreign_entries",
     "grow_store",
     "open_or_create",
+    "remove_partials",
     "reset_rows",
 ]
 
@@ -347,20 +350,71 @@ def _occupied(path: Path) -> bool:
     return any(path.iterdir())
 
 
+STORE_ENTRIES = frozenset(
+    {"zarr.json", "images", "labels", "source_index", "copy_index", "live", "paths", "files"}
+    | {"records"}
+)
+"""The top-level entries of a store folder; ``overwrite`` deletes these and nothing else."""
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Top-level entries of the folder ``path`` that a store does not have (folders end in /)."""
+    return sorted(
+        e.name + ("/" if e.is_dir() else "") for e in path.iterdir() if e.name not in STORE_ENTRIES
+    )
+
+
 def _delete_store(path: Path) -> None:
-    """Delete a store, refusing anything that is not one (overwrite must never eat a home)."""
+    """Delete a store's own entries, refusing anything that is not one or holds foreign files.
+
+    ``overwrite`` must never eat a home folder, nor the notes a user put beside
+    the arrays: only :data:`STORE_ENTRIES` are removed, and only when nothing else is there.
+    """
+    from pipeline.errors import OutputPathError
+
     if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path}: is not a Zarr store; refusing to delete it")
+        raise OutputPathError(f"{path}: is not a Zarr store; refusing to delete it")
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: unreadable zarr.json; refusing to delete it ({exc})") from exc
     attributes = meta.get("attributes") or {}
     if ATTRIBUTE not in attributes and CREATING not in attributes:
-        raise StoreError(
+        raise OutputPathError(
             f"{path}: is a Zarr store but not an imageprep store; refusing to delete it"
         )
-    shutil.rmtree(path)
+    foreign = foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise OutputPathError(
+            f"{path}: holds files imageprep did not make ({shown}); overwrite deletes only a "
+            "store's own files: move them out of the store folder, or choose another output.path"
+        )
+    for entry in sorted(path.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def remove_partials(path: PathLike) -> int:
+    """Delete the ``*.partial`` files a killed writer left in a local store; return how many.
+
+    Zarr writes each chunk to ``<name>.<uuid>.partial`` and renames it into
+    place, so a kill between the two leaves the temporary file. Call only while
+    holding the store's lock (no writer is running).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for stray in root.rglob("*.partial"):
+        if stray.is_file():
+            stray.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.errors import InvalidArgumentError, StoreError
+from pipeline.errors import InvalidArgumentError, NotAStoreError, StoreError
 from pipeline.store.layout import StoreLayout
 
 __all__ = [
@@ -67,7 +67,7 @@ def open_group(path: PathLike, *, mode: str = "r") -> zarr.Group:
     if not isinstance(meta, dict):
         if CREATING in group.attrs:
             raise StoreError(f"{path}: the store was not completely created (interrupted run)")
-        raise StoreError(f"{path}: not an imageprep store (no '{ATTRIBUTE}' group attribute)")
+        raise NotAStoreError(f"{path}: not an imageprep store (no '{ATTRIBUTE}' group attribute)")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(
@@ -87,11 +87,14 @@ def open_zarr_group(path: PathLike, *, mode: str) -> zarr.Group:
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r}")
     if not Path(path).is_dir():
-        raise StoreError(f"{path}: no such store (not a folder)")
+        raise NotAStoreError(f"{path}: no such store (not a folder)")
+    if not (Path(path) / "zarr.json").is_file():
+        raise NotAStoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
     try:
         return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)  # type: ignore[arg-type]
     except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError) as exc:
-        raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{path}: zarr.json is unreadable or corrupt ({reason})") from None
 
 
 def group_of(store: PathLike | zarr.Group, *, mode: str = "r") -> zarr.Group:
