@@ -71,10 +71,12 @@ def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: 
                 cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
             )
         else:
+            from flows._logs import to_console
             from pipeline.progress import BarProgress
             from pipeline.run import prepare
 
-            with BarProgress(err) as progress:
+            # the Dask cluster's dashboard link (runtime.dask_address) is printed on stderr
+            with BarProgress(err) as progress, to_console(err):
                 result = prepare(cfg, progress=progress, verify=verify, refresh_stats=refresh_stats)
     except (ShardWriteError, StoreVerificationError) as e:
         err.print(str(e), markup=False, soft_wrap=True)
