@@ -48,7 +48,7 @@ _PREFECT_HELP = (
 def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: bool) -> RunResult:
     """Run the prepare job: the Prefect flow, or the plain function with progress bars.
 
-    Errors reach the command line's boundary (:func:`pipeline.cli.run_app`),
+    Errors reach the command's boundary (:func:`pipeline.cli.guarded`),
     which prints them as one line with their exit status.
     """
     if use_prefect:
@@ -65,10 +65,13 @@ def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: 
             cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
         )
         return result
+    from flows._logs import to_console
     from pipeline.progress import BarProgress
     from pipeline.run import prepare
 
-    with BarProgress(make_console(stderr=True)) as progress:
+    # the Dask cluster's dashboard link (runtime.dask_address) is printed on stderr
+    err = make_console(stderr=True)
+    with BarProgress(err) as progress, to_console(err):
         return prepare(cfg, progress=progress, verify=verify, refresh_stats=refresh_stats)
 
 
