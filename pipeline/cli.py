@@ -530,14 +530,47 @@ def verify(
         int | None,
         typer.Option(min=1, help="Threads reading shards (default: up to 8).", show_default=False),
     ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Un-mark the shards that do not match and rewrite them from the source "
+            "with the store's own config (the source must still be there).",
+        ),
+    ] = False,
 ) -> None:
-    """Recompute every shard's SHA-256 and compare it with its record (exit 1 on mismatch)."""
+    """Recompute every shard's SHA-256 and the manifest's, compare with the records (exit 1).
+
+    The manifest covers what gives the rows their meaning: the source paths,
+    the file table, the live mask, the classes, the statistics, the config
+    and the layout. With --repair, corrupt shards are rewritten (exit 0 when
+    the store verifies afterwards).
+    """
     from pipeline.store import verify as verify_store
 
-    report = verify_store(store, workers=workers)
-    make_console().print(report.summary(), markup=False)
-    if not report.ok:
-        raise typer.Exit(EXIT_REJECTED)
+    console = make_console()
+    if not repair:
+        report = verify_store(store, workers=workers)
+        console.print(report.summary(), markup=False, soft_wrap=True)
+        if not report.ok:
+            raise typer.Exit(EXIT_REJECTED)
+        return
+    from pipeline.progress import BarProgress
+    from pipeline.run import repair as repair_store
+
+    with BarProgress(make_console(stderr=True)) as bars:
+        result = repair_store(store, workers=workers, progress=bars)
+    console.print(result.before.summary(), markup=False, soft_wrap=True)
+    if result.run is None:
+        console.print("nothing to repair", markup=False)
+        return
+    console.print(
+        f"repaired: {len(result.unmarked)} shard(s) un-marked, "
+        f"{result.run.shards_written} rewritten from the source; "
+        + result.after.summary().splitlines()[0],
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RunPlan",
     "RunResult",
+    "RepairResult",
     "RunStats",
     "ShardJob",
     "ShardOutcome",
@@ -73,6 +74,7 @@ __all__ = [
     "open_output",
     "plan_run",
     "prepare",
+    "repair",
     "scan_source",
     "shard_jobs",
     "store_attrs",
@@ -848,6 +850,9 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         )
     group = open_group(path, mode="r+")
     meta = read_attrs(group)
+    if "manifest" in meta:  # the update changes what it covers; finish writes a new one
+        meta = {k: v for k, v in meta.items() if k != "manifest"}
+        group.attrs[ATTRIBUTE] = meta
     classes = list(meta.get("classes") or [])
     extra = sorted(set(manifest.classes) - set(classes))
     classes += extra
@@ -1295,6 +1300,71 @@ def verify_output(
     if not report.ok:
         raise StoreVerificationError(f"verification failed: {report.summary()}")
     return report
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """What :func:`repair` found and did.
+
+    Attributes:
+        before: the verification before the repair.
+        unmarked: shards whose records were cleared (corrupt or unreadable).
+        run: the run that rewrote them (None when nothing needed rewriting).
+        after: the verification after the run.
+    """
+
+    before: VerifyReport
+    unmarked: tuple[int, ...]
+    run: RunResult | None
+    after: VerifyReport
+
+
+def repair(
+    store: str | Path, *, workers: int | None = None, progress: Progress | None = None
+) -> RepairResult:
+    """Verify a store, un-mark its corrupt shards and rewrite them with the store's own config.
+
+    Shards that do not match their checksum (a flipped bit, a deleted or
+    swapped shard file) are un-marked (:func:`pipeline.store.unmark_shards`);
+    then :func:`prepare` runs with the config recorded in the store, which
+    writes every shard that is not done (the un-marked ones and any an
+    interrupted run left) from the source files, bit for bit as before, and
+    verifies them. The source must still be there; a source that changed
+    since is updated as any rerun updates it.
+
+    Raises:
+        StoreError: the manifest does not match (paths, file table, classes,
+            statistics, config or layout were edited or corrupted: rewriting
+            shards cannot restore them; rebuild with ``output.overwrite``). A
+            changed ``live`` mask is repaired (the run recomputes it).
+        StoreVerificationError: the rewritten shards still do not match.
+    """
+    from pipeline.config import RunConfig
+    from pipeline.errors import StoreError
+    from pipeline.store import read_attrs, unmark_shards
+    from pipeline.store import verify as verify_store
+
+    before = verify_store(store, workers=workers)
+    repairable = {"live"}  # recomputed by finish from the file table and the records
+    lost = [m for m in before.manifest if m.split(":", 1)[0] not in repairable]
+    if lost:
+        raise StoreError(
+            f"{store}: cannot repair: {'; '.join(lost)}; rebuild the store from its source "
+            "(output.overwrite: true)"
+        )
+    bad = tuple(p.index for p in before.mismatched)
+    if before.ok:
+        return RepairResult(before, (), None, before)
+    unmark_shards(store, bad)
+    recorded = read_attrs(store)["config"]
+    # the store may have been moved since: it is repaired where it is now
+    recorded["output"] = {**recorded["output"], "path": str(Path(store).resolve())}
+    config = RunConfig.model_validate(recorded)
+    result = prepare(config, progress=progress, verify=True)
+    after = verify_store(store, workers=workers)
+    if not after.ok:
+        raise StoreVerificationError(f"repair did not restore the store: {after.summary()}")
+    return RepairResult(before, bad, result, after)
 
 
 # ----------------------------------------------------------------------------- 6. finish

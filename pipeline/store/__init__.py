@@ -66,6 +66,7 @@ from pipeline.store.writer import (
     finalize,
     read_records,
     shard_digest,
+    unmark_shards,
     write_live,
     write_shard,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "reset_rows",
     "set_file_rows",
     "shard_digest",
+    "unmark_shards",
     "verify",
     "write_live",
     "write_shard",

@@ -44,7 +44,16 @@ from pipeline.store.writer import done_shards, finalize, write_shard
 
 __all__ = ["CompactResult", "compact", "finish_swap"]
 
-_RESERVED = {"format_version", "layout", "files", "created", "complete", "finalized", "verified"}
+_RESERVED = {
+    "format_version",
+    "layout",
+    "files",
+    "created",
+    "complete",
+    "finalized",
+    "verified",
+    "manifest",
+}
 
 
 @dataclass(frozen=True)

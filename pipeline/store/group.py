@@ -141,13 +141,24 @@ def read_layout(store: PathLike | zarr.Group) -> StoreLayout:
         StoreError: not an imageprep store, or the attribute and the arrays disagree.
     """
     group = group_of(store)
-    layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    try:
+        layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    except (InvalidArgumentError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{group.store}: the layout attribute is corrupt ({exc})") from None
     images = get_array(group, "images")
     expected = (layout.n_samples, *layout.sample_shape)
     if images.shape != expected or str(images.dtype) != layout.dtype:
         raise StoreError(
             f"{group.store}: images must have shape {expected} and dtype {layout.dtype} as its "
             f"layout says, got {images.shape} {images.dtype}"
+        )
+    shards = images.shards
+    done = get_array(group, "records/done")
+    if (shards is not None and shards[0] != layout.shard_size) or done.shape != (layout.n_shards,):
+        raise StoreError(
+            f"{group.store}: the layout attribute says {layout.n_shards} shards of "
+            f"{layout.shard_size} rows, the arrays have {done.shape[0]} shard records and "
+            f"shards of {shards[0] if shards else '?'} rows (edited or corrupt)"
         )
     return layout
 
