@@ -807,6 +807,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         read_layout,
         remove_partials,
         reset_rows,
+        restore_layout,
         write_live,
     )
     from pipeline.update import file_rows, store_token, unmeasured_rows
@@ -847,6 +848,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
             "statistics from a cache of an older store); rerun"
         )
     group = open_group(path, mode="r+")
+    restore_layout(group)  # an update or refresh killed before its layout was recorded
     meta = read_attrs(group)
     classes = list(meta.get("classes") or [])
     extra = sorted(set(manifest.classes) - set(classes))

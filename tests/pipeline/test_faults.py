@@ -1,0 +1,462 @@
+"""Hardening: runs killed anywhere, a full disk, hostile inputs; nothing lost, nothing silent.
+
+The kill campaign stops a run at many points (a step, a chunk of the statistics
+pass, the middle of a shard, the k-th write to the Zarr store, ...) by making a
+function raise :class:`Killed` at its k-th call. ``Killed`` is a
+``BaseException``, as a real kill is not an error a task can catch: no
+``except Exception`` on the way (the shard tasks' :func:`pipeline.execution.guarded`,
+Zarr's atomic write, the I/O retry) turns it into a recorded failure, and a
+Zarr write stopped by it leaves its ``*.partial`` file behind, as a killed
+process does. Every kill is followed by a rerun with the real functions, whose
+store must equal, array for array and byte for byte, the store of an
+uninterrupted run, verify, and hold no ``*.partial`` file. The runs use one
+worker, so nothing else is in flight when the kill lands (a real kill stops
+every thread at once).
+
+The disk-full tests make the store's file writes fail with ``ENOSPC`` (and,
+where a small tmpfs can be mounted, fill a real one); the command line must
+exit 1 with one ``Error:`` line naming the cause, and a rerun with space again
+must finish the same store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+from pipeline.config import RunConfig, validate_config
+from pipeline.run import prepare
+from pipeline.stats import compute_stats
+from pipeline.store import compact, read_attrs, verify
+
+SIZE = (8, 8)
+
+
+class Killed(BaseException):
+    """The process died here (raised by a patched function; nothing may catch it)."""
+
+
+# ----------------------------------------------------------------------------- sources, configs
+
+
+def _image(path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = 14 + seed % 7, 16 + seed % 5
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def _make_source(root: Path, n: int = 10) -> Path:
+    for i in range(n):
+        _image(root / ("cat" if i % 2 else "dog") / f"{i:03d}.png", i)
+    (root / "cat" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+def _grow(root: Path) -> None:
+    """The change an update applies: new files (one in a new class), a removal, a broken file."""
+    for i in range(100, 105):
+        _image(root / "cat" / f"{i}.png", i)
+    _image(root / "eel" / "new-class.png", 7)
+    (root / "dog" / "002.png").unlink()
+    (root / "dog" / "bad-new.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+def _config(src: Path, out: Path, **sections: dict[str, Any]) -> RunConfig:
+    data: dict[str, Any] = {
+        "source": {"path": str(src)},
+        "transform": {"size": list(SIZE), "copies": 2},
+        "output": {"path": str(out), "shard_size": 4},
+        "runtime": {"workers": 1, "batch_size": 3, "device": "cpu"},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    return validate_config(data)
+
+
+# ----------------------------------------------------------------------------- comparing stores
+
+# attributes that name a moment or a run, not the content
+_VOLATILE = {"created", "finalized", "timings", "state", "config", "compacted_from", "versions"}
+
+
+def store_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the store, by its path in the group."""
+    group = zarr.open_group(str(path), mode="r")
+    return {
+        name: np.asarray(node[...])
+        for name, node in group.members(max_depth=None)
+        if isinstance(node, zarr.Array)
+    }
+
+
+def store_content(path: Path) -> dict[str, Any]:
+    """The group attribute without its run-specific keys (failures sorted by path)."""
+    meta = {k: v for k, v in read_attrs(path).items() if k not in _VOLATILE}
+    meta["failures"] = sorted(meta.get("failures", []), key=lambda f: f["path"])
+    for key in ("stats", "current_stats"):
+        if key in meta:
+            meta[key] = {k: v for k, v in meta[key].items() if k != "fingerprint"}
+    return meta
+
+
+def assert_same_store(got: Path, expected: Path, *, what: str) -> None:
+    a, b = store_arrays(got), store_arrays(expected)
+    assert a.keys() == b.keys(), what
+    for name in b:
+        assert a[name].dtype == b[name].dtype, (what, name)
+        assert a[name].shape == b[name].shape, (what, name)
+        assert a[name].tobytes() == b[name].tobytes(), (what, name)
+    assert store_content(got) == store_content(expected), what
+    assert verify(got).ok, what
+    leftovers = sorted(p.name for p in got.parent.rglob("*.partial"))
+    assert not leftovers, (what, leftovers)
+
+
+# ----------------------------------------------------------------------------- kill points
+
+
+@dataclass(frozen=True)
+class Point:
+    """Where a run dies: the k-th call of ``target`` (``module:attr`` or ``module:Class.attr``).
+
+    Attributes:
+        name: what the point is, in words.
+        target: the function whose call is the moment.
+        k: the call that kills (counting only the calls ``only`` accepts, and only
+            while ``within`` runs).
+        when: ``before`` the real call; ``after`` it (its effects are done, its
+            caller never learns); ``partial`` (Zarr's ``_put`` only: half the
+            bytes are in the ``*.partial`` file, as a kill during ``write`` leaves them).
+        only: a predicate on the call's arguments.
+        within: count only while this function (``module:attr``) runs.
+    """
+
+    name: str
+    target: str
+    k: int = 1
+    when: str = "before"
+    only: Callable[..., bool] | None = field(default=None, compare=False)
+    within: str | None = None
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _resolve(target: str) -> tuple[Any, str]:
+    module, attr = target.split(":")
+    owner: Any = importlib.import_module(module)
+    *parents, name = attr.split(".")
+    for part in parents:
+        owner = getattr(owner, part)
+    return owner, name
+
+
+def _patch(monkeypatch: pytest.MonkeyPatch, target: str, make: Callable[[Any], Any]) -> None:
+    owner, name = _resolve(target)
+    real = getattr(owner, name)
+    wrapper = make(real)
+    if isinstance(owner, type) and isinstance(owner.__dict__.get(name), staticmethod):
+        wrapper = staticmethod(wrapper)
+    monkeypatch.setattr(owner, name, wrapper)
+
+
+@dataclass
+class Armed:
+    """A kill point in place: how often it was reached, and whether it fired."""
+
+    point: Point
+    calls: int = 0
+    fired: bool = False
+    depth: int = 0
+
+
+def arm(monkeypatch: pytest.MonkeyPatch, point: Point) -> Armed:
+    """Patch ``point.target`` so that its k-th (matching) call kills the run."""
+    armed = Armed(point)
+
+    def make_killer(real: Callable[..., Any]) -> Callable[..., Any]:
+        def killer(*args: Any, **kwargs: Any) -> Any:
+            if (
+                armed.fired
+                or (point.within is not None and armed.depth == 0)
+                or (point.only is not None and not point.only(*args, **kwargs))
+            ):
+                return real(*args, **kwargs)
+            armed.calls += 1
+            if armed.calls < point.k:
+                return real(*args, **kwargs)
+            armed.fired = True
+            if point.when == "after":
+                real(*args, **kwargs)
+            elif point.when == "partial":
+                path, value = args[0], args[1]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                data = bytes(value.as_buffer_like())
+                partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+                partial.write_bytes(data[: len(data) // 2])
+            raise Killed(point.name)
+
+        return killer
+
+    def make_scope(real: Callable[..., Any]) -> Callable[..., Any]:
+        def scope(*args: Any, **kwargs: Any) -> Any:
+            armed.depth += 1
+            try:
+                return real(*args, **kwargs)
+            finally:
+                armed.depth -= 1
+
+        return scope
+
+    _patch(monkeypatch, point.target, make_killer)
+    if point.within is not None:
+        _patch(monkeypatch, point.within, make_scope)
+    return armed
+
+
+def _name_is(*names: str) -> Callable[..., bool]:
+    # pipeline.store.writer.get_array(group, name)
+    return lambda group, name, *a, **k: name in names
+
+
+def _key(path: Path) -> str:
+    """The key of a Zarr ``_put`` path in its store folder (``x.zarr``, ``x.zarr.compacting``)."""
+    parts = path.parts
+    top = max(i for i, p in enumerate(parts) if ".zarr" in p)
+    return "/".join(parts[top + 1 :])
+
+
+def _key_is(pattern: str) -> Callable[..., bool]:
+    """Zarr ``_put(path, value, ...)`` calls of one key (``*`` at the end: a prefix)."""
+    if pattern.endswith("*"):
+        return lambda path, *a, **k: _key(path).startswith(pattern[:-1])
+    return lambda path, *a, **k: _key(path) == pattern
+
+
+PUT = "zarr.storage._local:_put"
+"""Every file Zarr writes in a local store goes through it (a ``*.partial`` file, then a rename)."""
+
+NEW_STORE = [
+    # 1. the scan
+    Point("scan: mid-walk", "pipeline.sources:_is_image_name", k=4),
+    Point("scan: the fingerprint", "pipeline.sources:fingerprint_of"),
+    # 2. the statistics pass
+    Point("stats: a file of the chunk", "pipeline.stats.compute:decode_histogram", k=5),
+    Point("stats: a chunk done, not merged", "pipeline.stats.compute:_chunk", when="after"),
+    Point("stats: the merge", "pipeline.stats.compute:finish"),
+    # 3. the store is laid out
+    Point("open: arrays made, no file table", "pipeline.store.create:create_file_arrays"),
+    Point(
+        "open: mid-write of the group attribute",
+        PUT,
+        when="partial",
+        only=_key_is("zarr.json"),
+        within="zarr.core.attributes:Attributes.put",
+    ),
+    Point("open: laid out, nothing written", "pipeline.run:open_output", when="after"),
+    # 4. the shards
+    Point("shard: the 2nd task starts", "pipeline.run:write_one_shard", k=2),
+    Point("shard: decoded, before write_shard", "pipeline.store:write_shard", k=2),
+    Point("shard: after write_shard", "pipeline.store:write_shard", k=2, when="after"),
+    Point("shard: a task done, not recorded", "pipeline.run:write_one_shard", k=3, when="after"),
+    Point(
+        "shard: images written, no record",
+        "pipeline.store.writer:get_array",
+        k=2,
+        only=_name_is("records/rows"),
+    ),
+    Point(
+        "shard: mid-write of an images shard", PUT, k=2, when="partial", only=_key_is("images/c/*")
+    ),
+    Point(
+        "shard: record written, not done",
+        PUT,
+        k=3,
+        when="after",
+        only=_key_is("records/sha256/c/*"),
+    ),
+    Point(
+        "shard: done written, live not", PUT, k=4, when="after", only=_key_is("records/done/c/*")
+    ),
+    # 5. verify
+    Point("verify: before", "pipeline.run:verify_output"),
+    Point("verify: a shard", "pipeline.store.verify:_check_shard", k=3),
+    # 6. finish
+    Point("finish: before the live mask", "pipeline.store:write_live"),
+    Point("finish: after the live mask", "pipeline.store:write_live", when="after"),
+    Point("finish: before finalize", "pipeline.store:finalize"),
+    Point(
+        "finish: mid-write of the final attribute",
+        PUT,
+        when="partial",
+        only=_key_is("zarr.json"),
+        within="pipeline.store:finalize",
+    ),
+    Point("finish: finalized, not returned", "pipeline.store:finalize", when="after"),
+]
+
+STATS_FILE = [
+    # the statistics are known: each file is measured by the shard task that decodes it
+    Point("measure: a file being measured", "pipeline.run:_load_measured", k=3),
+    Point("measure: shard written, files not recorded", "pipeline.run:record_files", k=2),
+    Point(
+        "measure: files recorded, the coordinator dies",
+        "pipeline.run:record_files",
+        k=2,
+        when="after",
+    ),
+    Point(
+        "measure: the broken file's rejection",
+        "pipeline.run:reject_files",
+        only=lambda g, r: bool(r),
+    ),
+    Point("measure: mid-write of a moment", PUT, k=2, when="partial", only=_key_is("files/s2/c/*")),
+]
+
+GROWTH = [
+    Point("grow: the retired rows' live mask", "pipeline.store:write_live"),
+    Point(
+        "grow: file rows appended, no attribute", "pipeline.store.create:append_files", when="after"
+    ),
+    Point("grow: arrays resized, no attribute", "pipeline.store.create:SampleRows.write"),
+    Point(
+        "grow: mid-write of the new layout",
+        PUT,
+        when="partial",
+        only=_key_is("zarr.json"),
+        within="pipeline.store:grow_store",
+    ),
+    Point("grow: laid out, nothing written", "pipeline.store:grow_store", when="after"),
+    Point(
+        "grow: a new shard written, not recorded",
+        "pipeline.run:record_files",
+        only=lambda g, r, m: bool(r),
+    ),
+    Point("grow: a new file being measured", "pipeline.run:_load_measured", k=2),
+    Point("grow: the 2nd new shard", "pipeline.run:write_one_shard", k=2),
+    Point("grow: before finalize", "pipeline.store:finalize"),
+]
+
+COMPACTION = [
+    Point("compact: the copy laid out", "pipeline.store.compaction:create_store", when="after"),
+    Point("compact: the 2nd shard copied", "pipeline.store.compaction:_copy_shard", k=2),
+    Point(
+        "compact: mid-write of a copied shard", PUT, k=2, when="partial", only=_key_is("images/c/*")
+    ),
+    Point("compact: the copy verified", "pipeline.store.compaction:verify", when="after"),
+    Point("compact: the copy finalized", "pipeline.store.compaction:finalize", when="after"),
+    Point("compact: the store moved aside", "pipeline.store.compaction:_rename", when="after"),
+    Point("compact: the copy moved in", "pipeline.store.compaction:_rename", k=2, when="after"),
+]
+
+
+# ----------------------------------------------------------------------------- the campaign
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sources and the stores of uninterrupted runs that the killed runs must end up as."""
+    root = tmp_path_factory.mktemp("faults")
+    src = _make_source(root / "src")
+    stats_file = root / "stats.json"
+    stats = compute_stats(src).to_json()
+    stats["mean"], stats["std"] = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    stats_file.write_text(json.dumps(stats))
+    new = root / "new.zarr"
+    prepare(_config(src, new))
+    known = root / "known.zarr"
+    prepare(_config(src, known, stats={"file": str(stats_file)}))
+    # an update: the store of src, then a grown copy of the source
+    grown_src = root / "grown"
+    shutil.copytree(src, grown_src)
+    _grow(grown_src)
+    grown = root / "grown.zarr"
+    shutil.copytree(new, grown)
+    prepare(_config(grown_src, grown))
+    compacted = root / "compacted.zarr"
+    shutil.copytree(grown, compacted)
+    compact(compacted, workers=1)
+    return {
+        "src": src,
+        "stats_file": stats_file,
+        "new": new,
+        "known": known,
+        "grown_src": grown_src,
+        "grown": grown,
+        "compacted": compacted,
+    }
+
+
+def _kill_then_rerun(monkeypatch: pytest.MonkeyPatch, point: Point, run: Callable[[], Any]) -> None:
+    with monkeypatch.context() as m:
+        armed = arm(m, point)
+        with pytest.raises(Killed):
+            run()
+    assert armed.fired, f"{point}: the run never reached the point ({armed.calls} calls)"
+    run()
+
+
+@pytest.mark.parametrize("point", NEW_STORE, ids=str)
+def test_a_new_store_killed_anywhere_resumes_to_the_same_bytes(base, tmp_path, monkeypatch, point):
+    out = tmp_path / "o.zarr"
+    _kill_then_rerun(monkeypatch, point, lambda: prepare(_config(base["src"], out)))
+    assert_same_store(out, base["new"], what=point.name)
+
+
+@pytest.mark.parametrize("point", STATS_FILE, ids=str)
+def test_a_stats_file_run_killed_anywhere_resumes_to_the_same_bytes(
+    base, tmp_path, monkeypatch, point
+):
+    out = tmp_path / "o.zarr"
+    cfg = _config(base["src"], out, stats={"file": str(base["stats_file"])})
+    _kill_then_rerun(monkeypatch, point, lambda: prepare(cfg))
+    assert_same_store(out, base["known"], what=point.name)
+
+
+@pytest.mark.parametrize("point", GROWTH, ids=str)
+def test_an_update_killed_anywhere_resumes_to_the_same_bytes(base, tmp_path, monkeypatch, point):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(base["new"], out)
+    _kill_then_rerun(monkeypatch, point, lambda: prepare(_config(base["grown_src"], out)))
+    assert_same_store(out, base["grown"], what=point.name)
+
+
+@pytest.mark.parametrize("point", COMPACTION, ids=str)
+def test_a_compaction_killed_anywhere_resumes_to_the_same_bytes(base, tmp_path, monkeypatch, point):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(base["grown"], out)
+    _kill_then_rerun(monkeypatch, point, lambda: compact(out, workers=1))
+    assert_same_store(out, base["compacted"], what=point.name)
+    assert not out.with_name("o.zarr.compacting").exists()
+    assert not out.with_name("o.zarr.old").exists()
+
+
+def test_a_run_after_a_compaction_killed_between_its_renames_completes_the_swap(
+    base, tmp_path, monkeypatch
+):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(base["grown"], out)
+    point = Point(
+        "compact: the store moved aside", "pipeline.store.compaction:_rename", when="after"
+    )
+    with monkeypatch.context() as m:
+        armed = arm(m, point)
+        with pytest.raises(Killed):
+            compact(out, workers=1)
+    assert armed.fired
+    assert not out.exists()  # between the renames: the store is the .old and the .compacting
+    prepare(_config(base["grown_src"], out))  # the run completes the swap, then finds no change
+    assert_same_store(out, base["compacted"], what="prepare after the swap")
+    assert not out.with_name("o.zarr.old").exists()
