@@ -21,20 +21,27 @@ must finish the same store.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
 import shutil
+import subprocess
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 import zarr
 from PIL import Image
+from typer.testing import CliRunner
 
+from flows.cli import app
 from pipeline.config import RunConfig, validate_config
 from pipeline.run import prepare
 from pipeline.stats import compute_stats
@@ -460,3 +467,227 @@ def test_a_run_after_a_compaction_killed_between_its_renames_completes_the_swap(
     prepare(_config(base["grown_src"], out))  # the run completes the swap, then finds no change
     assert_same_store(out, base["compacted"], what="prepare after the swap")
     assert not out.with_name("o.zarr.old").exists()
+
+
+# ----------------------------------------------------------------------------- the command line
+
+runner = CliRunner()
+
+
+def _write_config(path: Path, src: Path, out: Path, **sections: dict[str, Any]) -> Path:
+    data = _config(src, out, **sections).resolved_dict()
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _one_error_line(result: Any, code: int, *names: str) -> str:
+    """The command failed with ``code`` and one ``Error:`` line naming ``names``; no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+    return errors[0]
+
+
+class Decodes:
+    """How many source files the decoder opened."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> Decodes:
+    import pipeline.decode
+
+    seen = Decodes()
+    real = pipeline.decode._loaded
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        seen.count += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.decode, "_loaded", counting)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("overrides", "names"),
+    [
+        (["output.path=/"], ["output.path '/'", "root of the file system"]),
+        (["output.path=SRC/inside.zarr"], ["output.path", "inside source.path"]),
+        (["output.path=/proc/x.zarr"], ["output.path '/proc/x.zarr'"]),
+        (["stats.file=NOTJSON"], ["stats.file", "not a stats JSON"]),
+        (["stats.file=NOTSTATS"], ["stats.file", "not a stats JSON"]),
+        (["source.path=EMPTY"], ["EMPTY", "no image files"]),
+        (["source.path=BROKEN"], ["BROKEN", "none of its 2 files could be read"]),
+        (["transform.size=[100000,100000]"], ["transform.size"]),
+        (["output.shard_size=1000000000000"], ["output.shard_size"]),
+        (["transform.copies=1000000000"], ["transform.copies"]),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) and v and "=" in v[0] else None,
+)
+def test_run_refuses_before_any_work_with_one_line(base, tmp_path, decodes, overrides, names):
+    (tmp_path / "empty").mkdir()
+    broken = tmp_path / "broken"
+    (broken / "a").mkdir(parents=True)
+    (broken / "a" / "1.png").write_bytes(b"not a png")
+    (broken / "2.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (tmp_path / "not.json").write_text("mean: 0.5  # YAML, not JSON\n")
+    (tmp_path / "notstats.json").write_text('{"mean": [0.5, 0.5, 0.5]}')
+    subst = {
+        "SRC": str(base["src"]),
+        "EMPTY": str(tmp_path / "empty"),
+        "BROKEN": str(broken),
+        "NOTJSON": str(tmp_path / "not.json"),
+        "NOTSTATS": str(tmp_path / "notstats.json"),
+    }
+
+    def fill(text: str) -> str:
+        for key, value in subst.items():
+            text = text.replace(key, value)
+        return text
+
+    out = tmp_path / "o.zarr"
+    config = _write_config(tmp_path / "run.yaml", base["src"], out)
+    args = ["run", str(config), "--no-prefect"]
+    for override in overrides:
+        args += ["--set", fill(override)]
+    before = sorted(p.name for p in base["src"].parent.iterdir())
+    start = time.monotonic()
+    result = runner.invoke(app, args)
+    assert time.monotonic() - start < 60  # a hang bound: a refusal takes a fraction of that
+    _one_error_line(result, 2, *(fill(n) for n in names))
+    assert not out.exists()  # no store folder, not even an empty one
+    assert not (base["src"] / "inside.zarr").exists()
+    assert sorted(p.name for p in base["src"].parent.iterdir()) == before
+    if overrides[0].split("=")[0] in ("transform.size", "output.shard_size"):
+        assert decodes.count == 0  # refused before the scan
+    if overrides[0].startswith("transform.copies"):
+        assert decodes.count == 0  # refused after the scan, before a decode
+
+
+def test_run_without_source_path_names_the_key(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"output": {"path": str(tmp_path / "o.zarr")}}))
+    result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    _one_error_line(result, 2, "source.path", "required key is missing")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_overwrite_keeps_a_foreign_file_and_the_store(base, tmp_path):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(base["new"], out)
+    (out / "MY_NOTES.txt").write_text("mine")
+    config = _write_config(
+        tmp_path / "run.yaml",
+        base["src"],
+        out,
+        transform={"size": [6, 6]},
+        output={"overwrite": True},
+    )
+    result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    _one_error_line(result, 2, "MY_NOTES.txt", str(out))
+    assert (out / "MY_NOTES.txt").read_text() == "mine"
+    (out / "MY_NOTES.txt").unlink()
+    assert_same_store(out, base["new"], what="the refused overwrite")
+
+
+def test_verify_of_a_truncated_zarr_json_exits_1(base, tmp_path):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(base["new"], out)
+    text = (out / "zarr.json").read_bytes()
+    (out / "zarr.json").write_bytes(text[: len(text) // 2])
+    result = runner.invoke(app, ["verify", str(out)])
+    _one_error_line(result, 1, str(out), "zarr.json")
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+def _fill_disk_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> dict[str, int]:
+    """Zarr's file writes fail with ENOSPC after ``writes`` of them, as on a full disk."""
+    import zarr.storage._local as local
+
+    real = local._put
+    seen = {"writes": 0, "refused": 0}
+
+    def put(path: Path, value: Any, exclusive: bool = False) -> int:
+        if seen["writes"] >= writes:
+            seen["refused"] += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        seen["writes"] += 1
+        return real(path, value, exclusive=exclusive)
+
+    monkeypatch.setattr(local, "_put", put)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [0, 40, 100, 125],
+    ids=["creating the store", "laying out arrays", "writing shards", "last shards"],
+)
+def test_a_full_disk_exits_1_naming_the_cause_and_the_rerun_finishes(
+    base, tmp_path, monkeypatch, writes
+):
+    out = tmp_path / "o.zarr"
+    config = _write_config(tmp_path / "run.yaml", base["src"], out)
+    with monkeypatch.context() as m:
+        seen = _fill_disk_after(m, writes)
+        result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    assert seen["refused"], "the disk never filled"
+    # a full disk is not retried: one refused write per shard at most (5 shards)
+    assert seen["refused"] <= 5, seen
+    line = _one_error_line(result, 1)
+    assert "No space left on device" in line
+    assert "resumable" in line
+    result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    assert result.exit_code == 0, result.output
+    assert_same_store(out, base["new"], what=f"full after {writes} writes")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs (mounting needs root and CAP_SYS_ADMIN: skipped where refused)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+def test_a_really_full_disk_exits_1_and_the_rerun_finishes_once_there_is_space(
+    base, tmp_path, small_disk
+):
+    # uncompressed float32 32x32 samples: 12 KiB each, about 10 MiB for the whole store
+    sections: dict[str, Any] = {
+        "transform": {"size": [32, 32], "copies": 40},
+        "output": {"dtype": "float32", "compression": {"codec": "none"}, "shard_size": 40},
+    }
+    reference = tmp_path / "reference.zarr"
+    prepare(_config(base["src"], reference, **sections))
+    out = small_disk / "o.zarr"
+    config = _write_config(tmp_path / "run.yaml", base["src"], out, **sections)
+    result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    line = _one_error_line(result, 1)
+    assert "No space left on device" in line
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True, timeout=30)
+    result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    assert result.exit_code == 0, result.output
+    assert_same_store(out, reference, what="a full tmpfs")
