@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +39,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -46,6 +49,7 @@ from pipeline.config import RunConfig, validate_config
 from pipeline.run import prepare
 from pipeline.stats import compute_stats
 from pipeline.store import compact, read_attrs, verify
+from tests.pipeline.test_decode_fuzz import mutants
 
 SIZE = (8, 8)
 
@@ -356,6 +360,18 @@ GROWTH = [
     Point("grow: before finalize", "pipeline.store:finalize"),
 ]
 
+REFRESH = [
+    # stats.update: refresh: the statistics change, every live row is planned and written again
+    Point("refresh: new file rows appended, before the reset", "pipeline.store:reset_rows"),
+    Point(
+        "refresh: arrays resized, rows not planned, no attribute",
+        "pipeline.store.create:SampleRows.write",
+        within="pipeline.store:reset_rows",
+    ),
+    Point("refresh: reset, nothing written", "pipeline.store:reset_rows", when="after"),
+    Point("refresh: the 3rd shard rewritten", "pipeline.run:write_one_shard", k=3),
+]
+
 COMPACTION = [
     Point("compact: the copy laid out", "pipeline.store.compaction:create_store", when="after"),
     Point("compact: the 2nd shard copied", "pipeline.store.compaction:_copy_shard", k=2),
@@ -392,6 +408,12 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     grown = root / "grown.zarr"
     shutil.copytree(new, grown)
     prepare(_config(grown_src, grown))
+    # the same update with stats.update: refresh (another config: its own stores)
+    refresh_base = root / "refresh-base.zarr"
+    prepare(_config(src, refresh_base, stats={"update": "refresh"}))
+    refreshed = root / "refreshed.zarr"
+    shutil.copytree(refresh_base, refreshed)
+    prepare(_config(grown_src, refreshed, stats={"update": "refresh"}))
     compacted = root / "compacted.zarr"
     shutil.copytree(grown, compacted)
     compact(compacted, workers=1)
@@ -403,6 +425,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "grown_src": grown_src,
         "grown": grown,
         "compacted": compacted,
+        "refresh_base": refresh_base,
+        "refreshed": refreshed,
     }
 
 
@@ -438,6 +462,15 @@ def test_an_update_killed_anywhere_resumes_to_the_same_bytes(base, tmp_path, mon
     shutil.copytree(base["new"], out)
     _kill_then_rerun(monkeypatch, point, lambda: prepare(_config(base["grown_src"], out)))
     assert_same_store(out, base["grown"], what=point.name)
+
+
+@pytest.mark.parametrize("point", REFRESH, ids=str)
+def test_a_refresh_killed_anywhere_resumes_to_the_same_bytes(base, tmp_path, monkeypatch, point):
+    out = tmp_path / "o.zarr"
+    shutil.copytree(base["refresh_base"], out)
+    cfg = _config(base["grown_src"], out, stats={"update": "refresh"})
+    _kill_then_rerun(monkeypatch, point, lambda: prepare(cfg))
+    assert_same_store(out, base["refreshed"], what=point.name)
 
 
 @pytest.mark.parametrize("point", COMPACTION, ids=str)
@@ -691,3 +724,95 @@ def test_a_really_full_disk_exits_1_and_the_rerun_finishes_once_there_is_space(
     result = runner.invoke(app, ["run", str(config), "--no-prefect"])
     assert result.exit_code == 0, result.output
     assert_same_store(out, reference, what="a full tmpfs")
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+def _samples(path: Path) -> dict[tuple[str, int], np.ndarray]:
+    """Every live sample of a store, by (source path, copy)."""
+    group = zarr.open_group(str(path), mode="r")
+    paths = [str(p) for p in group["paths"][:]]
+    sources, copies = group["source_index"][:], group["copy_index"][:]
+    images = group["images"][:]
+    out: dict[tuple[str, int], np.ndarray] = {}
+    for row in np.flatnonzero(group["live"][:]):
+        key = (paths[int(sources[row])], int(copies[row]))
+        assert key not in out, key
+        out[key] = images[row]
+    return out
+
+
+_RAW = {"transform": {"normalize": False}, "output": {"dtype": "uint8"}}
+"""Samples that do not depend on the statistics (which the decodable mutants change)."""
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Valid files of every fuzzed format, their stats file, and a run over only them."""
+    from tests.pipeline.test_decode_fuzz import seeds
+
+    root = tmp_path_factory.mktemp("good") / "src"
+    root.mkdir()
+    for name in ("jpeg", "png-rgba", "webp-lossy", "tiff-lzw", "gif-animated", "png-16"):
+        ext, data = seeds()[name]
+        (root / f"good-{name}.{ext}").write_bytes(data)
+    _image(root / "good-plain.png", 3)
+    stats_file = root.parent / "stats.json"
+    stats_file.write_text(json.dumps(compute_stats(root).to_json()))
+    # two references: a run with a statistics pass may draft-decode a large JPEG, a run
+    # with a stats file measures each file at full resolution
+    samples = {}
+    for known in (False, True):
+        out = root.parent / f"good-{known}.zarr"
+        stats = {"stats": {"file": str(stats_file)}} if known else {}
+        prepare(_config(root, out, **_RAW, **stats))
+        samples[known] = _samples(out)
+    return {
+        "root": root,
+        "names": sorted(p.name for p in root.iterdir()),
+        "stats_file": stats_file,
+        "samples": samples,
+    }
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(cases=st.lists(mutants, min_size=6, max_size=12), known_stats=st.booleans())
+def test_mutated_files_through_a_whole_run_are_samples_or_recorded_failures(
+    good_files, tmp_path, cases, known_stats
+):
+    from tests.pipeline.test_decode_fuzz import HANG_LIMIT_S, REASON_PREFIXES, mutate, seeds
+
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    src = folder / "src"
+    shutil.copytree(good_files["root"], src)
+    for i, (name, ops) in enumerate(cases):
+        ext, data = seeds()[name]
+        (src / f"m{i:02d}-{name}.{ext}").write_bytes(mutate(data, ops))
+    files = {p.name for p in src.iterdir()}
+    # with a stats file, each file is measured (or rejected) by the shard task that decodes it
+    stats = {"stats": {"file": str(good_files["stats_file"])}} if known_stats else {}
+    out = folder / "o.zarr"
+    start = time.monotonic()
+    result = prepare(_config(src, out, **_RAW, **stats))
+    assert time.monotonic() - start < HANG_LIMIT_S * len(files)  # a hang bound per file
+
+    failed = {f.path: f.error for f in result.failures}
+    for path, reason in failed.items():
+        assert reason.startswith(REASON_PREFIXES), (path, reason)
+    recorded = {f["path"]: f["error"] for f in read_attrs(out)["failures"]}
+    assert recorded == failed
+    samples = _samples(out)
+    live = {path for path, _ in samples}
+    assert live.isdisjoint(failed)
+    assert live | set(failed) == files  # every file is a sample or a recorded failure
+    assert sorted(samples) == sorted((p, k) for p in live for k in range(2))
+    assert result.live == result.samples == len(samples)
+    assert set(good_files["names"]) <= live
+    for key, expected in good_files["samples"][known_stats].items():
+        assert np.array_equal(samples[key], expected), key
+    assert verify(out).ok
