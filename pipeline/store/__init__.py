@@ -45,6 +45,7 @@ from pipeline.store.create import (
     open_or_create,
     remove_partials,
     reset_rows,
+    restore_layout,
 )
 from pipeline.store.files import FILE_ARRAYS, FileTable, read_files, set_file_rows
 from pipeline.store.group import (
@@ -108,6 +109,7 @@ __all__ = [
     "read_records",
     "remove_partials",
     "reset_rows",
+    "restore_layout",
     "set_file_rows",
     "shard_digest",
     "unmark_shards",
