@@ -34,7 +34,14 @@ __all__ = [
 
 
 class ConfigError(ImageprepError):
-    """A run configuration is invalid; the message names the key path."""
+    """A run configuration is invalid; the message names the key path.
+
+    Attributes:
+        problems: one line per problem, each naming its key path (empty when
+            the error is not a validation of a whole config).
+    """
+
+    problems: list[str] = []  # replaced per instance, never mutated
 
 
 class SourceError(ConfigError):

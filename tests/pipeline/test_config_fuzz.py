@@ -170,7 +170,8 @@ def _parses(text: str) -> bool:
 
 
 def test_the_key_matcher_is_not_trivial():
-    assert names_a_key("invalid config x (1 problem):\n  output.shard_size: must be >= 1, got 0")
+    assert names_a_key("invalid config x: output.shard_size: must be >= 1, got 0")
+    assert names_a_key("invalid config x (2 problems):\n  output.shard_size: must be >= 1, got 0")
     assert names_a_key("stats.file '/x': not a stats JSON (...)")
     assert not names_a_key("internal error: ValueError: bad")
     with pytest.raises(ImageprepError):
