@@ -560,10 +560,18 @@ def load_stats_file(config: RunConfig) -> Stats:
 
 
 def scan_source(config: RunConfig) -> Manifest:
-    """Scan ``source.path`` with the configured labelling."""
+    """Scan ``source.path`` with the configured labelling.
+
+    Raises:
+        ConfigError: ``source.path`` is not an existing folder (the key is named).
+    """
+    from pipeline.errors import ConfigError, InvalidArgumentError
     from pipeline.sources import scan
 
-    return scan(config.source.path, labels=config.source.labels)
+    try:
+        return scan(config.source.path, labels=config.source.labels)
+    except InvalidArgumentError as exc:
+        raise ConfigError(f"source.path: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- 2. stats
