@@ -513,12 +513,23 @@ class ShardLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         ds = self.dataset
         device = ds.device
-        for batch in self._loader:
-            labels = batch.labels.to(device, non_blocking=True)
-            if batch.finished:
-                yield batch.images, labels
-            else:
-                yield ds.transform(batch.images, rows=batch.rows, epoch=batch.epoch), labels
+        it = iter(self._loader)
+        complete = False
+        try:
+            for batch in it:
+                labels = batch.labels.to(device, non_blocking=True)
+                if batch.finished:
+                    yield batch.images, labels
+                else:
+                    yield ds.transform(batch.images, rows=batch.rows, epoch=batch.epoch), labels
+            complete = True
+        finally:
+            if not complete and not self._loader.persistent_workers:
+                # an error or a break: stop the workers now, not when the collector frees the
+                # iterator (a traceback that holds it keeps them alive until then)
+                shutdown = getattr(it, "_shutdown_workers", None)
+                if shutdown is not None:
+                    shutdown()
 
 
 def readable_rows(group: zarr.Group, layout: StoreLayout, *, allow_partial: bool) -> np.ndarray:

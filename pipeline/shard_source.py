@@ -233,12 +233,25 @@ class ShardSource:
         expected = self._sha256[index]
         if digest == expected:
             return
+        if self._rewritten(index, digest):
+            raise StoreError(
+                f"{self._where(index)} was rewritten since the reader opened the store "
+                "(its record changed); open it again"
+            )
         raise StoreError(
             f"{self._where(index)} does not match its SHA-256 record: its images, labels, "
             f"source_index and copy_index hash to {digest[:16]}..., the record says "
             f"{expected[:16]}...{self._hint(index, digest, images)}; the store "
             f"is corrupted (check it with `imageprep verify {self.name}`)"
         )
+
+    def _rewritten(self, index: int, digest: str) -> bool:
+        """Whether the shard's record changed since the store was opened, to these values."""
+        try:
+            record = read_records(open_group(self.path))[index]
+        except Exception:  # a diagnosis only
+            return False
+        return bool(record.done and record.sha256 == digest != self._sha256[index])
 
     def _hint(self, index: int, digest: str, images: np.ndarray) -> str:
         """What the mismatch looks like, where a cheap look tells (only on the failure path)."""
