@@ -23,11 +23,15 @@ stored stats; ``normalize=False`` always returns ``[0, 1]`` pixels (what
 
 Randomness: the sample in store row ``r`` at epoch ``e`` draws from one CPU
 ``torch.Generator`` seeded by :func:`read_seed` ``(seed, e, r)``, so its
-values depend on neither the batch it is in, the worker that reads it, nor
-the device. :func:`read_seed` is the run's :func:`~pipeline.transforms.sample_seed`
-with the row in place of the source index and the epoch in place of the copy
+draws depend on neither the batch it is in nor the worker that reads it. On
+the CPU the augmentation runs with one torch thread, as the run's does (a
+reduction split over threads rounds differently), so its bytes do not depend
+on them either; on a GPU they equal the CPU's within float32 rounding.
+:func:`read_seed` is the run's :func:`~pipeline.transforms.sample_seed` with
+the row in place of the source index and the epoch in place of the copy
 index: on a store written with ``copies: 1`` (row ``r`` is source ``r``),
-epoch ``k`` draws exactly what copy ``k`` draws at write time.
+epoch ``k`` draws exactly what copy ``k`` draws at write time, and gives the
+same bytes (tested).
 
 ``random_resized_crop`` is not available at read time: it cuts the crop out
 of the full source image, which the store no longer holds.
@@ -42,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,6 +56,7 @@ from pydantic import ValidationError
 
 import ops
 from pipeline.errors import InvalidArgumentError, StoreError
+from pipeline.execution import torch_threads
 from pipeline.transforms import sample_seed
 
 __all__ = ["ReadTransform", "parse_augment", "read_generators", "read_seed", "resolve_read_device"]
@@ -265,8 +271,11 @@ class ReadTransform:
         elif self.stored_normalized:
             work = ops.denormalize(work, self.mean, self.std)
         generators = read_generators(self.seed, epoch, rows)
-        for aug in self.augmentations:
-            work = aug(work, generators=generators)
+        # one torch thread on the CPU, as the run: a reduction split over threads rounds
+        # differently, and a sample's bytes must not depend on where it is augmented
+        with torch_threads(1) if self.device.type == "cpu" else contextlib.nullcontext():
+            for aug in self.augmentations:
+                work = aug(work, generators=generators)
         if self.normalized_out:
             ops.normalize_(work, self.mean, self.std)
         return work.to(self.dtype)
