@@ -164,6 +164,15 @@ def _stats(meta: Mapping[str, Any], channels: int) -> tuple[list[float], list[fl
     return [float(v) for v in mean], [float(v) for v in std]
 
 
+def _into(x: torch.Tensor, out: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` cast to ``dtype``, in ``out`` when given."""
+    if out is None:
+        return x.to(dtype)
+    if x.data_ptr() != out.data_ptr():
+        out.copy_(x)
+    return out
+
+
 class ReadTransform:
     """Stored samples to model input (see the module docstring).
 
@@ -237,7 +246,12 @@ class ReadTransform:
         )
 
     def __call__(
-        self, stored: torch.Tensor, *, rows: Sequence[int] | np.ndarray, epoch: int
+        self,
+        stored: torch.Tensor,
+        *,
+        rows: Sequence[int] | np.ndarray,
+        epoch: int,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Convert (and augment) a batch ``(B, C, H, W)`` of stored samples.
 
@@ -246,16 +260,31 @@ class ReadTransform:
                 transform's device first).
             rows: the store row of each sample (seeds the augmentation).
             epoch: the epoch (seeds the augmentation).
+            out: a tensor of the output's shape, dtype and device to write
+                into (e.g. one in shared memory), instead of a new one.
 
         Returns:
-            ``(B, C, H, W)`` of ``dtype`` on ``device``.
+            ``(B, C, H, W)`` of ``dtype`` on ``device`` (``out`` when given).
+
+        Raises:
+            InvalidArgumentError: ``out`` does not fit.
         """
         x = stored.to(self.device, non_blocking=True)
+        if out is not None and (
+            out.shape != x.shape or out.dtype != self.dtype or out.device != self.device
+        ):
+            raise InvalidArgumentError(
+                f"out must be a {tuple(x.shape)} {self.dtype} tensor on {self.device}, got "
+                f"{tuple(out.shape)} {out.dtype} on {out.device}"
+            )
         if self.identity:
-            return x.to(self.dtype)
-        work = x.to(self.work)  # a buffer this function owns and may change in place
-        if work.data_ptr() == x.data_ptr():
-            work = work.clone()
+            return out.copy_(x) if out is not None else x.to(self.dtype)
+        if out is not None and out.dtype == self.work:
+            work = out.copy_(x)  # convert straight into the caller's buffer
+        else:
+            work = x.to(self.work)  # a buffer this function owns and may change in place
+            if work.data_ptr() == x.data_ptr():
+                work = work.clone()
         if not self.augmentations:
             if self.uint8 and self.normalized_out:
                 ops.normalize_(work, self.mean, self.std, max_value=255.0)
@@ -265,7 +294,7 @@ class ReadTransform:
                 ops.normalize_(work, self.mean, self.std)
             else:  # stored normalized -> pixels
                 work = ops.denormalize(work, self.mean, self.std)
-            return work.to(self.dtype)
+            return _into(work, out, self.dtype)
         if self.uint8:
             work.div_(255.0)
         elif self.stored_normalized:
@@ -278,7 +307,7 @@ class ReadTransform:
                 work = aug(work, generators=generators)
         if self.normalized_out:
             ops.normalize_(work, self.mean, self.std)
-        return work.to(self.dtype)
+        return _into(work, out, self.dtype)
 
     def __repr__(self) -> str:
         return (

@@ -278,7 +278,11 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
     # -- reading
 
     def read_stored(
-        self, indices: Sequence[int] | np.ndarray, *, whole: bool = False
+        self,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        whole: bool = False,
+        out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read dataset ``indices`` as stored: ``(images, labels, rows)``.
 
@@ -289,23 +293,38 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         rows for the second time in a row: those rows are read one by one.
         ``whole=True`` always reads whole shards (shard-ordered batches).
 
+        Args:
+            indices: dataset indices (negative ones count from the end).
+            whole: always read whole shards.
+            out: a C-contiguous ``(B, C, H, W)`` array of the store's dtype to
+                fill (e.g. in shared memory), instead of a new one.
+
         Raises:
             IndexError: an index is out of range.
             StoreError: a shard cannot be read or does not match its record.
+            InvalidArgumentError: ``out`` has another shape or dtype.
         """
         idx = self._indices(indices)
         rows = self._rows[idx]
-        out = np.empty((len(rows), *self.layout.sample_shape), dtype=self.layout.dtype)
+        shape = (len(rows), *self.layout.sample_shape)
+        if out is None:
+            out = np.empty(shape, dtype=self.layout.dtype)
+        elif out.shape != shape or out.dtype != self.layout.dtype or not out.flags.c_contiguous:
+            raise InvalidArgumentError(
+                f"out must be a C-contiguous {shape} {self.layout.dtype} array, "
+                f"got {out.shape} {out.dtype}"
+            )
         shard_of = rows // self.layout.shard_size
-        for shard in dict.fromkeys(shard_of.tolist()):
-            sel = np.flatnonzero(shard_of == shard)
+        shards = dict.fromkeys(shard_of.tolist())
+        for shard in shards:
+            sel = np.flatnonzero(shard_of == shard) if len(shards) > 1 else slice(None)
             block = self._source.cached(shard)
             if block is None:
                 span = self.layout.shard_rows(shard)
                 if (
                     whole
                     or not self._source.is_verified(shard)
-                    or len(sel) * WHOLE >= len(span)
+                    or len(rows[sel]) * WHOLE >= len(span)
                     or self._scattered == shard
                 ):
                     block = self._whole(shard)
@@ -314,7 +333,10 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
                     wanted, inverse = np.unique(rows[sel], return_inverse=True)
                     out[sel] = self._source.read_rows(shard, wanted)[inverse.reshape(-1)]
                     continue
-            out[sel] = block.images[rows[sel] - block.start]
+            if isinstance(sel, slice):  # one shard: gather straight into out
+                np.take(block.images, rows - block.start, axis=0, out=out)
+            else:
+                out[sel] = block.images[rows[sel] - block.start]
         return out, self._labels[idx], rows
 
     def _whole(self, index: int) -> Shard:
@@ -392,10 +414,27 @@ class StoredBatch(NamedTuple):
     """
 
     images: torch.Tensor
-    labels: torch.Tensor
-    rows: torch.Tensor
+    labels: np.ndarray
+    rows: np.ndarray
     epoch: int
     finished: bool
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor; in shared memory inside a ``DataLoader`` worker.
+
+    A worker's result crosses to the main process through shared memory; a
+    batch made there from the start crosses without a copy (as
+    ``default_collate`` makes its batches).
+    """
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    try:
+        numel = int(np.prod(shape))
+        storage = torch.empty(0, dtype=dtype)._typed_storage()._new_shared(numel)
+        return torch.empty(0, dtype=dtype).new(storage).view(shape)
+    except (AttributeError, RuntimeError, TypeError):  # another torch: the public way
+        return torch.empty(shape, dtype=dtype).share_memory_()
 
 
 class _WorkerStage(Dataset[StoredBatch]):
@@ -411,16 +450,25 @@ class _WorkerStage(Dataset[StoredBatch]):
     def __getitems__(self, indices: Sequence[int]) -> StoredBatch:
         ds = self.dataset
         epoch = int(getattr(indices, "epoch", ds.epoch))
-        stored, labels, rows = ds.read_stored(indices, whole=True)
-        images = torch.from_numpy(stored)
+        shape = (len(indices), *ds.layout.sample_shape)
         if self.finish:
-            images = ds.transform(images, rows=rows, epoch=epoch)
-        return StoredBatch(
-            images, torch.from_numpy(labels), torch.from_numpy(rows), epoch, self.finish
-        )
+            stored, labels, rows = ds.read_stored(indices, whole=True)
+            images = ds.transform(
+                torch.from_numpy(stored),
+                rows=rows,
+                epoch=epoch,
+                out=_empty(shape, ds.transform.dtype),
+            )
+        else:
+            images = _empty(shape, _TORCH_DTYPES[ds.layout.dtype])
+            _, labels, rows = ds.read_stored(indices, whole=True, out=images.numpy())
+        return StoredBatch(images, labels, rows, epoch, self.finish)
 
     def __getitem__(self, index: int) -> StoredBatch:  # pragma: no cover - batches only
         return self.__getitems__([index])
+
+
+_TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "float32": torch.float32}
 
 
 def _as_is(batch: Any) -> Any:
@@ -517,7 +565,7 @@ class ShardLoader:
         complete = False
         try:
             for batch in it:
-                labels = batch.labels.to(device, non_blocking=True)
+                labels = torch.from_numpy(batch.labels).to(device, non_blocking=True)
                 if batch.finished:
                     yield batch.images, labels
                 else:
