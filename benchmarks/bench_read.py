@@ -13,8 +13,10 @@ reads of every sample, one shard at a time (consumer does nothing):
   sliced shard by shard into float32 tensors (``mmap/f16``: into float16
   tensors, a copy only);
 - ``iter_shards``: the float16 stores into float32 (as stored: normalized),
-  with and without the SHA-256 check (``verify``), zstd and none; ``/f16``:
-  the stored float16 values, no conversion;
+  with and without the SHA-256 check (``verify``), zstd, blosc and none;
+  ``/f16``: the stored float16 values, no conversion;
+- ``zarr``: the floor of any reader that goes through zarr-python: a plain
+  ``read_array`` of each shard's rows of ``images`` (no checks, no labels);
 
 one epoch of normalized float32 224x224 batches of 64, 2 worker processes:
 - ``imagefolder``: a DataLoader over the JPEGs whose Dataset does Pillow
@@ -78,9 +80,12 @@ READS = {
     "iter/blosc/noverify": "iter_shards blosc lz4, verify=False",
     "iter/none": "iter_shards none, verify",
     "iter/none/noverify": "iter_shards none, verify=False",
+    "zarr/zstd": "zarr-python read_array per shard, zstd 3 -> float32 (the zarr floor)",
+    "zarr/none": "zarr-python read_array per shard, none -> float32 (the zarr floor)",
     "mmap/f16": "NumPy memory map -> float16 (copy only)",
     "iter/none/f16": "iter_shards none, verify, float16 out",
     "iter/none/noverify/f16": "iter_shards none, verify=False, float16 out",
+    "zarr/none/f16": "zarr-python read_array per shard, none (the zarr floor)",
 }
 LOADS = {
     "imagefolder": "ImageFolder loop (Pillow decode+resize+crop+normalize)",
@@ -204,6 +209,18 @@ def _reads(kind: str, stores: dict[str, str], shard: int):
         return mmap_pass
     parts = kind.split("/")
     dtype = torch.float16 if parts[-1] == "f16" else torch.float32
+    if kind.startswith("zarr"):
+        from pipeline.store import get_array, open_group, read_array
+
+        def zarr_pass() -> int:
+            images = get_array(open_group(stores[f"f16/{parts[1]}"]), "images")
+            n = 0
+            for start in range(0, images.shape[0], shard):
+                block = torch.from_numpy(read_array(images, slice(start, start + shard)))
+                n += block.to(dtype).shape[0]
+            return n
+
+        return zarr_pass
 
     def iter_pass() -> int:
         blocks = iter_shards(stores[f"f16/{parts[1]}"], verify="noverify" not in parts, dtype=dtype)

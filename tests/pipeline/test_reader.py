@@ -450,3 +450,51 @@ def test_cuda_dataset_in_a_worker_points_to_the_loader(tmp_path):
     ds = ShardDataset(made.path, device="cuda")
     with pytest.raises(InvalidArgumentError, match="use ShardLoader"):
         list(DataLoader(ds, batch_size=4, num_workers=1))
+
+
+# -- buffers -----------------------------------------------------------------------------
+
+
+def test_read_stored_fills_a_given_buffer(tmp_path):
+    made = make_store(tmp_path, dtype="uint8")
+    ds = ShardDataset(made.path)
+    out = np.zeros((4, 3, 8, 6), np.uint8)
+    images, labels, rows = ds.read_stored([7, 2, 9, 3], out=out)
+    assert images is out
+    np.testing.assert_array_equal(out, made.stored[[7, 2, 9, 3]])
+    np.testing.assert_array_equal(labels, made.labels[[7, 2, 9, 3]])
+    np.testing.assert_array_equal(rows, [7, 2, 9, 3])
+    with pytest.raises(InvalidArgumentError, match=r"out must be a C-contiguous \(2, 3, 8, 6\)"):
+        ds.read_stored([0, 1], out=np.zeros((2, 3, 8, 6), np.float32))
+
+
+def test_transform_writes_into_a_given_tensor(tmp_path):
+    made = make_store(tmp_path, dtype="uint8")
+    for kwargs in ({}, {"normalize": True}, {"augment": [{"op": "invert", "p": 0.5}]}):
+        ds = ShardDataset(made.path, **kwargs)
+        stored = torch.from_numpy(made.stored[:5])
+        ref = ds.transform(stored, rows=range(5), epoch=1)
+        out = torch.empty(5, 3, 8, 6)
+        assert ds.transform(stored, rows=range(5), epoch=1, out=out) is out
+        assert torch.equal(out, ref)
+    with pytest.raises(InvalidArgumentError, match="out must be a"):
+        ds.transform(stored, rows=range(5), epoch=1, out=torch.empty(5, 3, 8, 6).double())
+
+
+class _SharedProbe(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        from pipeline.reader import _empty
+
+        t = _empty((2, 3), torch.float16)
+        return torch.tensor([t.is_shared(), t.shape == (2, 3), t.dtype == torch.float16])
+
+
+def test_worker_batches_are_made_in_shared_memory():
+    from pipeline.reader import _empty
+
+    assert not _empty((2, 3), torch.float32).is_shared()  # the main process: plain memory
+    got = next(iter(DataLoader(_SharedProbe(), batch_size=2, num_workers=1)))
+    assert got.all()
