@@ -87,6 +87,7 @@ from pipeline.read_transform import ReadTransform, read_seed
 from pipeline.sampler import EpochBatch, ShardBatchSampler
 from pipeline.shard_source import Shard, ShardSource, store_name
 from pipeline.store import (
+    ShardRecord,
     StoreLayout,
     format_ranges,
     get_array,
@@ -183,11 +184,12 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
             device=device,
             size=(self.layout.height, self.layout.width),
         )
+        records = read_records(group)
         self._source = ShardSource(
-            path, self.layout, verify=verify, cache_shards=cache_shards, group=group
+            path, self.layout, verify=verify, cache_shards=cache_shards, records=records
         )
         # dataset index -> store row
-        self._rows = readable_rows(group, self.layout, allow_partial=allow_partial)
+        self._rows = _readable_rows(group, self.layout, records, allow_partial=allow_partial)
         self._labels = read_array(get_array(group, "labels"))[self._rows].astype(np.int64)
         self.epoch = 0
         self._scattered: int | None = None  # shard of the last scattered read
@@ -373,10 +375,9 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
             StoreError: a shard cannot be read or does not match its record.
         """
         self._check_process()
-        if epoch is None:
-            epoch = getattr(indices, "epoch", self.epoch)
+        epoch = _check_epoch(getattr(indices, "epoch", self.epoch) if epoch is None else epoch)
         stored, labels, rows = self.read_stored(indices, whole=isinstance(indices, EpochBatch))
-        images = self.transform(torch.from_numpy(stored), rows=rows, epoch=int(epoch))
+        images = self.transform(torch.from_numpy(stored), rows=rows, epoch=epoch)
         return images, torch.from_numpy(labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -591,7 +592,13 @@ def readable_rows(group: zarr.Group, layout: StoreLayout, *, allow_partial: bool
     Raises:
         StoreError: the store was never completely written, and not ``allow_partial``.
     """
-    done = np.array([r.done for r in read_records(group)], dtype=bool)
+    return _readable_rows(group, layout, read_records(group), allow_partial=allow_partial)
+
+
+def _readable_rows(
+    group: zarr.Group, layout: StoreLayout, records: list[ShardRecord], *, allow_partial: bool
+) -> np.ndarray:
+    done = np.array([r.done for r in records], dtype=bool)
     if not allow_partial and not read_attrs(group).get("complete"):
         missing = np.flatnonzero(~done).tolist()
         if missing:
@@ -675,14 +682,15 @@ def iter_shards(
         device=device,
         size=(layout.height, layout.width),
     )
-    rows = readable_rows(group, layout, allow_partial=allow_partial)
-    source = ShardSource(path, layout, verify=verify, cache_shards=0, group=group)
-    shard_of = rows // layout.shard_size
-    shards = [int(i) for i in np.unique(shard_of)]
+    records = read_records(group)
+    rows = _readable_rows(group, layout, records, allow_partial=allow_partial)
+    source = ShardSource(path, layout, verify=verify, cache_shards=0, records=records)
+    bounds = np.searchsorted(rows // layout.shard_size, np.arange(layout.n_shards + 1))
+    shards = [i for i in range(layout.n_shards) if bounds[i + 1] > bounds[i]]
 
     def load(index: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         shard = source.read(index)
-        wanted = rows[shard_of == index]
+        wanted = rows[bounds[index] : bounds[index + 1]]
         keep = wanted - shard.start
         images, labels = shard.images, shard.labels
         if len(keep) != len(images):  # retired rows or holes in this shard

@@ -37,6 +37,7 @@ from zarr.core.sync import sync as zarr_sync
 
 from pipeline.errors import InvalidArgumentError, StoreError
 from pipeline.store import (
+    ShardRecord,
     StoreLayout,
     get_array,
     open_group,
@@ -81,6 +82,8 @@ class ShardSource:
         layout: its layout.
         verify: check each shard's SHA-256 on its first read in a process.
         cache_shards: shards kept decoded (``>= 0``).
+        records: the store's shard records, when already read
+            (:func:`pipeline.store.read_records`).
 
     Raises:
         InvalidArgumentError: a bad ``cache_shards``.
@@ -94,7 +97,7 @@ class ShardSource:
         *,
         verify: bool = True,
         cache_shards: int = 2,
-        group: zarr.Group | None = None,
+        records: Sequence[ShardRecord] | None = None,
     ) -> None:
         if not isinstance(verify, bool):
             raise InvalidArgumentError(f"verify must be True or False, got {verify!r}")
@@ -107,7 +110,8 @@ class ShardSource:
         self.layout = layout
         self.verify = verify
         self.cache_shards = cache_shards
-        records = read_records(group if group is not None else open_group(path))
+        if records is None:
+            records = read_records(open_group(path))
         self._sha256 = [r.sha256 for r in records]
         self._rows = [r.rows for r in records]
         self._done = [r.done for r in records]
@@ -191,10 +195,9 @@ class ShardSource:
             raise StoreError(f"{self._where(index)} is not written (its record is not done)")
         sl = slice(span.start, span.stop)
         check = not self.is_verified(index)
+        names = ("images", "labels", "source_index", "copy_index")
         try:
-            images, labels = self._read_arrays(sl, ("images", "labels"))
-            if check:
-                source, copy = self._read_arrays(sl, ("source_index", "copy_index"))
+            images, labels, *rest = self._read_arrays(sl, names if check else names[:2])
         except StoreError:
             raise
         except Exception as exc:  # a corrupt object fails to decode: name the shard
@@ -202,7 +205,7 @@ class ShardSource:
                 f"{self._where(index)} cannot be read: {type(exc).__name__}: {exc}"
             ) from exc
         if check:
-            self._check(index, images, labels, source, copy)
+            self._check(index, images, labels, *rest)
             with self._lock:
                 self._verified.add(index)
         return Shard(index, span.start, images, labels.astype(np.int64, copy=False))
