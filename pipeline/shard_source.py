@@ -18,6 +18,22 @@ cache, so a ``DataLoader`` worker opens, verifies and caches on its own.
 
 Everything goes through :mod:`pipeline.store`'s public functions, so the
 store may be any location :func:`pipeline.store.open_group` opens.
+
+Example:
+    >>> import tempfile, numpy as np
+    >>> from pipeline.store import StoreLayout, create_store, read_layout, write_shard
+    >>> path = tempfile.mkdtemp() + "/ds.zarr"
+    >>> layout = StoreLayout(n_samples=3, channels=1, height=2, width=2, dtype="uint8",
+    ...                      shard_size=2)
+    >>> create_store(path, layout, attrs={}, paths=["x.png"])
+    >>> for i, rows in enumerate([2, 1]):
+    ...     _ = write_shard(path, i, images=np.full((rows, 1, 2, 2), i, np.uint8),
+    ...                     labels=np.arange(rows), source_index=np.zeros(rows, int),
+    ...                     copy_index=np.zeros(rows, int))
+    >>> source = ShardSource(path, read_layout(path))
+    >>> shard = source.read(1)
+    >>> shard.start, shard.images.shape, source.is_verified(1), source.is_verified(0)
+    (2, (1, 1, 2, 2), True, False)
 """
 
 from __future__ import annotations
