@@ -448,8 +448,12 @@ def test_cuda_reads_equal_cpu_reads(tmp_path, dtype):
 def test_cuda_dataset_in_a_worker_points_to_the_loader(tmp_path):
     made = make_store(tmp_path)
     ds = ShardDataset(made.path, device="cuda")
-    with pytest.raises(InvalidArgumentError, match="use ShardLoader"):
-        list(DataLoader(ds, batch_size=4, num_workers=1))
+    it = iter(DataLoader(ds, batch_size=4, num_workers=1))
+    try:
+        with pytest.raises(InvalidArgumentError, match="use ShardLoader"):
+            next(it)
+    finally:  # the traceback pytest keeps holds the iterator: stop its worker now
+        it._shutdown_workers()
 
 
 # -- buffers -----------------------------------------------------------------------------
