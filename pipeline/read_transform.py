@@ -112,7 +112,7 @@ def parse_augment(augment: Any, size: tuple[int, int]) -> list[Any]:
             "augment has invalid steps:\n" + "\n".join(f"  {line}" for line in lines)
         ) from None
     for i, step in enumerate(steps):
-        if step.augmentation is ops.RandomResizedCrop:
+        if step.ops_class() is ops.RandomResizedCrop:
             raise InvalidArgumentError(
                 f"augment[{i}]: random_resized_crop is not available at read time: it cuts "
                 "the crop out of the full source image, and the store holds samples already "
