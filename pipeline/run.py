@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from pipeline.decode import ImageHistogram
     from pipeline.sources import Manifest, SourceFile
     from pipeline.stats import FileMoments
+    from pipeline.storage import Location
     from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
 
@@ -167,7 +168,7 @@ class WriteResult:
 class RunResult:
     """Summary of a finished :func:`prepare`."""
 
-    store: Path
+    store: Path | Location
     stats: dict[str, Any]
     failures: list[Failure]
     samples: int
@@ -212,8 +213,10 @@ def prepare(
 ) -> RunResult:
     """Run the whole prepare job for ``config``: scan, stats, open, write, verify, finish.
 
-    Holds :class:`pipeline.store.StoreLock` on ``output.path`` for the whole
-    run: a second run against the same output is refused. Over a store made by
+    Holds the lock of ``output.path`` for the whole run
+    (:func:`pipeline.store.lock_for`: ``flock`` on a local folder, a lease
+    object in object storage, checked before the store is changed and before
+    it is finalized): a second run against the same output is refused. Over a store made by
     the same config, the run is an incremental update (:mod:`pipeline.update`):
     it decodes and appends only what is new or changed, retires what was
     removed or changed, and resumes shards an interrupted run left unwritten.
@@ -233,35 +236,34 @@ def prepare(
 
     Raises:
         ConfigError: ``runtime.device`` does not exist on this machine.
-        StoreLockedError: another run holds the output.
+        StoreLockedError: another run holds the output, or this run lost its
+            lease on an object store.
         StoreMismatchError: the output holds a store of another run.
         ShardWriteError: some shards failed (the store stays resumable).
         StoreVerificationError: a shard does not match its record.
     """
-    from pipeline.store import StoreLock
+    from pipeline.store import lock_for, store_ref
 
     check_runtime(config)
     timings: dict[str, float] = {}
-    with StoreLock(config.output.path):
+    store = store_ref(config.output.location)
+    with lock_for(config.output.location) as lock:
         with _timed(timings, "scan"):
             manifest = runner(scan_source, config)
         with _timed(timings, "stats"):
             run_stats = runner(
                 compute_run_stats, config, manifest, reuse_store=True, progress=progress
             )
+        lock.check()  # an object-store lease may have run out: never change the store then
         state = runner(open_output, config, manifest, run_stats)
         with _timed(timings, "write"):
             write = runner(
-                write_shards, config, state, run_stats, root=str(manifest.root), progress=progress
+                write_shards, config, state, run_stats, root=manifest.root, progress=progress
             )
         if verify:
             with _timed(timings, "verify"):
-                runner(
-                    verify_output,
-                    str(config.output.path),
-                    workers=config.runtime.workers,
-                    incremental=True,
-                )
+                runner(verify_output, store, workers=config.runtime.workers, incremental=True)
+        lock.check()  # before the store is finalized (marked complete)
         result: RunResult = runner(
             finish, config, state, run_stats, write, timings=timings, verified=verify
         )
@@ -287,7 +289,7 @@ class RunPlan:
             the statistics change.
     """
 
-    store: Path
+    store: Path | Location
     exists: bool
     diff: SourceDiff
     files_to_decode: int
@@ -325,7 +327,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     Raises:
         StoreMismatchError: the store was made by another config, as a run would say.
     """
-    from pipeline.store import done_shards, read_layout
+    from pipeline.store import done_shards, read_layout, store_ref
     from pipeline.update import diff_source
 
     manifest = scan_source(config)
@@ -338,7 +340,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     if diff.is_update:
         from pipeline.store import get_array, open_group, read_array
 
-        group = open_group(config.output.path)
+        group = open_group(config.output.location)
         layout = read_layout(group)
         shards += layout.n_shards - len(done_shards(group))
         if diff.retire:
@@ -346,7 +348,7 @@ def plan_run(config: RunConfig) -> RunPlan:
             live = read_array(get_array(group, "live"))
             retire = int((live & np.isin(sources, np.asarray(diff.retire))).sum())
     return RunPlan(
-        store=Path(config.output.path),
+        store=store_ref(config.output.location),
         exists=diff.is_update,
         diff=diff,
         files_to_decode=len(diff.new),
@@ -381,10 +383,10 @@ def check_runtime(config: RunConfig) -> None:
 
 
 def scan_source(config: RunConfig) -> Manifest:
-    """Scan ``source.path`` with the configured labelling."""
+    """Scan ``source.path`` (a folder or an object-store URL) with the configured labelling."""
     from pipeline.sources import scan
 
-    return scan(config.source.path, labels=config.source.labels)
+    return scan(config.source.location, labels=config.source.labels)
 
 
 # ----------------------------------------------------------------------------- 2. stats
@@ -453,7 +455,7 @@ def compute_run_stats(
 
     st = config.stats
     if reuse_store:
-        finish_swap(config.output.path)  # a compaction killed between its two renames
+        finish_swap(config.output.location)  # a compaction killed between its two renames
     diff = diff_source(config, manifest, compare=reuse_store)
     todo = Manifest(
         root=manifest.root,
@@ -515,7 +517,7 @@ def compute_run_stats(
 def _stored_stats(config: RunConfig) -> dict[str, Any]:
     from pipeline.store import read_attrs
 
-    return dict(read_attrs(config.output.path)["stats"])
+    return dict(read_attrs(config.output.location)["stats"])
 
 
 def _live_moments_after(config: RunConfig, diff: SourceDiff, new: FileMoments) -> FileMoments:
@@ -524,7 +526,8 @@ def _live_moments_after(config: RunConfig, diff: SourceDiff, new: FileMoments) -
     from pipeline.store import open_group, read_attrs, read_files
     from pipeline.update import moments_of
 
-    table = read_files(open_group(config.output.path), int(read_attrs(config.output.path)["files"]))
+    group = open_group(config.output.location)
+    table = read_files(group, int(read_attrs(group)["files"]))
     live = table.live.copy()
     live[list(diff.retire)] = False
     return FileMoments.concat([moments_of(table.take(np.flatnonzero(live))), new])
@@ -561,12 +564,13 @@ def store_attrs(
         failures: rejected inputs known so far, ``{"path", "error"}`` dicts.
 
     Returns:
-        A JSON-safe dict: ``config`` (resolved), ``config_identity``, ``stats``,
+        A JSON-safe dict: ``config`` (resolved, secrets of the storage options
+        redacted: :meth:`~pipeline.config.RunConfig.recorded_dict`), ``config_identity``, ``stats``,
         ``classes``, ``seed``, ``versions``, ``source_fingerprint``, ``failures``,
         and a fresh ``state`` token (:mod:`pipeline.update`).
     """
     return {
-        "config": config.resolved_dict(),
+        "config": config.recorded_dict(),  # credentials in storage options redacted
         "config_identity": config.identity(),
         "stats": json.loads(json.dumps(dict(stats))),
         "classes": [str(c) for c in classes],
@@ -606,7 +610,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     class folders are appended to ``classes`` (labels already written keep
     their meaning).
 
-    Call while holding :class:`pipeline.store.StoreLock` on ``output.path``.
+    Call while holding the lock of ``output.path`` (:func:`pipeline.store.lock_for`).
 
     Raises:
         StoreError: the store changed since the statistics step (a stale
@@ -627,11 +631,12 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         read_files,
         read_layout,
         reset_rows,
+        store_ref,
         write_live,
     )
     from pipeline.update import file_rows, store_token
 
-    path = Path(config.output.path)
+    path = store_ref(config.output.location)
     diff = run_stats.diff
     copies = config.transform.copies
     moments = run_stats.moments
@@ -705,7 +710,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     return StoreState(path, layout, resumed=True, done=frozenset(done_shards(group)))
 
 
-def _made_from(path: Path, accepted: Sequence[SourceFile]) -> bool:
+def _made_from(path: Path | Location, accepted: Sequence[SourceFile]) -> bool:
     """True when the store at ``path`` holds exactly these files, as created from them."""
     from pipeline.store import open_group, read_attrs, read_files
 
@@ -728,7 +733,7 @@ def _moments(moments: FileMoments | None) -> FileMoments:
 # ----------------------------------------------------------------------------- 4. shards
 
 
-def shard_jobs(store: str | Path, shards: Sequence[int]) -> list[ShardJob]:
+def shard_jobs(store: str | Path | Location, shards: Sequence[int]) -> list[ShardJob]:
     """What each of ``shards`` holds, as the store plans it: paths, labels, sources, copies.
 
     The plan of every row is in the store (written when the rows were laid
@@ -774,12 +779,34 @@ def _retry_io(fn: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _load_source(
+    plan: TransformPlan, root: str | Location, rel: str, generator: Any
+) -> tuple[Any, int]:
+    """:meth:`TransformPlan.load` of the manifest name ``rel`` under ``root`` (a folder or a URL).
+
+    A local file is decoded from its path; an object is read whole (one GET)
+    and decoded from memory. A missing or refused object is a
+    :class:`~pipeline.errors.DecodeError` (the source changed during the run),
+    like a local file that went away; other errors (the network) fail the task.
+    """
+    from pipeline.sources import open_source, source_path
+    from pipeline.storage import Location
+
+    if not isinstance(root, Location):
+        return plan.load(source_path(root, rel), generator)
+    try:
+        fp = open_source(root, rel)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise DecodeError(rel, f"unreadable: {exc.strerror or exc}") from exc
+    return plan.load(fp, generator)  # type: ignore[arg-type]
+
+
 def write_one_shard(
     job: ShardJob,
     plan: TransformPlan,
     *,
-    store: str,
-    root: str,
+    store: str | Location,
+    root: str | Location,
     batch_size: int,
     decode_threads: int,
 ) -> ShardRecord:
@@ -789,7 +816,9 @@ def write_one_shard(
     process-wide decode pool (a file shared by several copies is decoded once,
     unless ``random_resized_crop`` draws a different box per copy); batches of
     ``batch_size`` samples go through :meth:`TransformPlan.finish`; the shard
-    and its record are written by :func:`pipeline.shards.write_shard`.
+    and its record are written by :func:`pipeline.store.write_shard`. ``store`` and
+    ``root`` may be locations in object storage: the task then reads each source
+    file with one GET (:func:`_load_source`) and writes through ``FsspecStore``.
 
     Raises:
         ShardWriteError: a source file accepted by the statistics pass can no
@@ -797,7 +826,6 @@ def write_one_shard(
     """
     import torch
 
-    from pipeline.sources import source_path
     from pipeline.store import write_shard
     from pipeline.transforms import sample_generator
 
@@ -820,7 +848,7 @@ def write_one_shard(
         key = row if per_copy else job.source_index[row]
         if key not in loads:
             gen = generators[row] if per_copy else None
-            loads[key] = pool.submit(plan.load, source_path(root, rel), gen)
+            loads[key] = pool.submit(_load_source, plan, root, rel, gen)
         futures.append(loads[key])
 
     out = np.empty((job.rows, 3, *plan.size), dtype=plan.out_dtype)
@@ -867,7 +895,7 @@ def write_shards(
     state: StoreState,
     run_stats: RunStats,
     *,
-    root: str | Path,
+    root: str | Path | Location,
     progress: Progress | None = None,
 ) -> WriteResult:
     """Write every shard the store still misses, one Dask task per shard.
@@ -879,7 +907,8 @@ def write_shards(
         config: the run config.
         state: the opened store (:func:`open_output`).
         run_stats: statistics and accepted files.
-        root: the source folder.
+        root: the source folder, or the location of a source in object storage
+            (:attr:`pipeline.sources.Manifest.root`).
         progress: receives ``("shards", shards done, shards, units=images written)``.
 
     Returns:
@@ -892,6 +921,7 @@ def write_shards(
     import dask
 
     from pipeline.execution import guarded
+    from pipeline.storage import Location
     from pipeline.store import done_shards, read_layout
     from pipeline.transforms import TransformPlan
 
@@ -907,8 +937,8 @@ def write_shards(
             write_one_shard,
             job,
             plan,
-            store=str(Path(config.output.path)),
-            root=str(root),
+            store=config.output.location,  # pickles to a worker without its filesystem
+            root=root if isinstance(root, Location) else str(root),
             batch_size=config.runtime.batch_size,
             decode_threads=workers,
         )
@@ -945,7 +975,7 @@ def write_shards(
             result.samples += job.rows
     if result.errors:
         report = ShardFailures(
-            store=str(config.output.path),
+            store=str(config.output.location),
             n_shards=layout.n_shards,
             errors=tuple(str(e) for e in result.errors),
         )
@@ -957,7 +987,7 @@ def write_shards(
 
 
 def verify_output(
-    store: str | Path, *, workers: int | None = None, incremental: bool = False
+    store: str | Path | Location, *, workers: int | None = None, incremental: bool = False
 ) -> VerifyReport:
     """Recompute the shards' SHA-256 and compare with their records (:func:`pipeline.store.verify`).
 
@@ -1010,11 +1040,12 @@ def finish(
         read_files,
         read_layout,
         read_records,
+        store_ref,
         write_live,
     )
     from pipeline.update import moments_of, new_state
 
-    group = open_group(config.output.path)
+    group = open_group(config.output.location, mode="r+")
     layout = read_layout(group)
     table = read_files(group, int(read_attrs(group)["files"]))
     sources = read_array(get_array(group, "source_index"))
@@ -1024,12 +1055,12 @@ def finish(
             start = layout.shard_rows(record.index).start
             sl = slice(start, start + record.rows)
             live[sl] = table.live[sources[sl]]
-    write_live(config.output.path, live)
+    write_live(group, live)
     live_files = np.flatnonzero(table.live)
     current = moments_of(table.take(live_files)).stats(failures=run_stats.failures).to_json()
     n_live = int(live.sum())
     finalize(
-        config.output.path,
+        group,
         {
             "failures": list(run_stats.failure_records),
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -1040,7 +1071,7 @@ def finish(
         },
     )
     return RunResult(
-        store=Path(config.output.path),
+        store=store_ref(config.output.location),
         stats=run_stats.stats,
         failures=list(run_stats.failures),
         samples=n_live,

@@ -99,9 +99,7 @@ class SourceConfig(Model):
         default="folders",
         description="folders: the first-level subfolder is the class; none: every label is -1.",
     )
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description=_STORAGE_OPTIONS_HELP
-    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=_STORAGE_OPTIONS_HELP)
 
     @field_validator("path")
     @classmethod
@@ -118,9 +116,7 @@ class SourceConfig(Model):
         """The source as :mod:`pipeline.storage` opens it (path and storage options)."""
         from pipeline.storage import resolve_location
 
-        return resolve_location(
-            self.path, key="source.path", storage_options=self.storage_options
-        )
+        return resolve_location(self.path, key="source.path", storage_options=self.storage_options)
 
 
 class StatsConfig(Model):
@@ -229,9 +225,7 @@ class OutputConfig(Model):
     """The Zarr store written by the run (``path`` as in :class:`SourceConfig`)."""
 
     path: LocationValue = Field(description="The Zarr v3 store (a folder). Required.")
-    storage_options: dict[str, Any] = Field(
-        default_factory=dict, description=_STORAGE_OPTIONS_HELP
-    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=_STORAGE_OPTIONS_HELP)
     dtype: Literal["float16", "float32", "uint8"] = Field(
         default="float16",
         description="float16 | float32 | uint8 (uint8 stores un-normalized pixels).",
@@ -262,9 +256,7 @@ class OutputConfig(Model):
         """The store as :mod:`pipeline.storage` opens it (path and storage options)."""
         from pipeline.storage import resolve_location
 
-        return resolve_location(
-            self.path, key="output.path", storage_options=self.storage_options
-        )
+        return resolve_location(self.path, key="output.path", storage_options=self.storage_options)
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+")

@@ -6,6 +6,11 @@ task returns a small :class:`~pipeline.stats.exact.Partial` (histograms and
 exact sums, a few kB), and the partials are merged as they arrive in the same
 fixed tree whatever the worker count (:class:`pipeline.execution.TreeMerge`),
 so memory is bounded by the chunks in flight, not the dataset.
+
+A source in object storage (the manifest's ``root`` is a
+:class:`~pipeline.storage.Location`) is read the same way: the location
+travels to the tasks (it pickles without its filesystem), and each file is
+read with one GET (:func:`pipeline.sources.open_source`).
 """
 
 from __future__ import annotations
@@ -13,15 +18,15 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
 from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
-from pipeline.sources import Manifest, scan, source_path
+from pipeline.sources import Manifest, SourceRoot, open_source, scan, source_path
 from pipeline.stats.exact import Partial, finish, hist_moments, merge
 from pipeline.stats.files import FileMoments
 from pipeline.stats.model import Stats
+from pipeline.storage import Location
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "METHODS", "Method", "compute_stats", "measure"]
 
@@ -31,17 +36,25 @@ DEFAULT_CHUNK_SIZE = 64
 """Files per Dask task in :func:`compute_stats`."""
 
 
-def _read(path: str, rel: str) -> bytes:
-    """The bytes of a source file; an OS error is the file's rejection."""
+def _read(root: SourceRoot, rel: str) -> tuple[bytes, str]:
+    """The bytes of a source file and its name.
+
+    A local OS error is the file's rejection. On an object store only a missing
+    object or a refused read is; any other error (the network, the server) is
+    not the file's fault and fails the task, so that a rerun reads it again.
+    """
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        with open_source(root, rel) as f:
+            return f.read(), str(getattr(f, "name", rel))
     except OSError as exc:
+        remote = isinstance(root, Location) and not root.is_local
+        if remote and not isinstance(exc, FileNotFoundError | PermissionError):
+            raise
         raise DecodeError(rel, f"unreadable: {exc.strerror or exc}") from None
 
 
 def _chunk(
-    root: str,
+    root: SourceRoot,
     paths: tuple[str, ...],
     method: str,
     max_pixels: int | None,
@@ -52,14 +65,15 @@ def _chunk(
     kept: list[str] = []
     histograms: list[ImageHistogram] = []
     digests: list[bytes] = []
+    local = None if isinstance(root, Location) else root  # else read through open_source
     for rel in paths:
         try:
-            path = source_path(root, rel)
-            source: Any = path
-            if per_file:  # read once: the digest and the decode see the same bytes
-                data = _read(path, rel)
-                digests.append(hashlib.sha256(data).digest())
-                source = _NamedBytes(data, path)
+            source: Any = None if local is None else source_path(local, rel)
+            if per_file or local is None:  # read once: the digest and the decode see the same bytes
+                data, name = _read(root, rel)
+                if per_file:
+                    digests.append(hashlib.sha256(data).digest())
+                source = _NamedBytes(data, name)
             if loader is None:
                 h = decode_histogram(source, max_pixels=max_pixels)
             else:
@@ -94,7 +108,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def compute_stats(
-    source: str | Path | Manifest,
+    source: SourceRoot | Manifest,
     *,
     method: Method = "exact",
     workers: int | None = None,
@@ -109,8 +123,8 @@ def compute_stats(
     See :mod:`pipeline.stats.exact` for what each method computes.
 
     Args:
-        source: a folder (scanned with :func:`pipeline.sources.scan`) or a
-            manifest.
+        source: a folder or object-store URL (scanned with
+            :func:`pipeline.sources.scan`), or a manifest.
         method: ``exact`` (default), ``chan`` or ``two-pass``.
         workers: threads; ``None`` for every core.
         chunk_size: files per task.
@@ -159,7 +173,7 @@ def compute_stats(
 
 
 def measure(
-    source: str | Path | Manifest,
+    source: SourceRoot | Manifest,
     *,
     method: Method = "exact",
     workers: int | None = None,
@@ -204,7 +218,7 @@ def measure(
 
     from pipeline.execution import TaskError, TreeMerge, run_tasks
 
-    root = str(manifest.root)
+    root: SourceRoot = manifest.root if isinstance(manifest.root, Location) else str(manifest.root)
     paths = [f.path for f in manifest.files]
     chunks = [tuple(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
     tasks = [

@@ -276,9 +276,7 @@ def create_store(
         if not overwrite:
             raise StoreError(f"{path}: a store already exists (pass overwrite=True to replace it)")
         _delete_store(location)
-    target: Any = (
-        location.path if location.is_local else zarr_store(location, read_only=False)
-    )
+    target: Any = location.path if location.is_local else zarr_store(location, read_only=False)
     group = zarr.create_group(
         target, zarr_format=3, overwrite=True, attributes={CREATING: {"pid": os.getpid()}}
     )

@@ -1,4 +1,4 @@
-"""The lock that keeps a second run off an output store: ``flock`` locally, a lease on object stores.
+"""The lock that keeps a second run off an output store: ``flock``, or a lease in object storage.
 
 :func:`lock_for` is the one place that chooses: :class:`StoreLock` for a
 local folder, :class:`pipeline.storage.ObjectStoreLock` (an object
@@ -49,7 +49,13 @@ class StoreLock:
     """
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
+        location = store_location(path)
+        if not location.is_local:
+            raise StoreError(
+                f"{path}: StoreLock (flock) locks a local folder; a store in object storage "
+                "needs ObjectStoreLock (pipeline.store.lock_for chooses)"
+            )
+        self.path = Path(location.path)  # symbolic links resolved: one folder, one lock
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._fd: int | None = None
 
@@ -64,7 +70,7 @@ class StoreLock:
         return False
 
     def check(self) -> None:
-        """Nothing to check: an ``flock`` cannot be lost while held (see :class:`ObjectStoreLock`)."""
+        """Nothing to check: an ``flock`` cannot be lost while it is held."""
 
     def acquire(self) -> StoreLock:
         """Take the lock or fail at once.
