@@ -215,8 +215,9 @@ def prepare(
 
     Holds the lock of ``output.path`` for the whole run
     (:func:`pipeline.store.lock_for`: ``flock`` on a local folder, a lease
-    object in object storage, checked before the store is changed and before
-    it is finalized): a second run against the same output is refused. Over a store made by
+    object in object storage, renewed, which checks with the store that it is
+    still this run's, before the store is changed and before it is
+    finalized): a second run against the same output is refused. Over a store made by
     the same config, the run is an incremental update (:mod:`pipeline.update`):
     it decodes and appends only what is new or changed, retires what was
     removed or changed, and resumes shards an interrupted run left unwritten.
@@ -254,7 +255,7 @@ def prepare(
             run_stats = runner(
                 compute_run_stats, config, manifest, reuse_store=True, progress=progress
             )
-        lock.check()  # an object-store lease may have run out: never change the store then
+        lock.renew()  # a lease taken over (object store) raises here: the store is not touched
         state = runner(open_output, config, manifest, run_stats)
         with _timed(timings, "write"):
             write = runner(
@@ -263,7 +264,7 @@ def prepare(
         if verify:
             with _timed(timings, "verify"):
                 runner(verify_output, store, workers=config.runtime.workers, incremental=True)
-        lock.check()  # before the store is finalized (marked complete)
+        lock.renew()  # still ours, checked with the store, before it is marked complete
         result: RunResult = runner(
             finish, config, state, run_stats, write, timings=timings, verified=verify
         )

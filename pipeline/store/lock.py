@@ -49,6 +49,7 @@ class StoreLock:
     """
 
     def __init__(self, path: PathLike) -> None:
+        self._fd: int | None = None
         location = store_location(path)
         if not location.is_local:
             raise StoreError(
@@ -57,7 +58,6 @@ class StoreLock:
             )
         self.path = Path(location.path)  # symbolic links resolved: one folder, one lock
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._fd: int | None = None
 
     @property
     def held(self) -> bool:
@@ -71,6 +71,9 @@ class StoreLock:
 
     def check(self) -> None:
         """Nothing to check: an ``flock`` cannot be lost while it is held."""
+
+    def renew(self) -> None:
+        """Nothing to renew: an ``flock`` has no lease (see :meth:`ObjectStoreLock.renew`)."""
 
     def acquire(self) -> StoreLock:
         """Take the lock or fail at once.
