@@ -5,7 +5,7 @@ level 3 (the default compression). Two chunkings: one sample per chunk inside
 a shard (the store layout of today) and one chunk per shard (no sharding).
 Requests are counted at the server (every HTTP request moto answers), so they
 include whatever s3fs and zarr's ``FsspecStore`` add (HEADs, LISTs). Then the
-same for a whole :func:`pipeline.shards.write_shard` (every array of the
+same for a whole :func:`pipeline.store.write_shard` (every array of the
 store, the record, ``done`` last) on a store copied to the server.
 
 Run: ``python benchmarks/bench_storage.py`` (needs the test extra: moto[server]).
@@ -47,8 +47,8 @@ import numpy as np
 import zarr
 
 from pipeline.config import CompressionConfig
-from pipeline.shards import StoreLayout, _compressors, create_store, write_shard
 from pipeline.storage import resolve_location, zarr_store
+from pipeline.store import StoreLayout, create_store, write_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test server, tests/s3server.py
 from tests.s3server import MotoS3Server
@@ -89,7 +89,7 @@ def main() -> None:
     s3fs.S3FileSystem(**opts).mkdir("bench")
     rng = np.random.default_rng(0)
     data = rng.standard_normal((2 * SHARD, *SHAPE)).astype(np.float16)
-    compressors = _compressors(CompressionConfig())
+    compressors = CompressionConfig().compression().compressors()
     print(f"images (N=128, 3, 64, 64) float16, shard {SHARD} samples, zstd 3; requests per op")
     print(f"{'layout':32s} {'op':24s} {'requests':28s} ms")
     for name, chunks, shards in [

@@ -770,7 +770,7 @@ class ObjectStoreLock:
     lease has expired the next :meth:`acquire` takes the lock over: a killed
     run blocks the store for at most ``lease_s``. :meth:`release` marks the
     object released (it stays, like the local lock file). The interface is
-    that of :class:`pipeline.shards.StoreLock` (``acquire``, ``release``,
+    that of :class:`pipeline.store.StoreLock` (``acquire``, ``release``,
     ``holder``, ``held``, context manager); a second lock object, in this
     process or another, is refused with
     :class:`~pipeline.errors.StoreLockedError` naming the holder and the store.
@@ -800,9 +800,9 @@ class ObjectStoreLock:
       may find the lock taken over only at its next heartbeat; shard tasks it
       already handed to Dask workers are not stopped by the lock. Check
       :attr:`lost` (or call :meth:`check`) before committing work, e.g. before
-      :func:`~pipeline.shards.finalize`.
+      :func:`~pipeline.store.finalize`.
 
-    The lock object for a local folder is :class:`pipeline.shards.StoreLock`
+    The lock object for a local folder is :class:`pipeline.store.StoreLock`
     (``flock``), which the kernel drops when its holder dies.
 
     Args:
