@@ -193,8 +193,9 @@ def main() -> None:
         images = run["result"].samples
         print(f"{name:8s} {run['seconds']:8.2f} {cells}   {images / run['seconds']:.0f} images/s")
     ratio = best["s3"]["seconds"] / best["local"]["seconds"]
-    write = best["s3"]["steps"]["write_shards"]["seconds"] / (
-        best["local"]["steps"]["write_shards"]["seconds"]
+    write = (
+        best["s3"]["steps"]["write_shards"]["seconds"]
+        / (best["local"]["steps"]["write_shards"]["seconds"])
     )
     print(f"\ns3 / local: {ratio:.2f}x the wall time of the whole run, {write:.2f}x the write step")
 
