@@ -14,10 +14,12 @@ normalize, write with its record), verify, finish.
 Reported: wall time per step and in all, images per second, the ratio s3/local,
 and the HTTP requests the server answered per step: per shard of the write step
 the requests to the store (metadata, shard, record) and to the source (one GET
-per image), and per image of the statistics step. Requests are counted at the
-server, so they include everything s3fs and zarr add. moto is no AWS: what the
-ratio shows is the client-side cost of the object-store path (s3fs, zarr's
-FsspecStore, one HTTP round trip per object) on loopback, not S3's latency.
+per image), and per image of the statistics step; and CPU seconds of the run's
+process and of the moto server (which shares the machine's cores with the run).
+Requests are counted at the server, so they include everything s3fs and zarr
+add. moto is no AWS: what the ratio shows is the cost of the object-store path
+(s3fs, zarr's FsspecStore, one HTTP round trip per object, and the server's own
+CPU on the same cores) on loopback, not S3's latency or bandwidth.
 
     python benchmarks/bench_s3.py                         # 400 images, 64x64 samples, 2 workers
     python benchmarks/bench_s3.py --images 100 --repeat 1 # quick
@@ -61,6 +63,11 @@ def _serve(conn: Any) -> None:
             conn.send(None)
         elif command == "log":
             conn.send([(r.method, r.path) for r in server.log()])
+        elif command == "cpu":
+            import resource
+
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            conn.send(usage.ru_utime + usage.ru_stime)
         else:
             server.stop()
             conn.send(None)
@@ -129,9 +136,16 @@ def _run(cfg: Any, server: Server | None) -> dict[str, Any]:
         steps[step.__name__] = entry
         return out
 
-    t0 = time.perf_counter()
+    server_cpu = server.call("cpu") if server is not None else 0.0
+    cpu, t0 = time.process_time(), time.perf_counter()
     result = prepare(cfg, runner=runner)
-    return {"seconds": time.perf_counter() - t0, "steps": steps, "result": result}
+    return {
+        "seconds": time.perf_counter() - t0,
+        "cpu": time.process_time() - cpu,
+        "server_cpu": (server.call("cpu") - server_cpu) if server is not None else 0.0,
+        "steps": steps,
+        "result": result,
+    }
 
 
 def _requests(log: list[tuple[str, str]], part: str) -> collections.Counter[str]:
@@ -184,14 +198,21 @@ def main() -> None:
         fs.rm(f"bench/ds-{i}.zarr", recursive=True)
     server.stop()
 
-    print(f"\n{'':8s} {'total s':>8s} " + " ".join(f"{s.split('_')[0]:>8s}" for s in STEPS))
+    print(
+        f"\n{'':8s} {'total s':>8s} "
+        + " ".join(f"{s.split('_')[0]:>8s}" for s in STEPS)
+        + f" {'cpu s':>8s} {'moto cpu':>8s}"
+    )
     best = {}
     for name, items in runs.items():
         run = min(items, key=lambda r: r["seconds"])
         best[name] = run
         cells = " ".join(f"{run['steps'][s]['seconds']:8.2f}" for s in STEPS)
         images = run["result"].samples
-        print(f"{name:8s} {run['seconds']:8.2f} {cells}   {images / run['seconds']:.0f} images/s")
+        print(
+            f"{name:8s} {run['seconds']:8.2f} {cells} {run['cpu']:8.2f} {run['server_cpu']:8.2f}"
+            f"   {images / run['seconds']:.0f} images/s"
+        )
     ratio = best["s3"]["seconds"] / best["local"]["seconds"]
     write = (
         best["s3"]["steps"]["write_shards"]["seconds"]
