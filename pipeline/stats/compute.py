@@ -148,6 +148,7 @@ def compute_stats(
 
     Example:
         >>> import tempfile
+        >>> from pathlib import Path
         >>> from PIL import Image
         >>> d = Path(tempfile.mkdtemp())
         >>> Image.new("RGB", (4, 2), (0, 255, 51)).save(d / "a.png")

@@ -152,7 +152,8 @@ def lock_for(path: PathLike, **lease: Any) -> AnyLock:
     A local path (symbolic links resolved, so every path to one folder gets one
     lock) gets :class:`StoreLock`; an object-store URL or location gets
     :class:`pipeline.storage.ObjectStoreLock` with ``lease`` (``lease_s``,
-    ``heartbeat_s``, ``settle_s``). The lock is not taken yet.
+    ``heartbeat_s``, ``settle_s``; ``memory://``, which lives in this process,
+    reads back without waiting). The lock is not taken yet.
 
     Example:
         >>> import tempfile
@@ -164,4 +165,6 @@ def lock_for(path: PathLike, **lease: Any) -> AnyLock:
     location = store_location(path)
     if location.is_local:
         return StoreLock(location.path)
+    if location.protocol == "memory":  # one process's dict: nothing to wait for when reading back
+        lease = {"settle_s": 0.0, **lease}
     return ObjectStoreLock(location, **lease)
