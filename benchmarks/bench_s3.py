@@ -25,34 +25,37 @@ CPU on the same cores) on loopback, not S3's latency or bandwidth.
     python benchmarks/bench_s3.py --images 100 --repeat 1 # quick
 
 Latest result (``python benchmarks/bench_s3.py``; zarr 3.1.6, s3fs, moto 5; 2 cores
-shared with other jobs, load ~5, so the seconds are noisy; the requests are exact):
+shared with other jobs, load ~5, so the seconds are noisy, three runs gave 4.4x to
+5.4x; the requests are exact):
 
     400 JPEGs (23.2 MiB) -> 64x64 float16, shards of 64, 2 workers
               total s   scan  stats   open  write  verify   cpu s  moto cpu
-    local        3.77   0.01   1.75   0.38   1.30    0.25    2.84      0.00  106 images/s
-    s3          17.21   0.35   5.39   2.58   6.29    1.16    7.99      6.04   23 images/s
-    s3 / local: 4.56x the wall time of the whole run, 4.84x the write step
+    local        2.54   0.01   0.84   0.13   1.28    0.24    2.46      0.00  157 images/s
+    s3          13.84   0.13   4.51   1.71   5.67    1.07    8.03      6.09   29 images/s
+    s3 / local: 5.44x the wall time of the whole run, 4.42x the write step
 
     requests (s3 run; 7 shards, 400 images):
       scan 1 (one LIST), statistics 401 (a LIST, then one GET per image),
-      open 171 (creating the store's 25 arrays and groups), write 581, verify 100
-      per shard, to the store:  22.9 (GET 15.9, PUT 7); per image, to the source: 1 GET
+      open 171 (creating the store's 25 arrays and groups), write 581, verify 99
+      per shard, to the store:  25.9 (GET 15.9, POST 3, PUT 7); per image, to the source: 1 GET
 
-A shard costs a constant number of requests to the store (16 in the shard task:
-9 metadata GETs, the shard's GET-before-PUT and PUT, 4 one-chunk PUTs or
-deletes of the row arrays, the record, ``done``, ``live``; the rest of the 22.9
-is the step's reads of the plan, spread over 7 shards), whatever its number of
-samples (tests/pipeline/test_object_store.py checks 4 against 16 samples); each
-source image is one GET in the statistics pass and one in the shard task. The
-gap to local disk on this machine is CPU more than the network: the run's
-process spends 5 s more CPU (about 4 ms per request: signing, aiohttp, the hops
-to fsspec's event loop) and moto 6 s, on the same two cores; the rest is
-latency, since write_shard's 16 requests are sequential and each shard task
-reads an image just before decoding it. Ways to narrow it, not done here:
-prefetch a shard's (and a statistics chunk's) source objects concurrently,
-open a store's arrays once per worker process or concurrently, create the
-store's arrays with concurrent metadata writes, and obstore (see
-bench_storage.py: less client time per object).
+A shard costs a constant number of requests to the store, whatever its number of
+samples (tests/pipeline/test_object_store.py checks 4 against 16 samples): 20 in
+the shard task (10 GETs: the group's and 8 arrays' metadata and the shard before
+it is replaced; 7 PUTs: the shard, 2 row chunks, the record's 2 elements,
+``done``, ``live``; 3 batch deletes of chunks equal to their fill value: ``done``
+and ``live`` cleared first, an all-zero ``copy_index`` chunk), and the write
+step's reads of the plan, spread over the shards (5.9 here). Each source image
+is one GET in the statistics pass and one in its shard task. The gap to local
+disk on this machine is CPU more than the network: the run's process spends
+5.6 s more CPU (about 4 ms per request: signing, aiohttp, the hops to fsspec's
+event loop) and moto 6.1 s, on the same two cores; the rest is latency, since
+write_shard's 20 requests are sequential and a shard task reads each image
+just before decoding it. Ways to narrow it, not done here: prefetch a shard's
+(and a statistics chunk's) source objects concurrently, open a store's arrays
+once per worker process or concurrently, create the store's arrays with
+concurrent metadata writes, and obstore (see bench_storage.py: less client
+time per object).
 """
 
 from __future__ import annotations
@@ -182,6 +185,14 @@ def _requests(log: list[tuple[str, str]], part: str) -> collections.Counter[str]
     return collections.Counter(method for method, path in log if part in path)
 
 
+def _store_requests(log: list[tuple[str, str]]) -> collections.Counter[str]:
+    """Requests to the store: its keys, and batch deletes of chunks equal to their fill value.
+
+    s3fs deletes with a POST to the bucket (the keys are in the body); the source is only read.
+    """
+    return collections.Counter(m for m, path in log if "/bench/ds-" in path or m == "POST")
+
+
 def _fmt(c: collections.Counter[str], per: float = 1.0) -> str:
     total = sum(c.values()) / per
     inner = ", ".join(f"{k} {v / per:.3g}" for k, v in sorted(c.items()))
@@ -258,7 +269,7 @@ def main() -> None:
         log = s3["steps"][step]["log"]
         print(f"  {step:18s} {_fmt(collections.Counter(m for m, _ in log))}")
     write_log = s3["steps"]["write_shards"]["log"]
-    print(f"  per shard, to the store:  {_fmt(_requests(write_log, '/bench/ds-'), shards)}")
+    print(f"  per shard, to the store:  {_fmt(_store_requests(write_log), shards)}")
     print(f"  per image, to the source: {_fmt(_requests(write_log, '/bench/images/'), n)}")
     stats_log = s3["steps"]["compute_run_stats"]["log"]
     print(f"  statistics, per image:    {_fmt(_requests(stats_log, '/bench/images/'), n)}")

@@ -660,7 +660,7 @@ def test_store_requests_per_shard_do_not_grow_with_the_samples_in_it(s3_bucket, 
         per_shard[shard_size] = {store for _, store, _ in calls}
     assert len(per_shard[4]) == 1, per_shard  # every shard the same number of requests
     assert per_shard[4] == per_shard[16], per_shard  # 4 times the samples, the same requests
-    assert max(per_shard[4]) <= 20
+    assert max(per_shard[4]) <= 24
 
 
 def _shard_requests(bucket, src: Location, key: str, shard_size: int) -> list[tuple[int, int, int]]:
@@ -683,7 +683,9 @@ def _shard_requests(bucket, src: Location, key: str, shard_size: int) -> list[tu
             server.reset_log()
             record = real(job, *args, **kwargs)
             log = server.log()
-            store = sum(f"/{key}/" in r.path for r in log)
+            # the store's keys, and batch deletes (POST to the bucket; the keys are in the body)
+            # of chunks equal to their fill value: the source is only read
+            store = sum(f"/{key}/" in r.path or r.method == "POST" for r in log)
             files = sum(
                 f"/{src.path}/" in f"{r.path}/" or r.path.startswith(f"/{src.path}/") for r in log
             )
