@@ -20,14 +20,15 @@ milliseconds are noisy: 2 shared cores, moto in the same process):
     chunk 1 sample, shard 64    read 1 sample             2 (GET 2: shard index, chunk)
     chunk = shard, unsharded    write shard               1 (PUT 1)
     chunk = shard, unsharded    read shard                1 (GET 1)
-    today's store layout        write_shard, all arrays  17 (GET 9, PUT 6, POST 2)
+    today's store layout        write_shard, all arrays  20 (GET 10, PUT 7, POST 3)
 
 A shard is one PUT: zarr's sharding codec encodes the 64 inner chunks and the
 index into one object. Before writing, zarr 3.1 reads the existing shard (one
 GET; a 404 on the first write), even when the write covers the whole shard.
-Of write_shard's 17 requests, 8 GETs are metadata (the root group and the 7
-arrays it opens); the POSTs are deletes of chunks equal to the fill value
-(``done = False``, an all-zero ``copy_index``). Without ``max_concurrency=1``
+Of write_shard's 20 requests (store format 2, with ``live``), 9 GETs are
+metadata (the root group and the 8 arrays it opens); the POSTs are deletes of
+chunks equal to the fill value (``done = False`` and ``live = False`` first, an
+all-zero ``copy_index``). Without ``max_concurrency=1``
 (pipeline.storage's default for s3) s3fs sends a HEAD before every GET.
 obstore (0.12.1, zarr's ObjectStore) makes the same requests, with less client
 time per object on reads (about 7 ms against 10-60 ms for a 1.4 MB object
