@@ -39,9 +39,14 @@ bench: .venv
 	$(PIP) install --quiet -c constraints.txt -e ".[test,bench]"
 	$(BIN)/python benchmarks/bench_stats.py
 	$(BIN)/python benchmarks/bench_ops.py
+	$(BIN)/python benchmarks/bench_lk.py
+	$(BIN)/python benchmarks/bench_tone.py
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_store.py
+	$(BIN)/python benchmarks/bench_codecs.py
+	$(BIN)/python benchmarks/bench_shard_write.py
+	$(BIN)/python benchmarks/bench_floor.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

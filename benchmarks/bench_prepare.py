@@ -1,27 +1,31 @@
-"""Benchmark: `imageprep run` against the decode+resize floor and a hand-written baseline.
+"""Benchmark: `imageprep run` against the decode+resize floor and a hand-written script.
 
 N JPEGs (300-640 x 240-480, quality 90; the stats benchmark's set, cached in
 benchmarks/_data/) become 224x224 float16 normalized samples in a sharded Zarr
 store. Timed in one run, with the same thread count, each in its own process:
 
-- floor:     draft decode + resize/centre-crop to 224 only (the same decode and
-             resize calls the pipeline makes), in a thread pool; nothing stored;
-- run:       pipeline.run.prepare with the statistics given (stats.file): a
-             validation pass, then one Dask task per shard (decode, resize,
-             normalize, cast, write with checksums); no augmentation;
-- run+stats: the same, computing the exact statistics first (a second full decode);
-- run+aug:   `run` with invert (p=0.5) + DoG band-pass noise;
-- baseline:  what a user writes by hand: a torch DataLoader(num_workers=W) whose
-             Dataset does Pillow resize (shorter side 256) + centre crop 224 +
-             to tensor + normalize, batches of 64 appended to a sharded Zarr
-             array (float16, zstd 3, chunk 1 sample, shard 256 samples);
-- run/raw, baseline/raw: the same two without compression, which shows how
-             much of each is the zstd encoding of float16 samples.
+- floor:       bench_floor.floor: Pillow draft decode, Pillow bilinear resize
+               of the shorter side, centre crop, in a thread pool; nothing
+               stored (independent of imageprep and torch);
+- script:      bench_floor.script: the ~30 lines a user writes instead (the
+               same loading, NumPy normalize to float16, a sharded Zarr array
+               with zstd 3, one shard written while the next decodes);
+- run:         pipeline.run.prepare with the statistics given (stats.file) and
+               the default codec: one decode per file (samples and moments),
+               one Dask task per shard, verify; no augmentation;
+- run/zstd-3:  `run` with zstd 3 forced (the script's codec);
+- run/raw:     `run` without compression;
+- run+stats:   `run` computing the exact statistics first (a second full decode);
+- run+aug:     `run` with invert (p=0.5) + DoG band-pass noise;
+- dataloader:  a torch DataLoader(num_workers=W) whose Dataset does Pillow
+               resize + centre crop + normalize, appended to a zstd-3 Zarr
+               array (the former baseline; not run by default).
 
 Throughput is (N2 - N1) / (t(N2) - t(N1)), so start-up cancels; CPU time
 (user + system of the process and its children) is reported beside, since a
 shared machine disturbs it less than wall time. Peak memory (max RSS) at both
-sizes shows that memory does not grow with the dataset.
+sizes shows that memory does not grow with the dataset. The stored size is
+given as a fraction of the raw float16 bytes.
 
     python benchmarks/bench_prepare.py                    # 500 and 2000 images, 2 workers
     python benchmarks/bench_prepare.py --sizes 200 800    # quick
@@ -42,9 +46,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_floor  # noqa: E402
 from bench_stats import dataset, measure  # noqa: E402
 
-KINDS = ("floor", "run", "run+stats", "run+aug", "baseline", "run/raw", "baseline/raw")
+KINDS = ("floor", "script", "run", "run/zstd-3", "run/raw", "run+stats", "run+aug", "dataloader")
+DEFAULT_KINDS = KINDS[:-1]
 SIZE = (224, 224)
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -52,25 +58,6 @@ STD = (0.229, 0.224, 0.225)
 
 def _files(src: Path) -> list[Path]:
     return sorted(src.rglob("*.jpg"))
-
-
-def run_floor(src: Path, workers: int) -> dict:
-    from concurrent.futures import ThreadPoolExecutor
-
-    import torch
-
-    import ops
-    from pipeline.decode import decode
-    from pipeline.transforms import to_tensor
-
-    torch.set_num_threads(1)
-
-    def load(p: Path) -> int:
-        return int(ops.resize_to(to_tensor(decode(p, draft=SIZE)), SIZE).shape[0])
-
-    with ThreadPoolExecutor(workers) as ex:
-        n = sum(1 for _ in ex.map(load, _files(src), chunksize=16))
-    return {"images": n}
 
 
 def _stats_file(out: Path) -> Path:
@@ -85,7 +72,7 @@ def _stats_file(out: Path) -> Path:
 
 
 def run_prepare(src: Path, workers: int, out: Path, kind: str) -> dict:
-    from pipeline.config import validate_config
+    from pipeline.config import CompressionConfig, validate_config
     from pipeline.run import prepare
 
     augment: list[dict] = []
@@ -106,18 +93,18 @@ def run_prepare(src: Path, workers: int, out: Path, kind: str) -> dict:
             "runtime": {"workers": workers, "device": "cpu"},
         }
     )
-    if kind.endswith("/raw"):
+    codec = {"run/raw": ("none", None), "run/zstd-3": ("zstd", 3)}.get(kind)
+    if codec is not None:
+        compression = CompressionConfig(codec=codec[0], level=codec[1])
         cfg = cfg.model_copy(
-            update={"output": cfg.output.model_copy(update={"compression": _none()})}
+            update={"output": cfg.output.model_copy(update={"compression": compression})}
         )
     result = prepare(cfg)
-    return {"images": result.samples, "timings": result.timings}
+    return {"images": result.samples, "stored": _stored(out / "ds.zarr")}
 
 
-def _none():
-    from pipeline.config import CompressionConfig
-
-    return CompressionConfig(codec="none", level=None)
+def _stored(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("c/**/*") if f.is_file())
 
 
 class _Baseline:
@@ -148,7 +135,7 @@ class _Baseline:
         return (x - mean) / std
 
 
-def run_baseline(src: Path, workers: int, out: Path, *, compress: bool = True) -> dict:
+def run_dataloader(src: Path, workers: int, out: Path) -> dict:
     import numpy as np
     import torch
     import zarr
@@ -163,7 +150,7 @@ def run_baseline(src: Path, workers: int, out: Path, *, compress: bool = True) -
         dtype="float16",
         chunks=(1, 3, 224, 224),
         shards=(256, 3, 224, 224),
-        compressors=ZstdCodec(level=3) if compress else None,
+        compressors=ZstdCodec(level=3),
     )
     loader = DataLoader(_Baseline(files), batch_size=64, num_workers=workers)
     n = 0
@@ -172,7 +159,7 @@ def run_baseline(src: Path, workers: int, out: Path, *, compress: bool = True) -
         arr.resize((n + b, 3, 224, 224))
         arr[n : n + b] = x.numpy().astype(np.float16)
         n += b
-    return {"images": n}
+    return {"images": n, "stored": _stored(out / "baseline.zarr")}
 
 
 def child(kind: str, src: Path, workers: int) -> None:
@@ -180,9 +167,12 @@ def child(kind: str, src: Path, workers: int) -> None:
     try:
         t0 = time.perf_counter()
         if kind == "floor":
-            res = run_floor(src, workers)
-        elif kind.startswith("baseline"):
-            res = run_baseline(src, workers, out, compress=not kind.endswith("/raw"))
+            res = {"images": bench_floor.floor(src, threads=workers)}
+        elif kind == "script":
+            n = bench_floor.script(src, out / "script.zarr", threads=workers)
+            res = {"images": n, "stored": _stored(out / "script.zarr")}
+        elif kind == "dataloader":
+            res = run_dataloader(src, workers, out)
         else:
             res = run_prepare(src, workers, out, kind)
         res["work_s"] = time.perf_counter() - t0
@@ -207,7 +197,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs=2, default=[500, 2000], metavar=("N1", "N2"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2, help="runs per point; the fastest counts")
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    ap.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=KINDS)
     args = ap.parse_args()
     n1, n2 = args.sizes
     src1, src2 = dataset(n1, n2), dataset(n2, n2)
@@ -235,22 +225,30 @@ def main() -> None:
         return (n2 - n1) / (r[n2][key] - r[n1][key])
 
     nan = float("nan")
+
+    def stored(kind: str) -> str:
+        r = results[kind][n2]
+        if "stored" not in r:
+            return "-"
+        return f"{r['stored'] / (r['images'] * 3 * SIZE[0] * SIZE[1] * 2):.3f}"
+
     floor = rate("floor") if "floor" in results else nan
-    base = rate("baseline") if "baseline" in results else nan
+    base = rate("script") if "script" in results else nan
     cpu_floor = rate("floor", "cpu_s") if "floor" in results else nan
-    cpu_base = rate("baseline", "cpu_s") if "baseline" in results else nan
+    cpu_base = rate("script", "cpu_s") if "script" in results else nan
     print()
     print(
-        f"| run | t({n1}) s | t({n2}) s | img/s | vs floor | vs baseline | img/CPU-s "
-        f"| CPU vs floor | CPU vs baseline | peak {n1} MiB | peak {n2} MiB |"
+        f"| run | t({n1}) s | t({n2}) s | img/s | vs floor | vs script | img/CPU-s "
+        f"| CPU vs floor | CPU vs script | peak {n1} MiB | peak {n2} MiB | stored / raw |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, r in results.items():
         ips, cps = rate(kind), rate(kind, "cpu_s")
         print(
             f"| {kind} | {r[n1]['wall_s']:.2f} | {r[n2]['wall_s']:.2f} | {ips:.0f} | "
             f"{ips / floor:.2f} | {ips / base:.2f} | {cps:.0f} | {cps / cpu_floor:.2f} | "
-            f"{cps / cpu_base:.2f} | {r[n1]['maxrss_mib']:.0f} | {r[n2]['maxrss_mib']:.0f} |"
+            f"{cps / cpu_base:.2f} | {r[n1]['maxrss_mib']:.0f} | {r[n2]['maxrss_mib']:.0f} | "
+            f"{stored(kind)} |"
         )
 
 

@@ -22,10 +22,12 @@ from pipeline.cli import (
     APP_SETTINGS,
     EXIT_REJECTED,
     SetOverrides,
+    guarded,
     load_run_config,
     make_console,
     print_run_result,
-    usage_error,
+    run_app,
+    set_resume_hint,
 )
 from pipeline.cli import app as library_app
 
@@ -44,47 +46,37 @@ _PREFECT_HELP = (
 
 
 def _prepare(cfg: RunConfig, *, use_prefect: bool, verify: bool, refresh_stats: bool) -> RunResult:
-    """Run the prepare job (the flow, or the plain function) and map errors to exit codes.
+    """Run the prepare job: the Prefect flow, or the plain function with progress bars.
 
-    Exit 1: shards failed (the store stays resumable) or a shard does not
-    match its checksum; exit 2: bad config, a store of another run, a store
-    held by another run.
+    Errors reach the command's boundary (:func:`pipeline.cli.guarded`),
+    which prints them as one line with their exit status.
     """
-    from pipeline.errors import ImageprepError, ShardWriteError, StoreVerificationError
+    if use_prefect:
+        from flows.prepare import run_foreground
 
+        apply_prefect_defaults()  # before the flow starts a temporary server
+
+        # heartbeats only when asked for in the environment (see run_foreground)
+        heartbeat = any(
+            name in os.environ
+            for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
+        )
+        result: RunResult = run_foreground(
+            cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
+        )
+        return result
+    from flows._logs import to_console
+    from pipeline.progress import BarProgress
+    from pipeline.run import prepare
+
+    # the Dask cluster's dashboard link (runtime.dask_address) is printed on stderr
     err = make_console(stderr=True)
-    try:
-        if use_prefect:
-            from flows.prepare import run_foreground
-
-            apply_prefect_defaults()  # before the flow starts a temporary server
-
-            # heartbeats only when asked for in the environment (see run_foreground)
-            heartbeat = any(
-                name in os.environ
-                for name in (
-                    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY",
-                    "PREFECT_RUNNER_HEARTBEAT_FREQUENCY",
-                )
-            )
-            result: RunResult = run_foreground(
-                cfg, verify=verify, refresh_stats=refresh_stats, heartbeat=heartbeat
-            )
-        else:
-            from pipeline.progress import BarProgress
-            from pipeline.run import prepare
-
-            with BarProgress(err) as progress:
-                result = prepare(cfg, progress=progress, verify=verify, refresh_stats=refresh_stats)
-    except (ShardWriteError, StoreVerificationError) as e:
-        err.print(str(e), markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_REJECTED) from e
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
-    return result
+    with BarProgress(err) as progress, to_console(err):
+        return prepare(cfg, progress=progress, verify=verify, refresh_stats=refresh_stats)
 
 
 @app.command()
+@guarded
 def demo(
     out: Annotated[
         Path,
@@ -109,18 +101,13 @@ def demo(
     Runs the prepare flow (statistics, augmentation, sharded Zarr store), then
     prints the statistics, the store, the rejected inputs and the preview.
     """
-    from pipeline.errors import ImageprepError
-
     console = make_console()
     out = out.expanduser().resolve()
-    try:
-        from flows.demo import demo_config, make_demo_source
+    from flows.demo import demo_config, make_demo_source
 
-        src = make_demo_source(out, seed=seed, n_per_class=n_per_class)
+    src = make_demo_source(out, seed=seed, n_per_class=n_per_class)
 
-        cfg = demo_config(out, workers=workers)
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
+    cfg = demo_config(out, workers=workers)
     console.print(f"synthetic dataset written to {src}", soft_wrap=True)
     result = _prepare(cfg, use_prefect=not no_prefect, verify=True, refresh_stats=False)
     print_run_result(result, console=console, max_failures=None)
@@ -137,6 +124,7 @@ def demo(
 
 
 @app.command()
+@guarded
 def run(
     config: Annotated[
         Path,
@@ -188,18 +176,18 @@ def run(
     """
     cfg = load_run_config(config, set_)
     if dry_run:
-        from pipeline.errors import ImageprepError
         from pipeline.run import plan_run
 
-        try:
-            plan = plan_run(cfg)
-        except ImageprepError as e:
-            raise usage_error(str(e)) from e
+        plan = plan_run(cfg)
         console = make_console()
         console.print("dry run: nothing is written", markup=False)
         for line in plan.lines():
             console.print(f"  {line}", markup=False, soft_wrap=True)
         return
+    import shlex
+
+    resume = ["imageprep", "run", str(config), *(f"--set={o}" for o in set_ or [])]
+    set_resume_hint(" ".join(shlex.quote(a) for a in resume + ["--no-prefect"] * no_prefect))
     result = _prepare(cfg, use_prefect=not no_prefect, verify=verify, refresh_stats=refresh_stats)
     print_run_result(result, console=make_console())
     if strict and result.failures:
@@ -207,6 +195,7 @@ def run(
 
 
 @app.command()
+@guarded
 def serve(
     config: Annotated[
         Path,
@@ -243,20 +232,15 @@ def serve(
     PREFECT_API_URL and executes its scheduled and triggered runs until
     stopped (Ctrl-C pauses the schedule).
     """
-    from pipeline.errors import ImageprepError
-
     cfg = load_run_config(config, set_)
     from flows.serve import serve_prepare
 
-    try:
-        serve_prepare(cfg, cron=cron, name=name or config.stem, timezone=timezone, verify=verify)
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
+    serve_prepare(cfg, cron=cron, name=name or config.stem, timezone=timezone, verify=verify)
 
 
 def main() -> None:
-    """Entry point of the ``imageprep`` console script."""
-    app()
+    """Entry point of the ``imageprep`` console script (behind :func:`pipeline.cli.run_app`)."""
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import sys
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows._logs import LOCAL_DASHBOARD_HINT, to_run_log
 from flows.artifacts import artifact_key, failed_run_markdown, run_markdown
 from flows.tasks import TaskRunner
 from pipeline.config import RunConfig
@@ -68,14 +69,19 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
     """
     runner = TaskRunner(refresh_stats=refresh_stats)
     key = artifact_key("imageprep-run", config.output.location.name)
+    logger = get_run_logger()
+    if config.runtime.dask_address is None:
+        logger.info(LOCAL_DASHBOARD_HINT)
     try:
-        result = prepare(
-            config,
-            progress=LogProgress(get_run_logger()),
-            verify=verify,
-            refresh_stats=refresh_stats,
-            runner=runner,
-        )
+        # the Dask cluster and its dashboard link (pipeline.execution) go to the run's log
+        with to_run_log(logger):
+            result = prepare(
+                config,
+                progress=LogProgress(logger),
+                verify=verify,
+                refresh_stats=refresh_stats,
+                runner=runner,
+            )
     except ShardWriteError as exc:
         create_markdown_artifact(
             failed_run_markdown(

@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 import pipeline.run as run
+from flows._logs import to_run_log
 from flows.artifacts import artifact_key, stats_markdown
 from flows.tasks import TaskRunner
 from pipeline.config import RunConfig
@@ -48,10 +49,10 @@ def stats_flow(config: RunConfig, refresh: bool = False) -> dict[str, Any]:
         The stats JSON (contract shape), ``failures`` included.
     """
     runner = TaskRunner(refresh_stats=refresh)
+    logger = get_run_logger()
     manifest = runner(run.scan_source, config)
-    run_stats = runner(
-        run.compute_run_stats, config, manifest, progress=LogProgress(get_run_logger())
-    )
+    with to_run_log(logger):  # the Dask cluster and its dashboard link
+        run_stats = runner(run.compute_run_stats, config, manifest, progress=LogProgress(logger))
     cached = runner.states.get("stats") == "Cached"
     create_markdown_artifact(
         stats_markdown(run_stats.stats, source=str(manifest.root), cached=cached),

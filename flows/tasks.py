@@ -46,11 +46,13 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import quote
 
 import pipeline.run as run
+from flows._compat import install as _install_null_filter_fix
 from flows._fork import install as _install_fork_handler
 from pipeline.config import RunConfig
 from pipeline.errors import ShardWriteError
 
 _install_fork_handler()  # forked children (DataLoader workers) of a flow's process exit cleanly
+_install_null_filter_fix()  # no 422 from a FastAPI >= 0.151 server (`prefect deploy`, reads)
 
 if TYPE_CHECKING:
     import logging

@@ -36,15 +36,24 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from ops._checks import (
+    check_choice,
     check_float_image,
     check_image,
     check_nonnegative,
     check_pair,
+    check_positive,
     check_probability,
     check_size,
     compute_dtype,
 )
-from ops.color import _check_gray_or_rgb, _shadows_highlights, default_tone_sigma, invert
+from ops.color import (
+    _check_gray_or_rgb,
+    _check_kernel_size,
+    _shadows_highlights,
+    _source_shadows_highlights,
+    default_tone_sigma,
+    invert,
+)
 from ops.errors import InvalidArgumentError
 from ops.filters import _gaussian_blur_per_sample, gaussian_blur
 from ops.geometry import resized_crop
@@ -386,51 +395,172 @@ class DoGNoise(_BatchAugmentation[DoGNoiseParams]):
 
 @dataclass(frozen=True)
 class ShadowsHighlightsParams:
-    """One sample's draw for :class:`ShadowsHighlights`."""
+    """One sample's draw for :class:`ShadowsHighlights`.
+
+    The fields of the method not in use keep their identity values
+    (``shadows = highlights = 0`` under ``"source"``, ``gamma_shadows =
+    gamma_highlights = 1`` under ``"moroney"``).
+    """
 
     apply: bool
-    shadows: float
-    highlights: float
+    shadows: float = 0.0
+    highlights: float = 0.0
+    gamma_shadows: float = 1.0
+    gamma_highlights: float = 1.0
+
+
+_SH_METHODS = ("moroney", "source")
+
+
+def _gamma_range(value: Any, name: str) -> Range:
+    """A gamma (number > 0) or a ``(lo, hi)`` range of them, as a range."""
+    lo, hi = _value_or_range(value, name, low=0.0, high=math.inf)
+    if lo <= 0:
+        raise InvalidArgumentError(
+            f"{name} must be a number > 0 or a (lo, hi) range with 0 < lo <= hi, got {value!r}"
+        )
+    return lo, hi
 
 
 class ShadowsHighlights(_BatchAugmentation[ShadowsHighlightsParams]):
-    """Random local tone adjustment (:func:`ops.color.adjust_shadows_highlights`).
+    """Random shadows/highlights adjustment with either of the two methods.
 
-    Draws per sample, in order: the coin, ``shadows``, ``highlights``.
-    Samples whose coin fails are left as they are (not clamped).
+    - ``method="source"``: the source's method, :func:`ops.color.shadows_highlights`
+      (local-contrast masks from a ``kernel_size`` x ``kernel_size`` Gaussian blur
+      with ``sigma``, a per-pixel power law with ``gamma_shadows`` and
+      ``gamma_highlights``). Defaults: gammas 1 (identity), ``kernel_size=7``,
+      ``sigma=2.5``.
+    - ``method="moroney"`` (default): :func:`ops.color.adjust_shadows_highlights`
+      (not from the source; amounts ``shadows``, ``highlights`` in ``[-1, 1]``,
+      mask blur ``sigma``, default :func:`ops.color.default_tone_sigma`).
+
+    Each method takes only its own parameters; passing the other method's is
+    an error naming it. The default stays ``"moroney"`` because that is what
+    ``ShadowsHighlights(shadows, highlights)`` has always meant: existing
+    callers and configs (``{op: shadows_highlights, shadows: ..., highlights:
+    ...}``) keep their meaning and their samples; a config selects the
+    source's method with ``method="source"`` explicitly.
+
+    Draws per sample, in order, for either method: the coin, then the
+    method's two amounts, one uniform each (``shadows`` then ``highlights``,
+    or ``gamma_shadows`` then ``gamma_highlights``): three draws whatever the
+    coin or the method. Samples whose coin fails are left as they are (not
+    clamped).
 
     Args:
-        shadows: amount in ``[-1, 1]`` or a ``(lo, hi)`` range inside it.
-        highlights: amount in ``[-1, 1]`` or a ``(lo, hi)`` range inside it.
+        shadows: ``"moroney"`` amount in ``[-1, 1]`` or a ``(lo, hi)`` range inside it
+            (default 0).
+        highlights: ``"moroney"`` amount in ``[-1, 1]`` or a ``(lo, hi)`` range inside it
+            (default 0).
         p: probability of adjusting a sample.
-        sigma: mask blur in pixels; ``None``: :func:`ops.color.default_tone_sigma`.
+        method: ``"moroney"`` or ``"source"``.
+        gamma_shadows: ``"source"`` gamma ``> 0`` or a ``(lo, hi)`` range (default 1).
+        gamma_highlights: ``"source"`` gamma ``> 0`` or a ``(lo, hi)`` range (default 1).
+        kernel_size: ``"source"`` blur kernel side, odd (default 7).
+        sigma: blur sigma in pixels; ``None``: 2.5 (``"source"``) or
+            :func:`ops.color.default_tone_sigma` (``"moroney"``).
 
     Raises:
-        InvalidArgumentError: bad amounts, ``p`` or ``sigma``.
+        InvalidArgumentError: bad amounts, gammas, ``p``, ``method``, ``kernel_size``
+            or ``sigma``, or a parameter of the other method.
 
     Example:
-        >>> aug = ShadowsHighlights(shadows=(0.0, 0.5), highlights=-0.2)
         >>> gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        >>> aug = ShadowsHighlights(shadows=(0.0, 0.5), highlights=-0.2)
         >>> aug(torch.rand(2, 3, 16, 16), generators=gens).shape
+        torch.Size([2, 3, 16, 16])
+        >>> src = ShadowsHighlights(method="source", gamma_shadows=(0.5, 1.0), gamma_highlights=1.5)
+        >>> src(torch.rand(2, 3, 16, 16), generators=gens).shape
         torch.Size([2, 3, 16, 16])
     """
 
     def __init__(
         self,
-        shadows: float | Range = 0.0,
-        highlights: float | Range = 0.0,
+        shadows: float | Range | None = None,
+        highlights: float | Range | None = None,
         p: float = 1.0,
         *,
+        method: str = "moroney",
+        gamma_shadows: float | Range | None = None,
+        gamma_highlights: float | Range | None = None,
+        kernel_size: int | None = None,
         sigma: float | None = None,
     ) -> None:
-        self.shadows = _value_or_range(shadows, "shadows", low=-1.0, high=1.0)
-        self.highlights = _value_or_range(highlights, "highlights", low=-1.0, high=1.0)
+        self.method = check_choice(method, "method", _SH_METHODS)
         self.p = check_probability(p, "p")
-        self.sigma = None if sigma is None else check_nonnegative(sigma, "sigma")
+        others = (
+            {
+                "gamma_shadows": gamma_shadows,
+                "gamma_highlights": gamma_highlights,
+                "kernel_size": kernel_size,
+            }
+            if self.method == "moroney"
+            else {"shadows": shadows, "highlights": highlights}
+        )
+        for name, value in others.items():
+            if value is not None:
+                raise InvalidArgumentError(
+                    f"{name} is not a parameter of method={self.method!r}, got {name}={value!r}"
+                )
+        if self.method == "moroney":
+            self.amounts = (
+                self.check_amount(0.0 if shadows is None else shadows, "shadows"),
+                self.check_amount(0.0 if highlights is None else highlights, "highlights"),
+            )
+            self.kernel_size = None
+            self.sigma = None if sigma is None else check_nonnegative(sigma, "sigma")
+        else:
+            self.amounts = (
+                self.check_gamma(1.0 if gamma_shadows is None else gamma_shadows, "gamma_shadows"),
+                self.check_gamma(
+                    1.0 if gamma_highlights is None else gamma_highlights, "gamma_highlights"
+                ),
+            )
+            self.kernel_size = _check_kernel_size(7 if kernel_size is None else kernel_size)
+            self.sigma = 2.5 if sigma is None else check_positive(sigma, "sigma")
+
+    @staticmethod
+    def check_amount(value: Any, name: str) -> Range:
+        """A ``"moroney"`` amount: a number or ``(lo, hi)`` range inside ``[-1, 1]``.
+
+        The one rule for it, used by this class and by the run config's step.
+
+        Raises:
+            InvalidArgumentError: not a number or a range, ``lo > hi``, or outside ``[-1, 1]``.
+        """
+        lo, hi = _value_or_range(value, name, low=-math.inf, high=math.inf)
+        if lo < -1.0 or hi > 1.0:
+            raise InvalidArgumentError(f"{name} must lie in [-1, 1], got {_shown(value)}")
+        return lo, hi
+
+    @staticmethod
+    def check_gamma(value: Any, name: str) -> Range:
+        """A ``"source"`` gamma: a number ``> 0`` or a ``(lo, hi)`` range of them.
+
+        Raises:
+            InvalidArgumentError: not a number or a range, ``lo > hi``, or ``lo <= 0``.
+        """
+        return _gamma_range(value, name)
+
+    @property
+    def shadows(self) -> Range:
+        """The ``shadows`` range (``"moroney"``); ``(0, 0)`` under ``"source"``."""
+        return self.amounts[0] if self.method == "moroney" else (0.0, 0.0)
+
+    @property
+    def highlights(self) -> Range:
+        """The ``highlights`` range (``"moroney"``); ``(0, 0)`` under ``"source"``."""
+        return self.amounts[1] if self.method == "moroney" else (0.0, 0.0)
 
     def __repr__(self) -> str:
+        if self.method == "source":
+            return (
+                f"ShadowsHighlights(method='source', gamma_shadows={self.amounts[0]}, "
+                f"gamma_highlights={self.amounts[1]}, p={self.p}, "
+                f"kernel_size={self.kernel_size}, sigma={self.sigma})"
+            )
         return (
-            f"ShadowsHighlights(shadows={self.shadows}, highlights={self.highlights}, "
+            f"ShadowsHighlights(shadows={self.amounts[0]}, highlights={self.amounts[1]}, "
             f"p={self.p}, sigma={self.sigma})"
         )
 
@@ -439,25 +569,35 @@ class ShadowsHighlights(_BatchAugmentation[ShadowsHighlightsParams]):
         _check_gray_or_rgb(x)
 
     def sample_params(self, generator: torch.Generator) -> ShadowsHighlightsParams:
-        """Draw the coin, ``shadows`` and ``highlights``."""
+        """Draw the coin, then the method's two amounts (shadows first)."""
         apply = _coin(generator, self.p)
-        shadows = _uniform(generator, self.shadows)
-        highlights = _uniform(generator, self.highlights)
-        return ShadowsHighlightsParams(apply, shadows, highlights)
+        first = _uniform(generator, self.amounts[0])
+        second = _uniform(generator, self.amounts[1])
+        if self.method == "source":
+            return ShadowsHighlightsParams(apply, gamma_shadows=first, gamma_highlights=second)
+        return ShadowsHighlightsParams(apply, shadows=first, highlights=second)
 
     def _apply(self, x: torch.Tensor, params: list[ShadowsHighlightsParams]) -> torch.Tensor:
         applied = [i for i, prm in enumerate(params) if prm.apply]
-        height, width = x.shape[-2:]
-        sigma = default_tone_sigma(height, width) if self.sigma is None else self.sigma
         work_dtype = compute_dtype(x.dtype)
 
         def adjust(v: torch.Tensor) -> torch.Tensor:
-            amounts = torch.tensor(
-                [[params[i].shadows, params[i].highlights] for i in applied],
-                dtype=work_dtype,
-                device=x.device,
-            )
-            out = _shadows_highlights(v.to(work_dtype), amounts[:, 0], amounts[:, 1], sigma)
+            if self.method == "source":
+                pairs = [[params[i].gamma_shadows, params[i].gamma_highlights] for i in applied]
+            else:
+                pairs = [[params[i].shadows, params[i].highlights] for i in applied]
+            amounts = torch.tensor(pairs, dtype=work_dtype, device=x.device)
+            work = v.to(work_dtype)
+            if self.method == "source":
+                kernel_size = 7 if self.kernel_size is None else self.kernel_size
+                sigma = 2.5 if self.sigma is None else self.sigma
+                out = _source_shadows_highlights(
+                    work, amounts[:, 0], amounts[:, 1], kernel_size, sigma
+                )
+            else:
+                height, width = x.shape[-2:]
+                sigma = default_tone_sigma(height, width) if self.sigma is None else self.sigma
+                out = _shadows_highlights(work, amounts[:, 0], amounts[:, 1], sigma)
             return out.to(x.dtype)
 
         return _apply_where(x, applied, adjust)

@@ -13,7 +13,15 @@ __all__ = ["ImageprepError", "InvalidArgumentError"]
 
 
 class ImageprepError(ValueError):
-    """Base class of every error imageprep raises on purpose."""
+    """Base class of every error imageprep raises on purpose.
+
+    Attributes:
+        exit_code: the command line's exit status for it: 2 for a usage or
+            configuration error (the default), 1 for bad data, I/O or a
+            corrupt store (subclasses say so).
+    """
+
+    exit_code: int = 2
 
 
 class InvalidArgumentError(ImageprepError):

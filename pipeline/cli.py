@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -44,9 +45,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APP_SETTINGS",
+    "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_REJECTED",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
+    "Interrupted",
     "SetOverrides",
     "StorageOptions",
     "app",
@@ -55,6 +59,10 @@ __all__ = [
     "load_run_config",
     "print_run_result",
     "print_stats",
+    "error_message",
+    "guarded",
+    "run_app",
+    "set_resume_hint",
     "stats_drift",
     "usage_error",
 ]
@@ -233,6 +241,169 @@ def print_stats(
             console.print(f"  ... and {n - shown} more (all in the stats JSON)")
 
 
+# ----------------------------------------------------------------------------- the boundary
+
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: raised in the main thread so that every ``with`` unwinds.
+
+    A ``BaseException`` (as ``KeyboardInterrupt``), so that no ``except
+    Exception`` on the way swallows it, and not a ``KeyboardInterrupt``, which
+    typer turns into a silent exit 130.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_resume_hint: list[str] = []
+
+
+def set_resume_hint(command: str) -> None:
+    """The command that resumes what the running command leaves (said on an interruption)."""
+    _resume_hint[:] = [command]
+
+
+def error_message(exc: BaseException) -> tuple[str, int]:
+    """One line that says what went wrong, and the exit status (the CLI contract).
+
+    imageprep's own errors carry their message and status (2 for usage and
+    configuration, 1 for data, I/O and corrupt stores); operating-system
+    errors name the file and the cause; running out of memory names the keys
+    that bound it. Anything else is a bug: its type and message, and how to see
+    the traceback.
+    """
+    import errno
+
+    from pipeline.errors import ImageprepError
+
+    resume = f"; the store is resumable: `{_resume_hint[0]}` continues" if _resume_hint else ""
+    if isinstance(exc, ImageprepError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        if exc.errno == errno.ENOSPC:
+            return f"{where}{cause} (free some space{resume or ' and run again'})", 1
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"{where}{cause} (check the permissions of the path)", 1
+        return f"{where}{cause}{resume}", 1
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory: lower runtime.workers, runtime.batch_size or output.shard_size "
+            f"(memory in flight grows with each){resume}",
+            1,
+        )
+    detail = str(exc).splitlines()[0] if str(exc) else ""
+    return (
+        f"internal error: {type(exc).__name__}{': ' + detail if detail else ''} "
+        "(run again with --debug for the traceback, and please report it)",
+        1,
+    )
+
+
+_debug: list[bool] = [False]
+
+
+def _debugging() -> bool:
+    import os
+
+    return _debug[0] or os.environ.get("IMAGEPREP_DEBUG", "") not in ("", "0")
+
+
+def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The exception boundary of one command: an error becomes one line and its exit status.
+
+    Every ``@app.command()`` of ``imageprep`` carries it, so the command line
+    and a ``CliRunner`` see the same behaviour: ``Error: <one line>`` on stderr
+    (:func:`error_message`) and the exit status of the contract, never a
+    traceback, unless ``--debug`` or ``IMAGEPREP_DEBUG=1``.
+    """
+    import functools
+
+    @functools.wraps(command)
+    def boundary(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:
+            import click
+
+            if isinstance(e, click.ClickException):
+                raise
+            if _debugging():
+                import traceback
+
+                traceback.print_exc()
+            message, code = error_message(e)
+            make_console(stderr=True).print(f"[red]Error:[/] {_escape(message)}", soft_wrap=True)
+            raise typer.Exit(code) from None
+
+    return boundary
+
+
+def run_app(app: typer.Typer, argv: list[str] | None = None) -> None:
+    """Run the ``imageprep`` app; exits the process with the command's status.
+
+    Each command is :func:`guarded`; this adds ``--debug`` (anywhere on the
+    command line: tracebacks are printed) and the signals: SIGINT and
+    SIGTERM stop the command where it is (``with`` blocks unwind: locks are
+    released), print that the store is resumable and how to resume, and exit
+    130 and 143. Usage errors of the parser itself exit 2 (click's).
+    """
+    import signal
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug[0] = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
+    handlers = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handlers[sig] = signal.signal(sig, interrupt)
+    err = make_console(stderr=True)
+    code = EXIT_OK
+    try:
+        app(args=args, prog_name="imageprep")
+    except SystemExit as e:  # typer's own exit (success, typer.Exit, a usage error)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Interrupted as e:
+        for sig, handler in handlers.items():  # a second signal ends the process at once
+            signal.signal(sig, handler)
+        name = "SIGINT" if e.signum == signal.SIGINT else "SIGTERM"
+        what = (
+            f"nothing written is lost: `{_resume_hint[0]}` resumes where it stopped"
+            if _resume_hint
+            else "nothing was changed"
+        )
+        err.print(f"Interrupted ({name}): {what}", markup=False, soft_wrap=True)
+        code = EXIT_INTERRUPTED if e.signum == signal.SIGINT else EXIT_TERMINATED
+    except Exception as e:  # outside any command (the commands are guarded)
+        if _debugging():
+            import traceback
+
+            traceback.print_exc()
+        message, code = error_message(e)
+        err.print(f"[red]Error:[/] {_escape(message)}", soft_wrap=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    raise SystemExit(code)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def usage_error(message: str) -> typer.Exit:
     """Print ``Error: message`` on stderr and return the exit (status 2) to raise."""
     from rich.markup import escape
@@ -254,7 +425,6 @@ def _run_stats(
 
     from PIL import Image
 
-    from pipeline.errors import ImageprepError
     from pipeline.progress import BarProgress, counter
     from pipeline.sources import scan
     from pipeline.stats import compute_stats
@@ -262,31 +432,28 @@ def _run_stats(
     # Pillow warns for images between 1x and 2x its limit; decode reports them as
     # errors (decompression bomb), so the warning is noise here.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    try:
-        manifest = scan(src)
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
+    manifest = scan(src)
     if not manifest.files and not manifest.rejected:
-        raise usage_error(
+        from pipeline.errors import SourceError
+
+        raise SourceError(
             f"no image files under {src} (extensions: jpg jpeg png webp bmp tif tiff gif)"
         )
     progress_console = make_console(stderr=True)
     with BarProgress(progress_console) as bars:
         adv = counter(bars, "stats", len(manifest.files))
-        try:
-            return compute_stats(
-                manifest,
-                method=method,  # type: ignore[arg-type]  # validated by typer's Enum
-                workers=workers,
-                chunk_size=chunk_size,
-                max_pixels=max_pixels,
-                progress=adv,
-            )
-        except ImageprepError as e:
-            raise usage_error(str(e)) from e
+        return compute_stats(
+            manifest,
+            method=method,  # type: ignore[arg-type]  # validated by typer's Enum
+            workers=workers,
+            chunk_size=chunk_size,
+            max_pixels=max_pixels,
+            progress=adv,
+        )
 
 
 @app.command()
+@guarded
 def stats(
     src: Annotated[
         str,
@@ -444,30 +611,61 @@ _STORE_HELP = "The Zarr store written by imageprep run: a folder or a URL (s3://
 
 
 @app.command()
+@guarded
 def verify(
     store: Annotated[str, typer.Argument(help=_STORE_HELP, show_default=False)],
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Threads reading shards (default: up to 8).", show_default=False),
     ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Un-mark the shards that do not match and rewrite them from the source "
+            "with the store's own config (the source must still be there).",
+        ),
+    ] = False,
     storage_option: StorageOptions = None,
 ) -> None:
-    """Recompute every shard's SHA-256 and compare it with its record (exit 1 on mismatch)."""
-    from pipeline.errors import ImageprepError
+    """Recompute every shard's SHA-256 and the manifest's, compare with the records (exit 1).
+
+    The manifest covers what gives the rows their meaning: the source paths,
+    the file table, the live mask, the classes, the statistics, the config
+    and the layout. With --repair, corrupt shards are rewritten (exit 0 when
+    the store verifies afterwards).
+    """
     from pipeline.store import store_ref
     from pipeline.store import verify as verify_store
 
-    location = cli_location(store, storage_option, what="STORE")
-    try:
-        report = verify_store(store_ref(location), workers=workers)
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
-    make_console().print(report.summary(), markup=False)
-    if not report.ok:
-        raise typer.Exit(EXIT_REJECTED)
+    target = store_ref(cli_location(store, storage_option, what="STORE"))
+    console = make_console()
+    if not repair:
+        report = verify_store(target, workers=workers)
+        console.print(report.summary(), markup=False, soft_wrap=True)
+        if not report.ok:
+            raise typer.Exit(EXIT_REJECTED)
+        return
+    from pipeline.progress import BarProgress
+    from pipeline.run import repair as repair_store
+
+    with BarProgress(make_console(stderr=True)) as bars:
+        result = repair_store(target, workers=workers, progress=bars)
+    console.print(result.before.summary(), markup=False, soft_wrap=True)
+    if result.run is None:
+        console.print("nothing to repair", markup=False)
+        return
+    console.print(
+        f"repaired: {len(result.unmarked)} shard(s) un-marked, "
+        f"{result.run.shards_written} rewritten from the source; "
+        + result.after.summary().splitlines()[0],
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
+@guarded
 def compact(
     store: Annotated[
         str, typer.Argument(help="The Zarr store written by imageprep run (a local folder).")
@@ -484,22 +682,18 @@ def compact(
 
     Local folders only: an object store has no atomic rename for the swap (exit 2).
     """
-    from pipeline.errors import ImageprepError
     from pipeline.progress import BarProgress
     from pipeline.store import compact as compact_store
     from pipeline.store import store_ref
 
     location = cli_location(store, storage_option, what="STORE")
     err = make_console(stderr=True)
-    try:
-        with BarProgress(err) as bars:
-            result = compact_store(
-                store_ref(location),
-                workers=workers,
-                progress=lambda done, total: bars.update("shards", done, total),
-            )
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
+    with BarProgress(err) as bars:
+        result = compact_store(
+            store_ref(location),
+            workers=workers,
+            progress=lambda done, total: bars.update("shards", done, total),
+        )
     console = make_console()
     if not result.dropped:
         console.print(f"{store}: nothing to drop ({result.rows_after} live rows)", markup=False)
@@ -514,24 +708,21 @@ def compact(
 
 
 @app.command()
+@guarded
 def info(
     store: Annotated[str, typer.Argument(help=_STORE_HELP, show_default=False)],
     storage_option: StorageOptions = None,
 ) -> None:
     """Show a store's shape, dtype, classes, statistics, sizes and rejected inputs."""
-    from pipeline.errors import ImageprepError
     from pipeline.report import render_info, store_info
     from pipeline.store import store_ref
 
-    location = cli_location(store, storage_option, what="STORE")
-    try:
-        data = store_info(store_ref(location))
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
+    data = store_info(store_ref(cli_location(store, storage_option, what="STORE")))
     make_console().print(render_info(data))
 
 
 @app.command()
+@guarded
 def preview(
     store: Annotated[str, typer.Argument(help=_STORE_HELP, show_default=False)],
     out: Annotated[
@@ -543,15 +734,11 @@ def preview(
     storage_option: StorageOptions = None,
 ) -> None:
     """Write a grid of de-normalized samples with labels, and a per-channel stats plot."""
-    from pipeline.errors import ImageprepError
     from pipeline.report import write_previews
     from pipeline.store import store_ref
 
     location = cli_location(store, storage_option, what="STORE")
-    try:
-        grid, plot = write_previews(store_ref(location), out, n=n, columns=columns, seed=seed)
-    except ImageprepError as e:
-        raise usage_error(str(e)) from e
+    grid, plot = write_previews(store_ref(location), out, n=n, columns=columns, seed=seed)
     console = make_console()
     console.print(f"sample grid written to {grid}")
     console.print(f"stats plot written to {plot}")

@@ -92,6 +92,8 @@ Images larger than :data:`HUGE_PIXELS` are decoded one at a time per process
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import re
@@ -119,8 +121,10 @@ __all__ = [
     "ImageHistogram",
     "decode",
     "decode_for_size",
+    "decode_measured",
     "decode_histogram",
     "open_image",
+    "read_with_digest",
 ]
 
 _log = logging.getLogger(__name__)
@@ -749,19 +753,25 @@ def decode_histogram(
         _check_mode(im, spath)
         if im.mode in SIXTEEN_BIT_MODES:
             _check_values(im, spath)
-            w, h = im.size
-            counts = np.zeros(65536, dtype=np.int64)
-            for y0, y1 in _bands(h, w):
-                counts += np.bincount(_gray16(im.crop((0, y0, w, y1))).ravel(), minlength=65536)
-            return ImageHistogram(16, np.broadcast_to(counts, (3, 65536)))
-        bands = _HIST_DIRECT.get(im.mode)
-        if bands is None:
-            im = _to_rgb(im)
-            bands = 3
-        hist = np.asarray(im.histogram(), dtype=np.int64).reshape(bands, 256)
-        if bands < 3:
-            return ImageHistogram(8, np.broadcast_to(hist[0], (3, 256)))
-        return ImageHistogram(8, hist[:3])
+        return _histogram_of(im)
+
+
+def _histogram_of(im: Image.Image) -> ImageHistogram:
+    """The value histogram of a loaded, checked image (orientation does not change it)."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        w, h = im.size
+        counts = np.zeros(65536, dtype=np.int64)
+        for y0, y1 in _bands(h, w):
+            counts += np.bincount(_gray16(im.crop((0, y0, w, y1))).ravel(), minlength=65536)
+        return ImageHistogram(16, np.broadcast_to(counts, (3, 65536)))
+    bands = _HIST_DIRECT.get(im.mode)
+    if bands is None:
+        im = _to_rgb(im)
+        bands = 3
+    hist = np.asarray(im.histogram(), dtype=np.int64).reshape(bands, 256)
+    if bands < 3:
+        return ImageHistogram(8, np.broadcast_to(hist[0], (3, 256)))
+    return ImageHistogram(8, hist[:3])
 
 
 # -- decode straight to a size -----------------------------------------------------------------
@@ -886,7 +896,7 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def decode_for_size(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     size: tuple[int, int],
     *,
     mode: str = "shorter-side-crop",
@@ -939,6 +949,91 @@ def decode_for_size(
         >>> tuple(pixels.shape), pixels.dtype, bits, pixels[:, 0, 0].tolist()
         ((3, 224, 224), torch.uint8, 8, [9, 8, 7])
     """
+    pixels, bits, _ = _decode_for_size(
+        path,
+        size,
+        mode=mode,
+        box=box,
+        max_pixels=max_pixels,
+        draft=draft,
+        huge_pixels=huge_pixels,
+        measure=False,
+    )
+    return pixels, bits
+
+
+class _NamedBytes(io.BytesIO):
+    """A file's bytes in memory that carry its name (for the decoder's messages)."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+
+def read_with_digest(path: str | Path) -> tuple[IO[bytes], bytes]:
+    """Read a file once: its bytes as an open binary file for the decoder, and their SHA-256.
+
+    Raises:
+        DecodeError: the file cannot be read (``unreadable: ...``) or is empty.
+    """
+    spath = os.fspath(path)
+    try:
+        with open(spath, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise DecodeError(spath, _reason_from_os_error(exc)) from None
+    if not data:
+        raise DecodeError(spath, "empty file")
+    return _NamedBytes(data, spath), hashlib.sha256(data).digest()
+
+
+def decode_measured(
+    path: str | Path | IO[bytes],
+    size: tuple[int, int],
+    *,
+    mode: str = "shorter-side-crop",
+    box: Callable[[int, int], tuple[int, int, int, int]] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    huge_pixels: int | None = HUGE_PIXELS,
+) -> tuple[torch.Tensor, int, ImageHistogram]:
+    """:func:`decode_for_size` at full resolution, and the image's value histogram, in one decode.
+
+    The histogram is exactly :func:`decode_histogram`'s (the full-resolution
+    pixels: no JPEG draft), so a run whose statistics are known before it
+    writes measures each file (its exact moments) in the same decode that
+    makes its samples.
+
+    Returns:
+        ``((3, H, W) tensor, bits, histogram)``.
+
+    Raises:
+        DecodeError: as :func:`decode_for_size`.
+    """
+    pixels, bits, histogram = _decode_for_size(
+        path,
+        size,
+        mode=mode,
+        box=box,
+        max_pixels=max_pixels,
+        draft=False,
+        huge_pixels=huge_pixels,
+        measure=True,
+    )
+    assert histogram is not None  # measure=True always makes one
+    return pixels, bits, histogram
+
+
+def _decode_for_size(
+    path: str | Path | IO[bytes],
+    size: tuple[int, int],
+    *,
+    mode: str,
+    box: Callable[[int, int], tuple[int, int, int, int]] | None,
+    max_pixels: int | None,
+    draft: bool,
+    huge_pixels: int | None,
+    measure: bool,
+) -> tuple[torch.Tensor, int, ImageHistogram | None]:
     import torch
 
     from ops.geometry import RESIZE_MODES, resized_shape
@@ -949,13 +1044,16 @@ def decode_for_size(
     if mode not in RESIZE_MODES:
         raise InvalidArgumentError(f"mode must be one of {RESIZE_MODES}, got {mode!r}")
     spath = _name(path)
-    min_size = (th, tw) if draft and box is None else None
+    min_size = (th, tw) if draft and box is None and not measure else None
+    histogram: ImageHistogram | None = None
     with _guarded(spath):
         with _loaded(path, max_pixels, min_size, True, huge_pixels) as (im, orientation):
             _check_mode(im, spath)
             bits = 16 if im.mode in SIXTEEN_BIT_MODES else 8
             if bits == 16:
                 _check_values(im, spath)
+            if measure:
+                histogram = _histogram_of(im)
             w, h = im.size
             if orientation in _TRANSPOSED_ORIENTATIONS:
                 w, h = h, w
@@ -967,13 +1065,14 @@ def decode_for_size(
                         f"box must select pixels of the {h}x{w} image, got {(x1, y1, x2, y2)}"
                     )
                 region = (xs.start, ys.start, xs.stop, ys.stop)
-                return _region_resized(im, orientation, region, (th, tw), bits).contiguous(), bits
+                out = _region_resized(im, orientation, region, (th, tw), bits).contiguous()
+                return out, bits, histogram
             rh, rw = resized_shape(h, w, (th, tw), mode)
             resized = _region_resized(im, orientation, (0, 0, w, h), (rh, rw), bits)
     if mode == "pad":
         out = torch.zeros((3, th, tw), dtype=resized.dtype)
         top, left = (th - rh) // 2, (tw - rw) // 2
         out[:, top : top + rh, left : left + rw] = resized
-        return out, bits
+        return out, bits, histogram
     top, left = (rh - th) // 2, (rw - tw) // 2
-    return resized[:, top : top + th, left : left + tw].contiguous(), bits
+    return resized[:, top : top + th, left : left + tw].contiguous(), bits, histogram

@@ -21,17 +21,25 @@ __all__ = [
     "Failure",
     "ImageprepError",
     "InvalidArgumentError",
+    "NotAStoreError",
+    "OutputPathError",
+    "SourceError",
     "StoreError",
     "StoreLockedError",
     "ShardFailures",
     "ShardWriteError",
     "StoreMismatchError",
     "StoreVerificationError",
+    "UnsupportedStoreError",
 ]
 
 
 class ConfigError(ImageprepError):
     """A run configuration is invalid; the message names the key path."""
+
+
+class SourceError(ConfigError):
+    """The source holds nothing a run can use (no image file, or none decodable)."""
 
 
 class DecodeError(ImageprepError):
@@ -42,6 +50,8 @@ class DecodeError(ImageprepError):
         reason: a short human reason (``truncated image: ...``).
     """
 
+    exit_code = 1
+
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
@@ -51,13 +61,37 @@ class DecodeError(ImageprepError):
 class StoreError(ImageprepError):
     """A Zarr store is missing, malformed or cannot be written as asked."""
 
+    exit_code = 1
+
+
+class NotAStoreError(StoreError):
+    """The path holds no imageprep store (nothing there, or something else): a usage error."""
+
+    exit_code = 2
+
+
+class OutputPathError(StoreError):
+    """``output.path`` cannot hold a store (``/``, inside the source, unwritable, foreign files)."""
+
+    exit_code = 2
+
+
+class UnsupportedStoreError(StoreError):
+    """The command does not work on this kind of store (``compact`` in object storage)."""
+
+    exit_code = 2
+
 
 class StoreMismatchError(StoreError):
     """An existing store was made with another config or source."""
 
+    exit_code = 2
+
 
 class StoreLockedError(StoreError):
     """Another run holds the output store."""
+
+    exit_code = 2
 
 
 class StoreVerificationError(StoreError):
@@ -70,6 +104,8 @@ class ShardWriteError(ImageprepError):
     Attributes:
         report: what failed (:class:`ShardFailures`), when known.
     """
+
+    exit_code = 1
 
     def __init__(self, message: str, *, report: ShardFailures | None = None) -> None:
         super().__init__(message)

@@ -84,9 +84,10 @@ class _Converter:
         self.dtype = dtype
         self.uint8 = layout.dtype == "uint8"
         config = meta.get("config") or {}
-        self.normalized = bool(
-            not self.uint8 and (config.get("transform") or {}).get("normalize", False)
-        )
+        # true (an older spelling) or "dataset": (x - mean) / std with the store's stats;
+        # "per-image" stores have no statistics to undo
+        mode = (config.get("transform") or {}).get("normalize", False)
+        self.normalized = bool(not self.uint8 and mode in (True, "dataset"))
         self.work = torch.promote_types(dtype, torch.float32)
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None

@@ -54,6 +54,7 @@ from pipeline.store.group import PathLike as _StorePath
 
 __all__ = [
     "render_info",
+    "stats_figure",
     "stats_plot_path",
     "store_info",
     "write_preview",
@@ -139,9 +140,9 @@ def store_info(path: _StorePath) -> dict[str, Any]:
     raw = int(written.sum()) * layout.channels * layout.height * layout.width * itemsize
     images_disk = _folder_bytes(root.joinpath("images"))
     config = meta.get("config") or {}
-    normalized = layout.dtype != "uint8" and bool(
-        (config.get("transform") or {}).get("normalize", False)
-    )
+    normalized = layout.dtype != "uint8" and (config.get("transform") or {}).get(
+        "normalize", False
+    ) in (True, "dataset", "per-image")
     failures = list(meta.get("failures") or [])
     return {
         "path": str(path),
@@ -398,7 +399,27 @@ def write_stats_plot(
     seed: int = 0,
     size: tuple[int, int] = (1200, 400),
 ) -> Path:
-    """Write a per-channel PNG: pixel histogram, mean and mean ± std.
+    """Write :func:`stats_figure` as a PNG of ``size`` pixels; return ``out_png`` as a Path.
+
+    Raises:
+        InvalidArgumentError: as :func:`stats_figure`.
+    """
+    fig = stats_figure(stats, store=store, samples=samples, seed=seed, size=size)
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=fig.dpi, facecolor="white")
+    return out
+
+
+def stats_figure(
+    stats: Mapping[str, Any] | _PathLike,
+    *,
+    store: _StorePath | None = None,
+    samples: int = 256,
+    seed: int = 0,
+    size: tuple[int, int] = (1200, 400),
+) -> Any:
+    """A per-channel Matplotlib figure: pixel histogram, mean and mean ± std.
 
     The histogram is the stats JSON's ``histogram`` field when present (one
     list of counts per channel, equal bins over [0, 1]); otherwise a
@@ -415,7 +436,9 @@ def write_stats_plot(
         size: ``(width, height)`` in pixels.
 
     Returns:
-        ``out_png`` as a Path.
+        The figure (Agg canvas): one axes per channel, the histogram as a
+        density (``stairs``), the mean as a solid vertical line, mean ± std as
+        a shaded band and two dashed lines.
 
     Raises:
         InvalidArgumentError: no histogram and no ``store``, malformed stats,
@@ -481,10 +504,7 @@ def write_stats_plot(
             ax.set_ylabel("density", fontsize=8)
             ax.legend(fontsize=7, loc="upper right")
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.82, wspace=0.25)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=fig.dpi, facecolor="white")
-    return out
+    return fig
 
 
 def stats_plot_path(out_png: _PathLike) -> Path:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +41,7 @@ import numpy as np
 from pipeline.errors import (
     DecodeError,
     Failure,
+    ImageprepError,
     ShardFailures,
     ShardWriteError,
     StoreError,
@@ -61,8 +63,10 @@ if TYPE_CHECKING:
 __all__ = [
     "RunPlan",
     "RunResult",
+    "RepairResult",
     "RunStats",
     "ShardJob",
+    "ShardOutcome",
     "StepRunner",
     "WriteResult",
     "check_runtime",
@@ -72,6 +76,7 @@ __all__ = [
     "open_output",
     "plan_run",
     "prepare",
+    "repair",
     "scan_source",
     "shard_jobs",
     "store_attrs",
@@ -113,7 +118,11 @@ class RunStats:
         failures: every rejected input (scan, decode, and earlier failures of
             unchanged files), sorted by path.
         diff: the comparison of the source with the store (:mod:`pipeline.update`).
-        moments: the accepted files' exact moments and digests, in ``accepted`` order.
+        moments: the accepted files' exact moments and digests, in ``accepted``
+            order; ``None`` when the statistics were known before the run (a
+            stats file, or an update with ``freeze``): then ``accepted`` are
+            the candidates, each measured (or rejected) by the shard task
+            that first decodes it.
         failure_records: the failures as the store records them (a file's size
             and mtime beside its reason, so an unchanged bad file is not decoded again).
         rewrite: ``stats.update: refresh`` changed the statistics: every live
@@ -129,6 +138,11 @@ class RunStats:
     failure_records: tuple[dict[str, Any], ...] = ()
     rewrite: bool = False
 
+    @property
+    def measure_in_write(self) -> bool:
+        """The new files are measured by the shard tasks (no decoding pass before)."""
+        return self.moments is None
+
 
 @dataclass(frozen=True)
 class ShardJob:
@@ -141,6 +155,8 @@ class ShardJob:
     source_index: tuple[int, ...]
     copy_index: tuple[int, ...]
     live: tuple[bool, ...] = ()
+    measure: tuple[bool, ...] = ()
+    draft: bool = True
 
     @property
     def rows(self) -> int:
@@ -157,6 +173,7 @@ class WriteResult:
     errors: list[TaskError] = field(default_factory=list)
     samples: int = 0
     seconds: float = 0.0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def samples_per_second(self) -> float:
@@ -251,6 +268,7 @@ def prepare(
     with lock_for(config.output.location) as lock:
         with _timed(timings, "scan"):
             manifest = runner(scan_source, config)
+        check_memory(config, n_files=len(manifest.files))
         with _timed(timings, "stats"):
             run_stats = runner(
                 compute_run_stats, config, manifest, reuse_store=True, progress=progress
@@ -266,9 +284,19 @@ def prepare(
                 runner(verify_output, store, workers=config.runtime.workers, incremental=True)
         lock.renew()  # still ours, checked with the store, before it is marked complete
         result: RunResult = runner(
-            finish, config, state, run_stats, write, timings=timings, verified=verify
+            finish,
+            config,
+            state,
+            run_stats,
+            write,
+            root=manifest.root,
+            timings=timings,
+            verified=verify,
         )
-        return result
+    if result.live == 0 and not run_stats.diff.is_update and result.failures:
+        # statistics known beforehand: the shard tasks found every file unreadable
+        _nothing_to_write(manifest, result.failures)
+    return result
 
 
 # ----------------------------------------------------------------------------- dry run
@@ -331,7 +359,9 @@ def plan_run(config: RunConfig) -> RunPlan:
     from pipeline.store import done_shards, read_layout, store_ref
     from pipeline.update import diff_source
 
+    check_output_path(config, probe=False)
     manifest = scan_source(config)
+    check_memory(config, n_files=len(manifest.files))
     diff = diff_source(config, manifest)
     copies = config.transform.copies
     size = config.output.shard_size
@@ -375,12 +405,167 @@ def check_runtime(config: RunConfig) -> None:
     from pipeline.errors import ConfigError, InvalidArgumentError
     from pipeline.transforms import resolve_device
 
+    check_output_path(config)
+    check_memory(config)
     if config.runtime.dask_address is not None:
         return
     try:
         resolve_device(config.runtime.device)
     except InvalidArgumentError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+MEMORY_FRACTION = 0.5
+"""Share of this machine's memory a run may plan to hold at once (:func:`check_memory`)."""
+
+_ROW_BYTES = 8 + 8 + 4 + 1 + 8
+"""Bytes per planned sample row held while a store is laid out (label, source, copy, live...)."""
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(
+    config: RunConfig, *, n_files: int | None = None, total: int | None = None
+) -> None:
+    """Refuse sizes this machine cannot hold, before any work, naming the keys.
+
+    A shard task holds its whole shard (``output.shard_size`` samples of
+    ``3 x transform.size`` in ``output.dtype``) while it is made, and about as
+    much again while Zarr encodes it, plus a float32 batch of
+    ``runtime.batch_size`` samples; ``runtime.workers`` tasks run at once. A
+    new store's row plan holds ``transform.copies`` rows per file. Either
+    beyond :data:`MEMORY_FRACTION` of the machine's memory is refused (on a
+    Dask cluster the workers' memory is the cluster's business; the row plan
+    is still made here).
+
+    Args:
+        config: the run config.
+        n_files: the number of source files, once scanned (checks the row plan).
+        total: the memory to check against (default: this machine's).
+
+    Raises:
+        ConfigError: the plan does not fit; the message names the keys and sizes.
+    """
+    from pipeline.errors import ConfigError
+
+    if total is None:
+        import psutil  # type: ignore[import-untyped]
+
+        total = int(psutil.virtual_memory().total)
+    budget = MEMORY_FRACTION * total
+    h, w = config.transform.size
+    sample = 3 * h * w * np.dtype(config.output.dtype).itemsize
+    shard = config.output.shard_size * sample
+    batch = config.runtime.batch_size * 3 * h * w * 4
+    workers = 1 if config.runtime.dask_address else resolve_workers(config.runtime.workers)
+    per_task = 2 * shard + 2 * batch
+    if workers * per_task > budget:
+        raise ConfigError(
+            f"output.shard_size x transform.size: {config.output.shard_size} samples of "
+            f"3x{h}x{w} {config.output.dtype} is {_gib(shard)} per shard; with "
+            f"runtime.batch_size {config.runtime.batch_size} and runtime.workers {workers} "
+            f"a run would hold about {_gib(workers * per_task)}, more than "
+            f"{MEMORY_FRACTION:.0%} of this machine's {_gib(total)}; lower output.shard_size, "
+            "transform.size, runtime.batch_size or runtime.workers"
+        )
+    if n_files is not None:
+        rows = n_files * config.transform.copies
+        if rows * _ROW_BYTES > budget:
+            raise ConfigError(
+                f"transform.copies: {config.transform.copies} copies of {n_files} files are "
+                f"{rows} sample rows, about {_gib(rows * _ROW_BYTES)} to plan, more than "
+                f"{MEMORY_FRACTION:.0%} of this machine's {_gib(total)}; lower transform.copies"
+            )
+
+
+def check_output_path(config: RunConfig, *, probe: bool = True) -> None:
+    """Refuse an ``output.path`` that cannot hold a store, before any work.
+
+    Refused: the file system root; the source folder, a folder inside it (the
+    store would become source files) or one that contains it (``overwrite``
+    would delete the source); an existing file; a parent folder that cannot be
+    created or written (``probe``: the parent is created and a file made and
+    removed there; a dry run does not). For an object-store URL: a bucket
+    itself (the lock object goes beside the store), and a prefix inside the
+    source's or containing it on the same store (:func:`_check_output_url`).
+
+    Raises:
+        OutputPathError: the message names ``output.path`` and why.
+    """
+    import errno
+    import tempfile
+
+    from pipeline.errors import OutputPathError
+
+    out_location = config.output.location
+    if not out_location.is_local:
+        _check_output_url(config)
+        return
+    out = Path(config.output.path).resolve()
+    src = Path(str(config.source.path)).resolve() if "://" not in str(config.source.path) else None
+    key = f"output.path {str(out)!r}"
+    if out == Path(out.anchor):
+        raise OutputPathError(
+            f"{key}: is the root of the file system; choose a folder for the store"
+        )
+    if src is not None:
+        if out == src or src in out.parents:
+            raise OutputPathError(
+                f"{key}: is inside source.path {str(src)!r}; the store's files would be "
+                "scanned as source files: choose a folder outside it"
+            )
+        if out in src.parents:
+            raise OutputPathError(
+                f"{key}: contains source.path {str(src)!r}; overwriting the store would "
+                "delete the source: choose another folder"
+            )
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"{key}: exists and is not a folder")
+    if not probe:
+        return
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"{key}: cannot create its folder {str(parent)!r} ({exc.strerror or exc})"
+        ) from None
+    try:  # a real probe: os.access says yes to root even where nothing can be made (/proc)
+        with tempfile.TemporaryFile(dir=parent, prefix=".imageprep-probe-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or os.strerror(exc.errno or errno.EACCES)
+        raise OutputPathError(
+            f"{key}: cannot write in its folder {str(parent)!r} ({reason})"
+        ) from None
+
+
+def _check_output_url(config: RunConfig) -> None:
+    """:func:`check_output_path` for a store in object storage (no request is made)."""
+    from pipeline.errors import OutputPathError
+
+    out, src = config.output.location, config.source.location
+    key = f"output.path {out.url!r}"
+    if "/" not in out.path.strip("/"):
+        raise OutputPathError(
+            f"{key}: is a whole bucket; choose a prefix in it (s3://bucket/ds.zarr): the "
+            "store's lock object goes beside the store"
+        )
+    if src.protocol != out.protocol:
+        return
+    o, p = out.path.rstrip("/"), src.path.rstrip("/")
+    if o == p or o.startswith(p + "/"):
+        raise OutputPathError(
+            f"{key}: is inside source.path {src.url!r}; the store's objects would be scanned "
+            "as source files: choose a prefix outside it"
+        )
+    if p.startswith(o + "/"):
+        raise OutputPathError(
+            f"{key}: contains source.path {src.url!r}; overwriting the store would delete the "
+            "source: choose another prefix"
+        )
 
 
 def scan_source(config: RunConfig) -> Manifest:
@@ -465,9 +650,17 @@ def compute_run_stats(
         rejected=(),
         fingerprint=fingerprint_of(diff.new),
     )
+    # statistics known before anything is written (a stats file, or an update that keeps
+    # the store's): no decoding pass here, the shard tasks measure each new file in the
+    # decode that makes its samples
+    known = st.at == "source" and (
+        st.file is not None or (diff.is_update and st.update == "freeze")
+    )
     # the decoded statistics normalize a new store; otherwise only the moments count
     method = st.method if (st.file is None and not diff.is_update) else "exact"
-    if todo.files:
+    if known:
+        decoded, moments = Stats.empty(method=method), None
+    elif todo.files:
         loader = _resized_loader(TransformPlan.for_stats(config)) if st.at == "resized" else None
         decoded, moments = measure(
             todo,
@@ -480,8 +673,10 @@ def compute_run_stats(
     else:
         decoded, moments = Stats.empty(method=method), FileMoments.empty()
     failures = tuple(sorted([*manifest.rejected, *decoded.failures, *diff.known_failures]))
-    kept = set(moments.paths)
+    kept = set(moments.paths) if moments is not None else {f.path for f in diff.new}
     accepted = [f for f in diff.new if f.path in kept]
+    if not accepted and not diff.is_update:
+        _nothing_to_write(manifest, failures)
     rewrite = False
     if not diff.is_update:
         stats = Stats.load(st.file) if st.file is not None else decoded
@@ -490,7 +685,7 @@ def compute_run_stats(
     else:
         stored = _stored_stats(config)
         stats_json = stored
-        if st.update == "refresh":
+        if st.update == "refresh" and moments is not None:
             current = _live_moments_after(config, diff, moments).stats()
             if [current.mean, current.std] != [stored.get("mean"), stored.get("std")]:
                 stats_json, rewrite = current.to_json(), True
@@ -512,6 +707,23 @@ def compute_run_stats(
         moments=moments,
         failure_records=tuple(records),
         rewrite=rewrite,
+    )
+
+
+def _nothing_to_write(manifest: Manifest, failures: Sequence[Failure]) -> None:
+    """Refuse a new store without a single image (before anything is created)."""
+    from pipeline.errors import SourceError
+
+    if not failures:
+        raise SourceError(
+            f"{manifest.root}: no image files (extensions: jpg jpeg png webp bmp tif tiff gif); "
+            "nothing written"
+        )
+    shown = "; ".join(f"{f.path}: {f.error}" for f in failures[:3])
+    more = f"; ... and {len(failures) - 3} more" if len(failures) > 3 else ""
+    raise SourceError(
+        f"{manifest.root}: none of its {len(failures)} files could be read as an image "
+        f"({shown}{more}); nothing written"
     )
 
 
@@ -631,13 +843,15 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         read_attrs,
         read_files,
         read_layout,
+        remove_partials,
         reset_rows,
         store_ref,
         write_live,
     )
-    from pipeline.update import file_rows, store_token
+    from pipeline.update import file_rows, store_token, unmeasured_rows
 
     path = store_ref(config.output.location)
+    remove_partials(path)  # chunk writes a killed run left half done (we hold the lock)
     diff = run_stats.diff
     copies = config.transform.copies
     moments = run_stats.moments
@@ -648,7 +862,12 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
                 layout = read_layout(path)
                 return StoreState(path, layout, resumed=True, done=frozenset(done_shards(path)))
             raise StoreError(f"{path}: a store appeared after the statistics step; rerun")
-        table = file_rows(accepted, _moments(moments), labels=[f.label for f in accepted])
+        labels0 = [f.label for f in accepted]
+        table = (
+            unmeasured_rows(accepted, labels=labels0)
+            if moments is None
+            else file_rows(accepted, moments, labels=labels0)
+        )
         layout = store_layout(config, n_samples=len(table) * copies)
         attrs = store_attrs(
             config,
@@ -657,6 +876,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
             source_fingerprint=manifest.fingerprint,
             failures=run_stats.failure_records,
         )
+        attrs["draft"] = [moments is not None]  # per segment: JPEG draft decoding allowed
         rows = SampleRows.of_files(range(len(table)), table.label, copies=copies)
         create_store(path, layout, attrs=attrs, files=table, rows=rows, overwrite=True)
         return StoreState(path, layout, resumed=False, done=frozenset())
@@ -667,6 +887,9 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         )
     group = open_group(path, mode="r+")
     meta = read_attrs(group)
+    if "manifest" in meta:  # the update changes what it covers; finish writes a new one
+        meta = {k: v for k, v in meta.items() if k != "manifest"}
+        group.attrs[ATTRIBUTE] = meta
     classes = list(meta.get("classes") or [])
     extra = sorted(set(manifest.classes) - set(classes))
     classes += extra
@@ -685,9 +908,18 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         sources = read_array(get_array(group, "source_index"))
         rows_live = read_array(get_array(group, "live"))
         write_live(group, rows_live & alive[np.minimum(sources, max(count - 1, 0))])
-    update = {"classes": classes, "state": new_state(), "source_fingerprint": manifest.fingerprint}
+    update: dict[str, Any] = {
+        "classes": classes,
+        "state": new_state(),
+        "source_fingerprint": manifest.fingerprint,
+    }
     layout = read_layout(group)
-    table = file_rows(accepted, _moments(moments), labels=labels)
+    table = (
+        unmeasured_rows(accepted, labels=labels)
+        if moments is None
+        else file_rows(accepted, moments, labels=labels)
+    )
+    drafts = list(meta.get("draft") or [True] * len(layout.segments))
     if run_stats.rewrite:
         from pipeline.store import FileTable
         from pipeline.store.files import append_files
@@ -701,10 +933,16 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
             group,
             layout,
             rows=rows,
-            attrs_update={**update, "stats": run_stats.stats, "files": len(whole)},
+            attrs_update={
+                **update,
+                "stats": run_stats.stats,
+                "files": len(whole),
+                "draft": [True],
+            },
         )
     elif len(table):
         rows = SampleRows.of_files(range(count, count + len(table)), labels, copies=copies)
+        update["draft"] = [*drafts, moments is not None]
         layout = grow_store(group, layout, files=table, rows=rows, attrs_update=update)
     else:
         group.attrs[ATTRIBUTE] = {**meta, **update}
@@ -725,12 +963,6 @@ def _made_from(path: Path | Location, accepted: Sequence[SourceFile]) -> bool:
     )
 
 
-def _moments(moments: FileMoments | None) -> FileMoments:
-    from pipeline.stats import FileMoments
-
-    return moments if moments is not None else FileMoments.empty()
-
-
 # ----------------------------------------------------------------------------- 4. shards
 
 
@@ -747,6 +979,8 @@ def shard_jobs(store: str | Path | Location, shards: Sequence[int]) -> list[Shar
     count = int(read_attrs(group)["files"])
     paths = [str(p) for p in read_array(get_array(group, "paths"), slice(0, count))]
     files_live = read_array(get_array(group, "files/live"), slice(0, count))
+    measured = read_array(get_array(group, "files/measured"), slice(0, count))
+    drafts = read_attrs(group).get("draft") or [True] * len(layout.segments)
     labels = read_array(get_array(group, "labels"))
     sources = read_array(get_array(group, "source_index"))
     copies = read_array(get_array(group, "copy_index"))
@@ -763,9 +997,15 @@ def shard_jobs(store: str | Path | Location, shards: Sequence[int]) -> list[Shar
                 source_index=tuple(int(v) for v in sources[sl]),
                 copy_index=tuple(int(v) for v in copies[sl]),
                 live=tuple(bool(files_live[k]) for k in sources[sl]),
+                measure=tuple(not bool(measured[k]) for k in sources[sl]),
+                draft=bool(drafts[_segment_of(layout, rows.start)]),
             )
         )
     return jobs
+
+
+def _segment_of(layout: StoreLayout, row: int) -> int:
+    return next(i for i, (a, n) in enumerate(layout.segments) if a <= row < a + n)
 
 
 def _retry_io(fn: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -> Any:
@@ -780,26 +1020,51 @@ def _retry_io(fn: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _load_source(
+@dataclass(frozen=True)
+class ShardOutcome:
+    """What one shard task did: its record, and the files it measured or rejected.
+
+    Attributes:
+        record: the written shard's record.
+        rows: file-table rows measured by this task (:attr:`ShardJob.measure`).
+        moments: their exact moments and digests, in ``rows`` order.
+        rejected: ``(file-table row, failure)`` for each file this task could
+            not decode while measuring it: its samples are holes, not served.
+    """
+
+    record: ShardRecord
+    rows: tuple[int, ...] = ()
+    moments: FileMoments | None = None
+    rejected: tuple[tuple[int, Failure], ...] = ()
+
+
+def _load_measured(
     plan: TransformPlan, root: str | Location, rel: str, generator: Any
+) -> tuple[Any, int, Any, bytes]:
+    from pipeline.sources import read_source
+
+    source, digest = read_source(root, rel)
+    pixels, bits, histogram = plan.load_measured(source, generator)
+    return pixels, bits, histogram, digest
+
+
+def _load(
+    plan: TransformPlan, root: str | Location, rel: str, generator: Any, draft: bool
 ) -> tuple[Any, int]:
     """:meth:`TransformPlan.load` of the manifest name ``rel`` under ``root`` (a folder or a URL).
 
-    A local file is decoded from its path; an object is read whole (one GET)
-    and decoded from memory. A missing or refused object is a
-    :class:`~pipeline.errors.DecodeError` (the source changed during the run),
-    like a local file that went away; other errors (the network) fail the task.
+    A local file is decoded from its path; an object is read whole (one GET,
+    :func:`pipeline.sources.read_source`) and decoded from memory: a missing
+    or refused object is a :class:`~pipeline.errors.DecodeError`, like a local
+    file that went away; other errors (the network) fail the task.
     """
-    from pipeline.sources import open_source, source_path
+    from pipeline.sources import read_source, source_path
     from pipeline.storage import Location
 
     if not isinstance(root, Location):
-        return plan.load(source_path(root, rel), generator)
-    try:
-        fp = open_source(root, rel)
-    except (FileNotFoundError, PermissionError) as exc:
-        raise DecodeError(rel, f"unreadable: {exc.strerror or exc}") from exc
-    return plan.load(fp, generator)  # type: ignore[arg-type]
+        return plan.load(source_path(root, rel), generator, draft=draft)
+    source, _ = read_source(root, rel)
+    return plan.load(source, generator, draft=draft)
 
 
 def write_one_shard(
@@ -810,7 +1075,7 @@ def write_one_shard(
     root: str | Location,
     batch_size: int,
     decode_threads: int,
-) -> ShardRecord:
+) -> ShardOutcome:
     """Produce and write one whole shard: decode, transform in batches, write, record.
 
     This is the body of one Dask task. The shard's files are decoded in the
@@ -819,14 +1084,22 @@ def write_one_shard(
     ``batch_size`` samples go through :meth:`TransformPlan.finish`; the shard
     and its record are written by :func:`pipeline.store.write_shard`. ``store`` and
     ``root`` may be locations in object storage: the task then reads each source
-    file with one GET (:func:`_load_source`) and writes through ``FsspecStore``.
+    file with one GET and writes through ``FsspecStore``.
+
+    A file the job marks to measure (its statistics were known before the
+    run) is read once, hashed, and decoded at full resolution: the same decode
+    gives its samples and its exact moments (:meth:`TransformPlan.load_measured`).
+    A file that fails then is rejected like a file the statistics pass
+    rejects: its samples are holes (``live`` false) and the failure is
+    returned; the coordinator records both in the file table.
 
     Raises:
-        ShardWriteError: a source file accepted by the statistics pass can no
-            longer be decoded (the source changed during the run).
+        ShardWriteError: a file measured earlier can no longer be decoded
+            (the source changed during the run).
     """
     import torch
 
+    from pipeline.stats import FileMoments
     from pipeline.store import write_shard
     from pipeline.transforms import sample_generator
 
@@ -839,18 +1112,45 @@ def write_one_shard(
     ]
     pool = decode_pool(decode_threads)
     per_copy = plan.crop is not None
+    measure = job.measure or (False,) * job.rows
     loads: dict[Any, Any] = {}
+    measuring: dict[int, Any] = {}  # file row -> the future that measures it
     futures: list[Any] = []
-    retired = [not alive for alive in job.live] if job.live else [False] * job.rows
+    live = list(job.live) if job.live else [True] * job.rows
     for row, rel in enumerate(job.paths):
-        if retired[row]:  # its file was removed or changed since the rows were planned
+        if not live[row]:  # its file was removed or changed since the rows were planned
             futures.append(None)
             continue
-        key = row if per_copy else job.source_index[row]
+        source = job.source_index[row]
+        key = row if per_copy else source
         if key not in loads:
             gen = generators[row] if per_copy else None
-            loads[key] = pool.submit(_load_source, plan, root, rel, gen)
+            if measure[row] and source not in measuring:
+                loads[key] = measuring[source] = pool.submit(_load_measured, plan, root, rel, gen)
+            else:
+                loads[key] = pool.submit(_load, plan, root, rel, gen, job.draft)
         futures.append(loads[key])
+
+    # the measured files first: a rejected one makes holes of all its rows
+    rows: list[int] = []
+    paths: list[str] = []
+    histograms: list[Any] = []
+    digests: list[bytes] = []
+    rejected: dict[int, Failure] = {}
+    for source, future in measuring.items():
+        rel = job.paths[job.source_index.index(source)]
+        try:
+            _, _, histogram, digest = future.result()
+        except DecodeError as exc:
+            rejected[source] = Failure(rel, exc.reason)
+            continue
+        rows.append(source)
+        paths.append(rel)
+        histograms.append(histogram)
+        digests.append(digest)
+    for row in range(job.rows):
+        if job.source_index[row] in rejected:
+            live[row], futures[row] = False, None
 
     out = np.empty((job.rows, 3, *plan.size), dtype=plan.out_dtype)
     for start in range(0, job.rows, batch_size):
@@ -858,12 +1158,12 @@ def write_one_shard(
         pixels, bits = [], []
         for row in range(start, stop):
             future = futures[row]
-            if future is None:  # a retired row: a hole, never served
+            if future is None:  # a retired or rejected row: a hole, never served
                 pixels.append(torch.zeros((3, *plan.size), dtype=torch.uint8))
                 bits.append(8)
                 continue
             try:
-                p, b = future.result()
+                p, b, *_ = future.result()
             except DecodeError as exc:
                 raise ShardWriteError(
                     f"shard {job.index}: {job.paths[row]} can no longer be decoded "
@@ -875,6 +1175,7 @@ def write_one_shard(
         plan.finish(pixels, bits, generators[start:stop], out=out[start:stop])
     futures.clear()
     loads.clear()
+    measuring.clear()
 
     def write() -> ShardRecord:
         return write_shard(
@@ -884,11 +1185,58 @@ def write_one_shard(
             labels=np.asarray(job.labels, dtype=np.int64),
             source_index=np.asarray(job.source_index, dtype=np.int64),
             copy_index=np.asarray(job.copy_index, dtype=np.int32),
-            live=np.asarray(job.live, dtype=bool) if job.live else None,
+            live=np.asarray(live, dtype=bool),
         )
 
     record: ShardRecord = _retry_io(write)
-    return record
+    return ShardOutcome(
+        record,
+        rows=tuple(rows),
+        moments=FileMoments.of_histograms(paths, histograms, digests) if rows else None,
+        rejected=tuple(sorted(rejected.items())),
+    )
+
+
+def record_files(group: Any, rows: Sequence[int], moments: FileMoments | None) -> None:
+    """Store the moments and digests of files measured by a shard task (rows of the file table)."""
+    from pipeline.store import set_file_rows
+
+    if not rows or moments is None:
+        return
+    values = {name: getattr(moments, name) for name in _MOMENT_ARRAYS}
+    set_file_rows(group, rows, {**values, "measured": np.ones(len(rows), bool)})
+
+
+_MOMENT_ARRAYS = ("sha256", "n", "s1", "s2", "min", "max", "image_mean", "image_std")
+
+
+def reject_files(group: Any, rejected: Sequence[tuple[int, Failure]]) -> list[dict[str, Any]]:
+    """Retire files that failed to decode while measured; add their failure records to the store.
+
+    Each record carries the file's size and mtime (from the file table), so an
+    unchanged bad file is not decoded again by the next run.
+
+    Returns:
+        The new failure records.
+    """
+    from pipeline.store import ATTRIBUTE, get_array, read_array, read_attrs, set_file_rows
+
+    if not rejected:
+        return []
+    rows = [row for row, _ in rejected]
+    set_file_rows(group, rows, {"live": np.zeros(len(rows), bool)})
+    size = read_array(get_array(group, "files/size"))
+    mtime = read_array(get_array(group, "files/mtime_ns"))
+    records = [
+        {**failure.to_json(), "size": int(size[row]), "mtime_ns": int(mtime[row])}
+        for row, failure in rejected
+    ]
+    meta = read_attrs(group)
+    known = {f.get("path") for f in meta.get("failures", []) if isinstance(f, dict)}
+    new = [r for r in records if r["path"] not in known]
+    if new:
+        group.attrs[ATTRIBUTE] = {**meta, "failures": [*meta.get("failures", []), *new]}
+    return records
 
 
 def write_shards(
@@ -923,7 +1271,7 @@ def write_shards(
 
     from pipeline.execution import guarded
     from pipeline.storage import Location
-    from pipeline.store import done_shards, read_layout
+    from pipeline.store import done_shards, open_group, read_layout
     from pipeline.transforms import TransformPlan
 
     plan = TransformPlan.from_config(config, run_stats.stats)
@@ -948,11 +1296,16 @@ def write_shards(
     images = layout.rows_of(sorted(done))
     finished = 0
 
+    group = open_group(state.path, mode="r+")
+
     def on_done(position: int, outcome: Any) -> None:
         nonlocal images, finished
         finished += 1
         if not isinstance(outcome, TaskError):
             images += todo[position].rows
+            # the coordinator alone writes the file table (one call at a time)
+            record_files(group, outcome.rows, outcome.moments)
+            result.rejected.extend(reject_files(group, outcome.rejected))
         if progress is not None:
             progress.update("shards", result.skipped + finished, layout.n_shards, units=images)
 
@@ -1009,7 +1362,133 @@ def verify_output(
     return report
 
 
+@dataclass(frozen=True)
+class RepairResult:
+    """What :func:`repair` found and did.
+
+    Attributes:
+        before: the verification before the repair.
+        unmarked: shards whose records were cleared (corrupt or unreadable).
+        run: the run that rewrote them (None when nothing needed rewriting).
+        after: the verification after the run.
+    """
+
+    before: VerifyReport
+    unmarked: tuple[int, ...]
+    run: RunResult | None
+    after: VerifyReport
+
+
+def _unredacted(source: Mapping[str, Any], store: Location) -> dict[str, Any]:
+    """The source's storage options for a repair (:func:`repair` says which)."""
+    from pipeline.storage import REDACTED, resolve_location
+
+    try:
+        protocol = resolve_location(str(source.get("path")), key="source.path").protocol
+    except ImageprepError:
+        protocol = ""
+    if protocol == store.protocol and not store.is_local:
+        return dict(store.storage_options)
+
+    def keep(options: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: keep(v) if isinstance(v, Mapping) else v for k, v in options.items() if v != REDACTED
+        }
+
+    return keep(source.get("storage_options") or {})
+
+
+def repair(
+    store: str | Path | Location, *, workers: int | None = None, progress: Progress | None = None
+) -> RepairResult:
+    """Verify a store, un-mark its corrupt shards and rewrite them with the store's own config.
+
+    Shards that do not match their checksum (a flipped bit, a deleted or
+    swapped shard file) are un-marked (:func:`pipeline.store.unmark_shards`);
+    then :func:`prepare` runs with the config recorded in the store, which
+    writes every shard that is not done (the un-marked ones and any an
+    interrupted run left) from the source files, bit for bit as before, and
+    verifies them. The source must still be there; a source that changed
+    since is updated as any rerun updates it.
+
+    The store's recorded config has no credentials (they are redacted): a
+    store in object storage is repaired with the storage options of
+    ``store`` (a :class:`~pipeline.storage.Location`), and so is its source
+    when it is on the same kind of storage; otherwise the source's recorded
+    options without the redacted values, and the environment's credentials.
+
+    Raises:
+        StoreError: the manifest does not match (paths, file table, classes,
+            statistics, config or layout were edited or corrupted: rewriting
+            shards cannot restore them; rebuild with ``output.overwrite``). A
+            changed ``live`` mask is repaired (the run recomputes it).
+        StoreVerificationError: the rewritten shards still do not match.
+    """
+    from pipeline.config import RunConfig
+    from pipeline.errors import StoreError
+    from pipeline.store import read_attrs, store_location, unmark_shards
+    from pipeline.store import verify as verify_store
+
+    before = verify_store(store, workers=workers)
+    repairable = {"live"}  # recomputed by finish from the file table and the records
+    lost = [m for m in before.manifest if m.split(":", 1)[0] not in repairable]
+    if lost:
+        raise StoreError(
+            f"{store}: cannot repair: {'; '.join(lost)}; rebuild the store from its source "
+            "(output.overwrite: true)"
+        )
+    bad = tuple(p.index for p in before.mismatched)
+    if before.ok:
+        return RepairResult(before, (), None, before)
+    unmark_shards(store, bad)
+    recorded = read_attrs(store)["config"]
+    # the store may have been moved since: it is repaired where it is now
+    location = store_location(store)
+    recorded["output"] = {
+        **recorded["output"],
+        "path": location.url,
+        "storage_options": dict(location.storage_options),
+    }
+    recorded["source"] = {
+        **recorded["source"],
+        "storage_options": _unredacted(recorded["source"], location),
+    }
+    config = RunConfig.model_validate(recorded)
+    result = prepare(config, progress=progress, verify=True)
+    after = verify_store(store, workers=workers)
+    if not after.ok:
+        raise StoreVerificationError(f"repair did not restore the store: {after.summary()}")
+    return RepairResult(before, bad, result, after)
+
+
 # ----------------------------------------------------------------------------- 6. finish
+
+
+def _measure_leftovers(
+    config: RunConfig, group: Any, table: Any, rows: np.ndarray, *, root: str | Path | Location
+) -> list[dict[str, Any]]:
+    """Measure live, unmeasured files of the file table; record their moments or rejections."""
+    from pipeline.sources import Manifest, SourceFile, fingerprint_of
+    from pipeline.stats import measure
+    from pipeline.storage import Location
+
+    files = tuple(
+        SourceFile(table.paths[j], int(table.size[j]), int(table.mtime_ns[j]), int(table.label[j]))
+        for j in rows
+    )
+    todo = Manifest(
+        root=root if isinstance(root, Location) else Path(root),
+        files=files,
+        classes=(),
+        rejected=(),
+        fingerprint=fingerprint_of(files),
+    )
+    stats, moments = measure(
+        todo, method="exact", workers=config.runtime.workers, address=config.runtime.dask_address
+    )
+    row_of = {table.paths[j]: int(j) for j in rows}
+    record_files(group, [row_of[p] for p in moments.paths], moments)
+    return reject_files(group, [(row_of[f.path], f) for f in stats.failures])
 
 
 def finish(
@@ -1018,6 +1497,7 @@ def finish(
     run_stats: RunStats,
     write: WriteResult,
     *,
+    root: str | Path | Location,
     timings: dict[str, float],
     verified: bool = False,
 ) -> RunResult:
@@ -1048,7 +1528,15 @@ def finish(
 
     group = open_group(config.output.location, mode="r+")
     layout = read_layout(group)
-    table = read_files(group, int(read_attrs(group)["files"]))
+    count = int(read_attrs(group)["files"])
+    table = read_files(group, count)
+    # files a shard task wrote but whose moments never reached the file table (the
+    # coordinator stopped in between): measured here, as the statistics pass would
+    leftover = np.flatnonzero(table.live & ~table.measured)
+    rejected = list(write.rejected)
+    if leftover.size:
+        rejected += _measure_leftovers(config, group, table, leftover, root=root)
+        table = read_files(group, count)
     sources = read_array(get_array(group, "source_index"))
     live = np.zeros(layout.n_samples, dtype=bool)
     for record in read_records(group):
@@ -1058,12 +1546,13 @@ def finish(
             live[sl] = table.live[sources[sl]]
     write_live(group, live)
     live_files = np.flatnonzero(table.live)
-    current = moments_of(table.take(live_files)).stats(failures=run_stats.failures).to_json()
+    failures = sorted([*run_stats.failures, *(Failure(r["path"], r["error"]) for r in rejected)])
+    current = moments_of(table.take(live_files)).stats(failures=failures).to_json()
     n_live = int(live.sum())
     finalize(
         group,
         {
-            "failures": list(run_stats.failure_records),
+            "failures": [*run_stats.failure_records, *rejected],
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "current_stats": current,
             "live_rows": n_live,
@@ -1074,7 +1563,7 @@ def finish(
     return RunResult(
         store=store_ref(config.output.location),
         stats=run_stats.stats,
-        failures=list(run_stats.failures),
+        failures=failures,
         samples=n_live,
         shards=layout.n_shards,
         shards_written=len(write.written),

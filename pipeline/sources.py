@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from pipeline.errors import Failure, InvalidArgumentError
+from pipeline.errors import DecodeError, Failure, InvalidArgumentError
 from pipeline.storage import Location, is_url, list_files, open_file, resolve_location
 
 __all__ = [
@@ -90,6 +90,7 @@ __all__ = [
     "escape_path",
     "fingerprint_of",
     "open_source",
+    "read_source",
     "scan",
     "source_path",
     "unescape_path",
@@ -266,6 +267,39 @@ def open_source(root: SourceRoot, rel: str) -> BinaryIO:
         return open_file(root, key)
     base = root.path if isinstance(root, Location) else root
     return open(source_path(base, rel), "rb")  # the caller closes it
+
+
+def read_source(root: SourceRoot, rel: str) -> tuple[BinaryIO, bytes]:
+    """Read a source file once: its bytes as a file object for the decoder, and their SHA-256.
+
+    A local file is read by :func:`pipeline.decode.read_with_digest`; an object
+    with one GET (:func:`open_source`).
+
+    Raises:
+        DecodeError: the file's rejection: missing, refused, empty, or (a local
+            file) unreadable.
+        OSError: on an object store, any other error (the network, the
+            server): not the file's fault, so the task fails and a rerun reads
+            it again.
+    """
+    import hashlib
+
+    if not isinstance(root, Location) or root.is_local:
+        from pipeline.decode import read_with_digest
+
+        base = root.path if isinstance(root, Location) else root
+        fp, digest = read_with_digest(source_path(base, rel))
+        return fp, digest  # type: ignore[return-value]
+    name = root.joinpath(unescape_path(rel).decode("utf-8", "surrogateescape")).url
+    try:
+        fp = open_source(root, rel)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise DecodeError(name, _os_reason(exc)) from None
+    data = fp.read()
+    fp.seek(0)
+    if not data:
+        raise DecodeError(name, "empty file")
+    return fp, hashlib.sha256(data).digest()
 
 
 def fingerprint_of(files: tuple[SourceFile, ...] | list[SourceFile]) -> str:

@@ -27,11 +27,11 @@ depend on workers, shard size, batch size or the order of tasks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from pipeline.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from pipeline.config import RunConfig, Step
+    from pipeline.decode import ImageHistogram
 
 __all__ = ["TransformPlan", "resolve_device", "sample_generator", "sample_seed", "to_tensor"]
 
@@ -97,7 +98,9 @@ class TransformPlan:
     Attributes:
         size: ``(H, W)`` of every sample.
         resize: ``shorter-side-crop``, ``stretch`` or ``pad``.
-        normalize: ``(x - mean) / std`` with ``mean``/``std``.
+        normalize: ``dataset`` (``(x - mean) / std`` with ``mean``/``std``),
+            ``per-image`` (:func:`ops.standardize`: each image on its own, TF's
+            ``per_image_standardization``) or ``none``.
         mean: per-channel mean on the ``[0, 1]`` scale.
         std: per-channel std.
         out_dtype: ``float16``, ``float32`` or ``uint8``.
@@ -109,7 +112,7 @@ class TransformPlan:
 
     size: tuple[int, int]
     resize: str
-    normalize: bool
+    normalize: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
     out_dtype: str
@@ -118,6 +121,14 @@ class TransformPlan:
     device: str = "cpu"
     max_pixels: int | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.normalize, bool):  # the older spelling
+            self.normalize = "dataset" if self.normalize else "none"
+        if self.normalize not in ("dataset", "per-image", "none"):
+            raise InvalidArgumentError(
+                f"normalize must be 'dataset', 'per-image' or 'none', got {self.normalize!r}"
+            )
+
     @classmethod
     def from_config(cls, config: RunConfig, stats: dict[str, Any]) -> TransformPlan:
         """Build the plan from a validated config and a stats JSON dict."""
@@ -125,7 +136,7 @@ class TransformPlan:
         return cls(
             size=(int(t.size[0]), int(t.size[1])),
             resize=t.resize,
-            normalize=bool(t.normalize) and config.output.dtype != "uint8",
+            normalize=t.normalize if config.output.dtype != "uint8" else "none",
             mean=tuple(float(v) for v in stats["mean"]),
             std=tuple(float(v) for v in stats["std"]),
             out_dtype=config.output.dtype,
@@ -141,7 +152,7 @@ class TransformPlan:
         return cls(
             size=(int(t.size[0]), int(t.size[1])),
             resize=t.resize,
-            normalize=False,
+            normalize="none",
             mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0),
             out_dtype="float32",
@@ -154,7 +165,7 @@ class TransformPlan:
     def crop(self) -> ops.RandomResizedCrop | None:
         """The :class:`ops.RandomResizedCrop` of the crop step, if one is configured."""
         for step in self.steps:
-            if isinstance(step.augmentation, type) and step.augmentation is ops.RandomResizedCrop:
+            if step.ops_class() is ops.RandomResizedCrop:
                 crop: ops.RandomResizedCrop = step.build(self.size)
                 return crop
         return None
@@ -165,22 +176,31 @@ class TransformPlan:
         return [
             step.build(self.size)
             for step in self.steps
-            if step.augmentation is not ops.RandomResizedCrop
+            if step.ops_class() is not ops.RandomResizedCrop
         ]
 
     # -- stage 1: per file, in decode threads -------------------------------------------------
 
     def load(
-        self, path: str | Path, generator: torch.Generator | None, *, crop: bool = True
+        self,
+        path: str | Path | IO[bytes],
+        generator: torch.Generator | None,
+        *,
+        crop: bool = True,
+        draft: bool = True,
     ) -> tuple[torch.Tensor, int]:
         """Decode and resize one file; return ``((C, h, w) integer pixels, bit depth)``.
 
         Args:
-            path: the source file.
+            path: the source file (or its bytes as an open binary file).
             generator: the sample's generator (draws the crop box when
                 ``random_resized_crop`` is configured).
             crop: ``False`` uses the configured resize even when a random
                 crop is configured (statistics at ``stats.at: resized``).
+            draft: allow JPEG draft decoding (a reduced-scale decode when the
+                target size allows it); a store segment whose files were
+                measured in the same decode is made without it, and its
+                resumed shards must be too.
 
         Raises:
             DecodeError: the file cannot be decoded.
@@ -192,20 +212,42 @@ class TransformPlan:
         if self.max_pixels is not None:
             kwargs["max_pixels"] = self.max_pixels
         if cropper is None:
-            return decode_for_size(path, self.size, mode=self.resize, **kwargs)
-        if generator is None:
-            raise InvalidArgumentError("generator is required with random_resized_crop")
+            return decode_for_size(path, self.size, mode=self.resize, draft=draft, **kwargs)
         # the box is drawn from the displayed size, as ops.RandomResizedCrop draws it,
         # and the cut is resampled as ops.resized_crop does (a random crop may zoom
         # into a small box: no draft decoding)
-        crop_op = cropper
         return decode_for_size(
-            path,
-            self.size,
-            box=lambda h, w: crop_op.sample_box(h, w, generator),
-            draft=False,
-            **kwargs,
+            path, self.size, box=self._box(cropper, generator), draft=False, **kwargs
         )
+
+    def load_measured(
+        self, path: str | Path | IO[bytes], generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, int, ImageHistogram]:
+        """:meth:`load` without draft decoding, and the file's full-resolution value histogram.
+
+        One decode gives the sample and the file's exact moments
+        (:func:`pipeline.decode.decode_measured`): a run whose statistics are
+        known before it writes needs no separate statistics pass.
+
+        Raises:
+            DecodeError: the file cannot be decoded.
+        """
+        from pipeline.decode import decode_measured
+
+        kwargs: dict[str, Any] = {}
+        if self.max_pixels is not None:
+            kwargs["max_pixels"] = self.max_pixels
+        if self.crop is None:
+            return decode_measured(path, self.size, mode=self.resize, **kwargs)
+        return decode_measured(path, self.size, box=self._box(self.crop, generator), **kwargs)
+
+    @staticmethod
+    def _box(
+        cropper: Any, generator: torch.Generator | None
+    ) -> Callable[[int, int], tuple[int, int, int, int]]:
+        if generator is None:
+            raise InvalidArgumentError("generator is required with random_resized_crop")
+        return lambda h, w: cropper.sample_box(h, w, generator)
 
     # -- stage 2: per batch, on the device -----------------------------------------------------
 
@@ -248,6 +290,14 @@ class TransformPlan:
             for i, p in enumerate(pixels):
                 target[i].copy_(p)
             return out
+        if device.type == "cpu" and eight_bit and self._lut is not None:
+            # 8-bit samples, nothing but normalize and cast: a table of the 256 values
+            lut = self._lut
+            for i, p in enumerate(pixels):
+                values = p.numpy()
+                for c in range(values.shape[0]):
+                    np.take(lut[c], values[c], out=out[i, c])
+            return out
         if device.type == "cpu":
             # one pass: each sample converted into the float32 batch
             x = torch.empty((n, *pixels[0].shape), dtype=torch.float32)
@@ -264,18 +314,40 @@ class TransformPlan:
             for aug in augmentations:
                 x = aug(x, generators=generators)
             x = x.clamp_(0.0, 1.0).mul_(255.0).round_()
-        elif augmentations:
+        elif augmentations or self.normalize == "per-image":
             x.div_(top)
             for aug in augmentations:
                 x = aug(x, generators=generators)
-            if self.normalize:
+            if self.normalize == "dataset":
                 ops.normalize_(x, self.mean[:channels], self.std[:channels])
-        elif self.normalize:
+            elif self.normalize == "per-image":
+                x = ops.standardize(x)
+        elif self.normalize == "dataset":
             ops.normalize_(x, self.mean[:channels], self.std[:channels], max_value=top)
         else:
             x.div_(top)
         target.copy_(x)  # the cast to the output dtype, into the output buffer
         return out
+
+    @cached_property
+    def _lut(self) -> np.ndarray | None:
+        """``(3, 256)`` output values of the 8-bit values, when :meth:`finish` only normalizes.
+
+        Computed by the same float32 operations :meth:`finish` applies to a
+        batch (elementwise, each rounded once, no fused multiply-add), so a
+        looked-up value is bit for bit the computed one, at a third of the cost.
+        """
+        if self.out_dtype == "uint8" or self.augmentations or self.normalize == "per-image":
+            return None
+        x = torch.arange(256, dtype=torch.float32).expand(1, 3, 1, 256).contiguous()
+        top = torch.tensor([255.0]).view(1, 1, 1, 1)
+        if self.normalize == "dataset":
+            ops.normalize_(x, self.mean[:3], self.std[:3], max_value=top)
+        else:
+            x.div_(top)
+        lut = np.empty((1, 3, 1, 256), dtype=self.out_dtype)
+        torch.from_numpy(lut).copy_(x)
+        return lut.reshape(3, 256)
 
 
 def resolve_device(device: str) -> str:

@@ -286,6 +286,7 @@ def file_rows(
         sha256=moments.sha256,
         label=np.asarray(labels, np.int64),
         live=np.ones(len(files), bool),
+        measured=np.ones(len(files), bool),
         n=moments.n,
         s1=moments.s1,
         s2=moments.s2,
@@ -294,6 +295,16 @@ def file_rows(
         image_mean=moments.image_mean,
         image_std=moments.image_std,
     )
+
+
+def unmeasured_rows(files: Sequence[SourceFile], *, labels: Sequence[int]) -> FileTable:
+    """File-table rows of files not decoded yet (measured when their samples are made)."""
+    from pipeline.store import FileTable
+
+    table = FileTable.blank([f.path for f in files], labels=labels)
+    table.size = np.asarray([f.size for f in files], np.int64)
+    table.mtime_ns = np.asarray([f.mtime_ns for f in files], np.int64)
+    return table
 
 
 def moments_of(table: FileTable) -> FileMoments:

@@ -9,9 +9,9 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.config._values import (
     Bool,
@@ -29,8 +29,8 @@ from pipeline.config._values import (
 from pipeline.config.steps import (
     AugmentStep,
 )
-from pipeline.errors import ConfigError
-from pipeline.store.codecs import CODEC_LEVELS, Compression
+from pipeline.errors import ConfigError, InvalidArgumentError
+from pipeline.store.codecs import Compression
 from pipeline.store.create import differences
 
 if TYPE_CHECKING:
@@ -51,6 +51,17 @@ __all__ = [
     "config_differences",
 ]
 
+
+def _normalize_mode(value: Any) -> Any:
+    if value is True:
+        return "dataset"
+    if value is False:
+        return "none"
+    return value
+
+
+#: ``transform.normalize``: a mode, or ``true``/``false`` for ``dataset``/``none``.
+Normalize = Annotated[Literal["dataset", "per-image", "none"], BeforeValidator(_normalize_mode)]
 
 #: Version of the identity hash's input; bump it when the meaning of a key changes.
 IDENTITY_VERSION = "imageprep-config/2"
@@ -161,7 +172,12 @@ class TransformConfig(Model):
         default="shorter-side-crop",
         description="shorter-side-crop (scale shorter side, center crop) | stretch | pad.",
     )
-    normalize: Bool = Field(default=True, description="(x - mean) / std with the dataset stats.")
+    normalize: Normalize = Field(
+        default="dataset",
+        description="dataset: (x - mean) / std with the dataset stats | per-image: each image "
+        "standardized on its own (TF's per_image_standardization) | none; true/false = "
+        "dataset/none.",
+    )
     copies: PositiveInt = Field(
         default=1, description="Independently augmented samples per source image (>= 1)."
     )
@@ -183,20 +199,26 @@ class TransformConfig(Model):
 
 
 class CompressionConfig(Model):
-    """The compressor of every array in the store.
+    """The compressor of every array in the store (:class:`pipeline.store.Compression`).
 
-    ``zstd`` and ``gzip`` are the plain codecs; ``blosc`` is Blosc with LZ4
-    and the shuffle filter chosen by Zarr for the dtype; ``none`` stores raw
-    bytes. ``level`` defaults per codec (zstd 3, blosc 5, gzip 6).
+    ``blosc`` (the default) is Blosc with LZ4 after a shuffle filter
+    (``bit`` by default); ``zstd`` and ``gzip`` are the plain codecs; ``none``
+    stores raw bytes. ``level`` defaults per codec (zstd 3, blosc 5, gzip 6).
+    The rules are the store's own (``Compression.check_level``, ``check_shuffle``).
     """
 
     codec: Literal["zstd", "blosc", "gzip", "none"] = Field(
-        default="zstd", description="zstd | blosc | gzip | none."
+        default="blosc", description="blosc (LZ4 after a shuffle) | zstd | gzip | none."
     )
     level: Int | None = Field(
         default=None,
         validate_default=True,
         description="zstd 1..22 (default 3), blosc 0..9 (5), gzip 0..9 (6); none takes no level.",
+    )
+    shuffle: Literal["bit", "byte", "none"] | None = Field(
+        default=None,
+        validate_default=True,
+        description="blosc's filter: bit (default) | byte | none; other codecs take none.",
     )
 
     @field_validator("level")
@@ -205,20 +227,25 @@ class CompressionConfig(Model):
         codec = info.data.get("codec")
         if codec is None:  # the codec itself is invalid: reported on its own
             return level
-        if codec == "none":
-            if level is not None:
-                raise ValueError(f"codec 'none' takes no level, got {level}")
-            return None
-        lo, hi, default = CODEC_LEVELS[codec]
-        if level is None:
-            return default
-        if not lo <= level <= hi:
-            raise ValueError(f"{codec} level must be in {lo}..{hi}, got {level}")
-        return level
+        try:
+            return Compression.check_level(codec, level)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("shuffle")
+    @classmethod
+    def _check_shuffle(cls, shuffle: str | None, info: ValidationInfo) -> str | None:
+        codec = info.data.get("codec")
+        if codec is None:
+            return shuffle
+        try:
+            return Compression.check_shuffle(codec, shuffle)
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
 
     def compression(self) -> Compression:
         """The storage layer's :class:`~pipeline.store.Compression` of this section."""
-        return Compression(self.codec, self.level)
+        return Compression(self.codec, self.level, self.shuffle)
 
 
 class OutputConfig(Model):
@@ -234,8 +261,8 @@ class OutputConfig(Model):
         default=256, description="Samples per shard; one shard is written by one task."
     )
     compression: CompressionConfig = Field(
-        default_factory=lambda: CompressionConfig(codec="zstd", level=3),
-        description="Compressor: {codec, level}.",
+        default_factory=lambda: CompressionConfig(codec="blosc", level=5, shuffle="bit"),
+        description="Compressor: {codec, level, shuffle}.",
     )
     overwrite: Bool = Field(
         default=False, description="Replace an existing store made with another config or source."
@@ -326,10 +353,11 @@ class RunConfig(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        if self.output.dtype == "uint8" and self.transform.normalize:
+        if self.output.dtype == "uint8" and self.transform.normalize != "none":
             raise ValueError(
                 "output.dtype: uint8 stores un-normalized pixels; set transform.normalize: false "
-                "(or use float16/float32), got dtype uint8 with normalize true"
+                "(none), or use float16/float32; got dtype uint8 with normalize "
+                f"{self.transform.normalize}"
             )
         return self
 

@@ -1,7 +1,7 @@
 """The augmentation steps of ``transform.augment``: one registry, op name -> model -> ops class.
 
 Each step is a config model (its keys, defaults and descriptions) that knows
-the :mod:`ops` augmentation it configures (:attr:`Step.augmentation`) and
+the :mod:`ops` augmentation it configures (:meth:`Step.ops_class`) and
 builds it (:meth:`Step.build`). The rules on the values (a band inside
 ``(0, 0.5]``, ``rms > 0``, ``scale`` inside ``(0, 1]``, ...) are the ops
 classes' own checks (``DoGNoise.check_band``, ``RandomResizedCrop.check_scale``,
@@ -25,11 +25,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 import ops
 from ops.errors import InvalidArgumentError
-from pipeline.config._values import Model, Pair, Probability, ValueOrRange, show
+from pipeline.config._values import Model, Pair, PositiveInt, Probability, ValueOrRange, show
 
 __all__ = [
     "STEPS",
@@ -55,8 +55,15 @@ def _rule(check: Callable[[Any], Any], value: Any) -> Any:
 class Step(Model):
     """Base of the augment steps: ``op`` names the step, ``p`` its probability."""
 
-    #: The :mod:`ops` class this step configures.
-    augmentation: ClassVar[type]
+    #: The name of the :mod:`ops` class this step configures (loaded on use, so
+    #: that importing the config does not import torch).
+    augmentation: ClassVar[str]
+
+    @classmethod
+    def ops_class(cls) -> type:
+        """The :mod:`ops` augmentation class of this step."""
+        cls_: type = getattr(ops, cls.augmentation)
+        return cls_
 
     op: str
     p: Probability = Field(default=1.0, description="Probability of applying the step to a sample.")
@@ -69,7 +76,7 @@ class Step(Model):
 class InvertStep(Step):
     """``1 - x`` on the [0, 1] image, with probability ``p``."""
 
-    augmentation = ops.RandomInvert
+    augmentation = "RandomInvert"
     op: Literal["invert"] = Field(description="Invert the image: 1 - x.")
 
     def build(self, size: tuple[int, int]) -> ops.RandomInvert:
@@ -80,10 +87,11 @@ class InvertStep(Step):
 class DogNoiseStep(Step):
     """Band-pass (difference-of-Gaussians) noise added to the image."""
 
-    augmentation = ops.DoGNoise
+    augmentation = "DoGNoise"
     op: Literal["dog_noise"] = Field(description="Add band-pass (DoG-filtered) Gaussian noise.")
     band: Pair = Field(
-        description="[f_low, f_high] pass band in cycles/pixel, 0 < f_low < f_high <= 0.5."
+        description="[f_low, f_high] in cycles/pixel, 0 < f_low < f_high <= 0.5: the noise's "
+        "spectral peak sits at their geometric mean (not a pass band: see docs/ops.md)."
     )
     rms: ValueOrRange = Field(
         description="RMS of the added noise (> 0), a value or a [lo, hi] range."
@@ -105,36 +113,120 @@ class DogNoiseStep(Step):
 
 
 class ShadowsHighlightsStep(Step):
-    """Lift or darken shadows and highlights; 0 leaves them unchanged."""
+    """Shadows/highlights tone adjustment, by the source's method or the Moroney-style curve.
 
-    augmentation = ops.ShadowsHighlights
+    ``method: source`` is the technique of the source (local-contrast masks
+    from a Gaussian blur of the luminance, a per-pixel power law with
+    ``gamma_shadows`` and ``gamma_highlights``: :func:`ops.shadows_highlights`);
+    ``method: moroney`` is a luma power law with ``shadows``/``highlights``
+    amounts in ``[-1, 1]`` (:func:`ops.adjust_shadows_highlights`; not from the
+    source). Without ``method``, the keys given choose it (gammas: source;
+    amounts: moroney; none: source).
+    """
+
+    augmentation = "ShadowsHighlights"
     op: Literal["shadows_highlights"] = Field(description="Shadows/highlights tone adjustment.")
-    shadows: ValueOrRange = Field(
-        default=0.0,
-        description="Shadow amount in [-1, 1] (> 0 lifts), a value or a [lo, hi] range.",
+    method: Literal["source", "moroney"] | None = Field(
+        default=None,
+        description="source (the source's masks and power law) | moroney (luma curve); "
+        "default: chosen by the keys given (source without any).",
     )
-    highlights: ValueOrRange = Field(
-        default=0.0,
-        description="Highlight amount in [-1, 1] (< 0 darkens), a value or a [lo, hi] range.",
+    gamma_shadows: ValueOrRange | None = Field(
+        default=None,
+        description="source: exponent in shadows (< 1 lifts), > 0, a value or a [lo, hi] range "
+        "(default 1).",
+    )
+    gamma_highlights: ValueOrRange | None = Field(
+        default=None,
+        description="source: exponent in highlights (> 1 darkens), > 0, a value or a range "
+        "(default 1).",
+    )
+    kernel_size: PositiveInt | None = Field(
+        default=None, description="source: odd side of the mask blur kernel (default 7)."
+    )
+    sigma: ValueOrRange | None = Field(
+        default=None,
+        description="Mask blur sigma in pixels (source: 2.5; moroney: from the image size).",
+    )
+    shadows: ValueOrRange | None = Field(
+        default=None,
+        description="moroney: shadow amount in [-1, 1] (> 0 lifts), a value or a [lo, hi] range.",
+    )
+    highlights: ValueOrRange | None = Field(
+        default=None,
+        description="moroney: highlight amount in [-1, 1] (< 0 darkens), a value or a range.",
     )
 
     @field_validator("shadows", "highlights")
     @classmethod
-    def _check_amount(cls, value: float | tuple[float, float], info: ValidationInfo) -> Any:
-        lo, hi = (value, value) if isinstance(value, float) else value
-        if lo < -1.0 or hi > 1.0:
-            raise ValueError(f"{info.field_name} must lie in [-1, 1], got {show(value)}")
+    def _check_amount(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        name = str(info.field_name)
+        return _rule(lambda v: ops.ShadowsHighlights.check_amount(v, name), value)
+
+    @field_validator("gamma_shadows", "gamma_highlights")
+    @classmethod
+    def _check_gamma(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        name = str(info.field_name)
+        return _rule(lambda v: ops.ShadowsHighlights.check_gamma(v, name), value)
+
+    @field_validator("sigma")
+    @classmethod
+    def _check_sigma(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, float):
+            raise ValueError(f"sigma must be one number, got {show(list(value))}")
         return value
 
+    @model_validator(mode="after")
+    def _check_method(self) -> ShadowsHighlightsStep:
+        try:
+            self.build((8, 8))  # the class's own rules: the other method's keys, kernel size
+        except InvalidArgumentError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def resolved_method(self) -> str:
+        """The method in use (``method``, or the one the keys given imply)."""
+        if self.method is not None:
+            return self.method
+        if self.shadows is not None or self.highlights is not None:
+            return "moroney"
+        return "source"
+
     def build(self, size: tuple[int, int]) -> ops.ShadowsHighlights:
-        """:class:`ops.ShadowsHighlights` with this step's amounts and ``p``."""
-        return ops.ShadowsHighlights(shadows=self.shadows, highlights=self.highlights, p=self.p)
+        """:class:`ops.ShadowsHighlights` with this step's method, parameters and ``p``."""
+        sigma = self.sigma if isinstance(self.sigma, float) else None
+        if self.resolved_method == "moroney":
+            return ops.ShadowsHighlights(
+                shadows=self.shadows,
+                highlights=self.highlights,
+                p=self.p,
+                method="moroney",
+                gamma_shadows=self.gamma_shadows,
+                gamma_highlights=self.gamma_highlights,
+                kernel_size=self.kernel_size,
+                sigma=sigma,
+            )
+        return ops.ShadowsHighlights(
+            shadows=self.shadows,
+            highlights=self.highlights,
+            p=self.p,
+            method="source",
+            gamma_shadows=self.gamma_shadows,
+            gamma_highlights=self.gamma_highlights,
+            kernel_size=self.kernel_size,
+            sigma=sigma,
+        )
 
 
 class GaussianBlurStep(Step):
     """Gaussian blur with standard deviation ``sigma`` (pixels)."""
 
-    augmentation = ops.RandomGaussianBlur
+    augmentation = "RandomGaussianBlur"
     op: Literal["gaussian_blur"] = Field(description="Gaussian blur.")
     sigma: ValueOrRange = Field(
         description="Standard deviation in pixels (>= 0), a value or a [lo, hi] range."
@@ -156,7 +248,7 @@ class RandomResizedCropStep(Step):
     It replaces the resize: it is applied first, wherever it is listed.
     """
 
-    augmentation = ops.RandomResizedCrop
+    augmentation = "RandomResizedCrop"
     op: Literal["random_resized_crop"] = Field(
         description="Random crop resized to transform.size; replaces the resize."
     )

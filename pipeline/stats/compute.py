@@ -15,14 +15,12 @@ read with one GET (:func:`pipeline.sources.open_source`).
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Callable
 from typing import Any, Literal
 
 from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
 from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
-from pipeline.sources import Manifest, SourceRoot, open_source, scan, source_path
+from pipeline.sources import Manifest, SourceRoot, read_source, scan, source_path
 from pipeline.stats.exact import Partial, finish, hist_moments, merge
 from pipeline.stats.files import FileMoments
 from pipeline.stats.model import Stats
@@ -34,23 +32,6 @@ Method = Literal["exact", "chan", "two-pass"]
 METHODS: tuple[str, ...] = ("exact", "chan", "two-pass")
 DEFAULT_CHUNK_SIZE = 64
 """Files per Dask task in :func:`compute_stats`."""
-
-
-def _read(root: SourceRoot, rel: str) -> tuple[bytes, str]:
-    """The bytes of a source file and its name.
-
-    A local OS error is the file's rejection. On an object store only a missing
-    object or a refused read is; any other error (the network, the server) is
-    not the file's fault and fails the task, so that a rerun reads it again.
-    """
-    try:
-        with open_source(root, rel) as f:
-            return f.read(), str(getattr(f, "name", rel))
-    except OSError as exc:
-        remote = isinstance(root, Location) and not root.is_local
-        if remote and not isinstance(exc, FileNotFoundError | PermissionError):
-            raise
-        raise DecodeError(rel, f"unreadable: {exc.strerror or exc}") from None
 
 
 def _chunk(
@@ -68,12 +49,13 @@ def _chunk(
     local = None if isinstance(root, Location) else root  # else read through open_source
     for rel in paths:
         try:
-            source: Any = None if local is None else source_path(local, rel)
+            source: Any
             if per_file or local is None:  # read once: the digest and the decode see the same bytes
-                data, name = _read(root, rel)
+                source, digest = read_source(root, rel)
                 if per_file:
-                    digests.append(hashlib.sha256(data).digest())
-                source = _NamedBytes(data, name)
+                    digests.append(digest)
+            else:
+                source = source_path(local, rel)
             if loader is None:
                 h = decode_histogram(source, max_pixels=max_pixels)
             else:
@@ -92,14 +74,6 @@ def _chunk(
     if method == "chan":
         part.moments = hist_moments(part.hist8, part.hist16)
     return part
-
-
-class _NamedBytes(io.BytesIO):
-    """File bytes in memory that carry the file's name (for the decoder's messages)."""
-
-    def __init__(self, data: bytes, name: str) -> None:
-        super().__init__(data)
-        self.name = name
 
 
 def _check_positive_int(name: str, value: object) -> None:

@@ -38,16 +38,19 @@ Example:
 from pipeline.store.codecs import CODEC_LEVELS, CODECS, Compression
 from pipeline.store.compaction import CompactResult, compact, finish_swap
 from pipeline.store.create import (
+    STORE_ENTRIES,
     SampleRows,
     StoreState,
     create_store,
     differences,
+    foreign_entries,
     grow_store,
     open_or_create,
     read_metadata,
+    remove_partials,
     reset_rows,
 )
-from pipeline.store.files import FILE_ARRAYS, FileTable, read_files
+from pipeline.store.files import FILE_ARRAYS, FileTable, read_files, set_file_rows
 from pipeline.store.group import (
     ATTRIBUTE,
     FORMAT_VERSION,
@@ -69,6 +72,7 @@ from pipeline.store.writer import (
     finalize,
     read_records,
     shard_digest,
+    unmark_shards,
     write_live,
     write_shard,
 )
@@ -81,6 +85,7 @@ __all__ = [
     "DTYPES",
     "FILE_ARRAYS",
     "FORMAT_VERSION",
+    "STORE_ENTRIES",
     "CompactResult",
     "Compression",
     "FileTable",
@@ -97,6 +102,7 @@ __all__ = [
     "done_shards",
     "finalize",
     "finish_swap",
+    "foreign_entries",
     "format_ranges",
     "get_array",
     "grow_store",
@@ -109,10 +115,13 @@ __all__ = [
     "read_layout",
     "read_metadata",
     "read_records",
+    "remove_partials",
     "reset_rows",
+    "set_file_rows",
     "shard_digest",
     "store_location",
     "store_ref",
+    "unmark_shards",
     "verify",
     "write_live",
     "write_shard",

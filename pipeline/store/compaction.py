@@ -17,7 +17,7 @@ Only local stores are compacted. The swap is two renames of folders, atomic
 on one filesystem; an object store has no rename of a prefix (S3 copies and
 deletes object by object), so a reader or a run could find half of the old
 store and half of the new one. :func:`compact` refuses a store in object
-storage with a :class:`~pipeline.errors.StoreError` that says so; the
+storage with a :class:`~pipeline.errors.UnsupportedStoreError` that says so; the
 retired rows stay in it (readers skip them), and a new run of the same config
 to a new ``output.path`` writes a store without them.
 """
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, UnsupportedStoreError
 from pipeline.store.create import SampleRows, create_store
 from pipeline.store.files import read_files
 from pipeline.store.group import (
@@ -53,7 +53,16 @@ from pipeline.store.writer import done_shards, finalize, write_shard
 
 __all__ = ["CompactResult", "compact", "finish_swap"]
 
-_RESERVED = {"format_version", "layout", "files", "created", "complete", "finalized", "verified"}
+_RESERVED = {
+    "format_version",
+    "layout",
+    "files",
+    "created",
+    "complete",
+    "finalized",
+    "verified",
+    "manifest",
+}
 
 
 @dataclass(frozen=True)
@@ -161,7 +170,7 @@ def compact(
     location = store_location(path)
     if not location.is_local:
         open_group(location)  # not a store at all: say that first
-        raise StoreError(
+        raise UnsupportedStoreError(
             f"{path}: compact works on a local folder only: an object store has no atomic "
             "rename, so the swap of the compacted copy could leave a half-replaced store. "
             "Retired rows are skipped by readers; to drop them, rerun the config with a new "

@@ -70,14 +70,17 @@ from pipeline.store.layout import StoreLayout
 from pipeline.store.writer import done_shards
 
 __all__ = [
+    "STORE_ENTRIES",
     "SampleRows",
     "StoreState",
     "create_store",
     "differences",
     "flatten",
+    "foreign_entries",
     "grow_store",
     "open_or_create",
     "read_metadata",
+    "remove_partials",
     "reset_rows",
 ]
 
@@ -364,6 +367,41 @@ def _occupied(location: Location) -> bool:
         return False
 
 
+STORE_ENTRIES = frozenset(
+    {"zarr.json", "images", "labels", "source_index", "copy_index", "live", "paths", "files"}
+    | {"records"}
+)
+"""The top-level entries of a store folder; ``overwrite`` deletes these and nothing else."""
+
+
+def _entries(location: Location) -> list[tuple[str, bool]]:
+    """``(name, is a folder)`` of the top-level entries of a folder or object prefix."""
+    if location.is_local:
+        return [(e.name, e.is_dir()) for e in Path(location.path).iterdir()]
+    fs = location.fs
+    fs.invalidate_cache(location.path)
+    try:
+        found = fs.ls(location.path, detail=True)
+    except FileNotFoundError:
+        return []
+    return [
+        (str(info["name"]).rstrip("/").rsplit("/", 1)[-1], info.get("type") == "directory")
+        for info in found
+    ]
+
+
+def foreign_entries(path: PathLike) -> list[str]:
+    """Top-level entries of the store folder (or prefix) ``path`` that a store does not have.
+
+    Folders (common prefixes) end in ``/``.
+    """
+    return sorted(
+        name + ("/" if folder else "")
+        for name, folder in _entries(store_location(path))
+        if name not in STORE_ENTRIES
+    )
+
+
 def read_metadata(location: Location) -> bytes | None:
     """The bytes of the store's root ``zarr.json``; None when there is none.
 
@@ -383,7 +421,15 @@ def read_metadata(location: Location) -> bytes | None:
 
 
 def _delete_store(location: Location) -> None:
-    """Delete a store, refusing anything that is not one (overwrite must never eat a home)."""
+    """Delete a store's own entries, refusing anything that is not one or holds foreign files.
+
+    ``overwrite`` must never eat a home folder (or a bucket), nor the notes a
+    user put beside the arrays: only :data:`STORE_ENTRIES` are removed, and
+    only when nothing else is there; on an object store, every object under
+    those prefixes.
+    """
+    from pipeline.errors import OutputPathError
+
     try:
         raw = read_metadata(location)
         meta = json.loads(raw) if raw is not None else None
@@ -392,17 +438,57 @@ def _delete_store(location: Location) -> None:
             f"{location}: unreadable zarr.json; refusing to delete it ({exc})"
         ) from exc
     if meta is None:
-        raise StoreError(f"{location}: is not a Zarr store; refusing to delete it")
+        raise OutputPathError(f"{location}: is not a Zarr store; refusing to delete it")
     attributes = meta.get("attributes") or {}
     if ATTRIBUTE not in attributes and CREATING not in attributes:
-        raise StoreError(
+        raise OutputPathError(
             f"{location}: is a Zarr store but not an imageprep store; refusing to delete it"
         )
-    if location.is_local:
-        shutil.rmtree(location.path)
-    else:
-        location.fs.rm(location.path, recursive=True)
-        location.fs.invalidate_cache(location.path)
+    foreign = foreign_entries(location)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (
+            f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        )
+        raise OutputPathError(
+            f"{location}: holds files imageprep did not make ({shown}); overwrite deletes only a "
+            "store's own files: move them out of the store folder, or choose another output.path"
+        )
+    if not location.is_local:
+        fs = location.fs
+        names = sorted(name for name, _ in _entries(location))
+        # the root zarr.json last: a store interrupted here still says what it is
+        for name in [n for n in names if n != "zarr.json"] + ["zarr.json"]:
+            fs.rm(location.joinpath(name).path, recursive=True)
+        fs.invalidate_cache(location.path)
+        return
+    path = Path(location.path)
+    for entry in sorted(path.iterdir()):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def remove_partials(path: PathLike) -> int:
+    """Delete the ``*.partial`` files a killed writer left in a local store; return how many.
+
+    Zarr writes each chunk to ``<name>.<uuid>.partial`` and renames it into
+    place, so a kill between the two leaves the temporary file. Call only while
+    holding the store's lock (no writer is running). An object store has none
+    (a PUT replaces an object whole or not at all): 0.
+    """
+    location = store_location(path)
+    if not location.is_local:
+        return 0
+    root = Path(location.path)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for stray in root.rglob("*.partial"):
+        if stray.is_file():
+            stray.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

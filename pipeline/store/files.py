@@ -3,7 +3,9 @@
 Row ``j`` of the table is row ``j`` of ``paths`` and of every array of the
 ``files/`` group: ``size``, ``mtime_ns`` (what the scan saw), ``sha256`` (of
 the file's bytes), ``label``, ``live`` (False once the file was removed or
-changed: its samples are retired), and the file's exact moments ``n``, ``s1``,
+changed: its samples are retired), ``measured`` (its moments are known: a run
+whose statistics are known before it writes measures a file in the same decode
+that makes its samples), and the file's exact moments ``n``, ``s1``,
 ``s2``, ``min``, ``max``, ``image_mean``, ``image_std``
 (:class:`pipeline.stats.FileMoments`). ``source_index`` of a sample is a row of
 this table. The number of rows in use is the ``files`` key of the group
@@ -27,7 +29,14 @@ import zarr
 from pipeline.errors import InvalidArgumentError
 from pipeline.store.group import get_array, read_array
 
-__all__ = ["FILE_ARRAYS", "FileTable", "append_files", "create_file_arrays", "read_files"]
+__all__ = [
+    "FILE_ARRAYS",
+    "FileTable",
+    "append_files",
+    "create_file_arrays",
+    "read_files",
+    "set_file_rows",
+]
 
 #: name -> (dtype, trailing shape) of each ``files/`` array.
 FILE_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
@@ -36,6 +45,7 @@ FILE_ARRAYS: dict[str, tuple[str, tuple[int, ...]]] = {
     "sha256": ("uint8", (32,)),
     "label": ("int64", ()),
     "live": ("bool", ()),
+    "measured": ("bool", ()),
     "n": ("int64", ()),
     "s1": ("int64", (3,)),
     "s2": ("uint64", (3,)),
@@ -53,8 +63,9 @@ class FileTable:
 
     Attributes:
         paths: the files, relative to the source root.
-        size, mtime_ns, sha256, label, live, n, s1, s2, min, max, image_mean,
-            image_std: one row per file, dtypes and shapes of :data:`FILE_ARRAYS`.
+        size, mtime_ns, sha256, label, live, measured, n, s1, s2, min, max,
+            image_mean, image_std: one row per file, dtypes and shapes of
+            :data:`FILE_ARRAYS`.
     """
 
     paths: list[str]
@@ -63,6 +74,7 @@ class FileTable:
     sha256: np.ndarray
     label: np.ndarray
     live: np.ndarray
+    measured: np.ndarray
     n: np.ndarray
     s1: np.ndarray
     s2: np.ndarray
@@ -86,7 +98,7 @@ class FileTable:
 
     @classmethod
     def blank(cls, paths: Sequence[str], *, labels: Sequence[int] | None = None) -> FileTable:
-        """Live rows for ``paths`` with nothing else known (zeros)."""
+        """Live, unmeasured rows for ``paths`` with nothing else known (zeros)."""
         k = len(paths)
         values: dict[str, Any] = {
             name: np.zeros((k, *shape), dtype) for name, (dtype, shape) in FILE_ARRAYS.items()
@@ -165,3 +177,29 @@ def append_files(group: zarr.Group, table: FileTable, *, at: int) -> None:
             array.resize((end, *array.shape[1:]))
         if len(table):
             array[at:end] = values
+
+
+def set_file_rows(group: zarr.Group, rows: Sequence[int], values: dict[str, Any]) -> None:
+    """Set rows ``rows`` (any order, not necessarily contiguous) of the named ``files/`` arrays.
+
+    Args:
+        group: the store's root group, writable.
+        rows: file-table rows.
+        values: ``{array name: (len(rows), ...) values}``, names from :data:`FILE_ARRAYS`.
+
+    Raises:
+        InvalidArgumentError: an unknown array name.
+    """
+    unknown = sorted(set(values) - set(FILE_ARRAYS))
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown file-table arrays {unknown}; known: {list(FILE_ARRAYS)}"
+        )
+    if not len(rows):
+        return
+    idx = np.asarray(rows, dtype=np.int64)
+    for name, value in values.items():
+        dtype, shape = FILE_ARRAYS[name]
+        get_array(group, f"files/{name}").oindex[idx] = np.asarray(value, dtype).reshape(
+            len(idx), *shape
+        )

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.errors import InvalidArgumentError, StoreError
+from pipeline.errors import InvalidArgumentError, NotAStoreError, StoreError
 from pipeline.storage import Location, resolve_location, zarr_store
 from pipeline.store.layout import StoreLayout
 
@@ -106,7 +106,7 @@ def open_group(path: PathLike, *, mode: str = "r") -> zarr.Group:
     if not isinstance(meta, dict):
         if CREATING in group.attrs:
             raise StoreError(f"{path}: the store was not completely created (interrupted run)")
-        raise StoreError(f"{path}: not an imageprep store (no '{ATTRIBUTE}' group attribute)")
+        raise NotAStoreError(f"{path}: not an imageprep store (no '{ATTRIBUTE}' group attribute)")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise StoreError(
@@ -124,7 +124,8 @@ def open_zarr_group(path: PathLike, *, mode: str) -> zarr.Group:
     ``FsspecStore`` (:func:`pipeline.storage.zarr_store`).
 
     Raises:
-        StoreError: no folder (no group object), or not a Zarr v3 group.
+        NotAStoreError: no folder, or no ``zarr.json`` in it (under the prefix).
+        StoreError: ``zarr.json`` is unreadable or not a Zarr v3 group.
         ConfigError: a URL that :func:`store_location` refuses.
     """
     if mode not in ("r", "r+"):
@@ -132,16 +133,22 @@ def open_zarr_group(path: PathLike, *, mode: str) -> zarr.Group:
     location = store_location(path)
     if location.is_local:
         if not Path(location.path).is_dir():
-            raise StoreError(f"{path}: no such store (not a folder)")
+            raise NotAStoreError(f"{path}: no such store (not a folder)")
+        if not (Path(location.path) / "zarr.json").is_file():
+            raise NotAStoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
         store: Any = location.path
     else:
         store = zarr_store(location, read_only=mode == "r")
     try:
         return zarr.open_group(store, mode=mode, zarr_format=3, use_consolidated=False)  # type: ignore[arg-type]
-    except FileNotFoundError as exc:
-        raise StoreError(f"{path}: no such store (no zarr.json under it)") from exc
+    except FileNotFoundError as exc:  # an object store: no zarr.json object under the prefix
+        if not location.is_local:
+            raise NotAStoreError(f"{path}: no such store (no zarr.json under it)") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{path}: zarr.json is unreadable or corrupt ({reason})") from None
     except (zarr.errors.BaseZarrError, ValueError) as exc:
-        raise StoreError(f"{path}: not a Zarr v3 group ({exc})") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{path}: zarr.json is unreadable or corrupt ({reason})") from None
 
 
 def group_of(store: PathLike | zarr.Group, *, mode: str = "r") -> zarr.Group:
@@ -188,13 +195,24 @@ def read_layout(store: PathLike | zarr.Group) -> StoreLayout:
         StoreError: not an imageprep store, or the attribute and the arrays disagree.
     """
     group = group_of(store)
-    layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    try:
+        layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    except (InvalidArgumentError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"{group.store}: the layout attribute is corrupt ({exc})") from None
     images = get_array(group, "images")
     expected = (layout.n_samples, *layout.sample_shape)
     if images.shape != expected or str(images.dtype) != layout.dtype:
         raise StoreError(
             f"{group.store}: images must have shape {expected} and dtype {layout.dtype} as its "
             f"layout says, got {images.shape} {images.dtype}"
+        )
+    shards = images.shards
+    done = get_array(group, "records/done")
+    if (shards is not None and shards[0] != layout.shard_size) or done.shape != (layout.n_shards,):
+        raise StoreError(
+            f"{group.store}: the layout attribute says {layout.n_shards} shards of "
+            f"{layout.shard_size} rows, the arrays have {done.shape[0]} shard records and "
+            f"shards of {shards[0] if shards else '?'} rows (edited or corrupt)"
         )
     return layout
 

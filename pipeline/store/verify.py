@@ -15,9 +15,11 @@ from pipeline.store.group import (
     get_array,
     group_of,
     read_array,
+    read_attrs,
     read_layout,
 )
 from pipeline.store.layout import StoreLayout
+from pipeline.store.manifest import manifest_problems
 from pipeline.store.writer import ShardRecord, read_records, shard_digest
 
 __all__ = ["ShardProblem", "VerifyReport", "verify"]
@@ -42,6 +44,9 @@ class VerifyReport:
         unfinished: shards with no ``done`` record (missing or interrupted).
         mismatched: done shards whose values differ from their record or
             cannot be read.
+        manifest: parts of the manifest (paths, file table, live mask,
+            classes, statistics, config, layout) that no longer match their
+            checksum (:mod:`pipeline.store.manifest`).
     """
 
     path: str
@@ -49,21 +54,24 @@ class VerifyReport:
     verified: tuple[int, ...]
     unfinished: tuple[int, ...]
     mismatched: tuple[ShardProblem, ...]
+    manifest: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when every shard is written and matches its checksum."""
-        return not self.unfinished and not self.mismatched
+        """True when every shard is written and matches its checksum, and so does the manifest."""
+        return not self.unfinished and not self.mismatched and not self.manifest
 
     def summary(self) -> str:
         """One line per finding, first a count."""
         lines = [
             f"{self.path}: {len(self.verified)}/{self.n_shards} shards verified, "
             f"{len(self.unfinished)} unfinished, {len(self.mismatched)} mismatched"
+            + (f", manifest: {len(self.manifest)} part(s) changed" if self.manifest else "")
         ]
         if self.unfinished:
             lines.append(f"  unfinished: {format_ranges(self.unfinished)}")
         lines.extend(f"  shard {p.index}: {p.reason}" for p in self.mismatched)
+        lines.extend(f"  manifest: {m}" for m in self.manifest)
         return "\n".join(lines)
 
 
@@ -96,7 +104,8 @@ def verify(
         workers: threads reading shards (default ``min(8, cpu count)``).
         start: check the shards from this index on only (a run checks the
             shards written since the last verified run; shards never change
-            once written).
+            once written). The manifest is checked when ``start`` is 0 and
+            the store is complete.
 
     Returns:
         The :class:`VerifyReport`; ``report.ok`` is True when every shard is
@@ -118,10 +127,13 @@ def verify(
     pairs = list(zip(done, results, strict=True))
     mismatched = tuple(ShardProblem(r.index, why) for r, why in pairs if why)
     verified = tuple(r.index for r, why in pairs if why is None)
+    meta = read_attrs(group)
+    manifest = manifest_problems(group, meta) if start == 0 and meta.get("complete") else ()
     return VerifyReport(
         str(store if not isinstance(store, zarr.Group) else store.store),
         layout.n_shards,
         verified,
         unfinished,
         mismatched,
+        manifest,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,11 +44,14 @@ __all__ = [
     "finalize",
     "read_records",
     "shard_digest",
+    "unmark_shards",
     "write_shard",
 ]
 
 #: Keys of the ``imageprep`` attribute that finalize() may not change.
-FROZEN_KEYS = frozenset({"format_version", "layout", "config", "config_identity", "files"})
+FROZEN_KEYS = frozenset(
+    {"format_version", "layout", "config", "config_identity", "files", "manifest"}
+)
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,33 @@ def done_shards(store: PathLike | zarr.Group) -> set[int]:
     return {int(i) for i in np.flatnonzero(done)}
 
 
+def unmark_shards(store: PathLike | zarr.Group, shards: Sequence[int]) -> None:
+    """Clear the ``done`` record of ``shards`` so that the next run writes them again.
+
+    Used by ``imageprep verify --repair`` on shards that do not match their
+    checksum (or cannot be read): their records stop vouching for the data,
+    the store's ``verified`` count drops below the first of them (the next
+    run checks what it rewrites), and the store no longer counts as complete
+    until a run has written them.
+    """
+    group = group_of(store, mode="r+")
+    if not shards:
+        return
+    from zarr.core.sync import sync
+
+    done = get_array(group, "records/done")
+    images = get_array(group, "images")
+    for index in sorted({int(i) for i in shards}):
+        done[index] = False
+        # the shard's object goes: a damaged one (truncated, bad index) would be read back
+        # and merged when the shard is written again
+        key = images.metadata.encode_chunk_key((index, 0, 0, 0))
+        sync(group.store.delete(f"{images.path}/{key}"))
+    meta = read_attrs(group)
+    verified = min(int(meta.get("verified", 0)), min(int(i) for i in shards))
+    group.attrs[ATTRIBUTE] = {**meta, "verified": verified, "complete": False}
+
+
 def write_live(store: PathLike | zarr.Group, live: np.ndarray) -> int:
     """Set the ``live`` mask of every row, writing only the chunks (shards) that change.
 
@@ -242,8 +272,9 @@ def finalize(store: PathLike | zarr.Group, attrs_update: Mapping[str, Any]) -> d
     """Record the run's final metadata once every shard is written.
 
     Merges ``attrs_update`` (e.g. ``failures``, ``timings``) into the
-    ``imageprep`` attribute and sets ``complete: true`` and ``finalized`` (UTC
-    time). Called once, by the coordinating process.
+    ``imageprep`` attribute and sets ``complete: true``, ``finalized`` (UTC
+    time) and the ``manifest`` (:mod:`pipeline.store.manifest`). Called once,
+    by the coordinating process.
 
     Returns:
         The new ``imageprep`` attribute.
@@ -269,6 +300,9 @@ def finalize(store: PathLike | zarr.Group, attrs_update: Mapping[str, Any]) -> d
         update = json.loads(json.dumps(dict(attrs_update), allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"attrs_update must be JSON-safe, got {exc}") from exc
+    from pipeline.store.manifest import manifest_digests
+
     meta = {**read_attrs(group), **update, "complete": True, "finalized": now()}
+    meta["manifest"] = manifest_digests(group, meta)
     group.attrs[ATTRIBUTE] = meta
     return meta

@@ -189,7 +189,9 @@ def test_write_verify_finish_tasks_fn(tmp_path: Path, monkeypatch):
     assert write.skipped == state.layout.n_shards - 1
     report = verify_task.fn(str(cfg.output.path), workers=2)
     assert report.ok
-    result = finish_task.fn(cfg, state, run_stats, write, timings={"write": 1.0})
+    result = finish_task.fn(
+        cfg, state, run_stats, write, root=str(manifest.root), timings={"write": 1.0}
+    )
     assert result.samples == 2 * src.n_valid
     assert result.shards_written == 1
 

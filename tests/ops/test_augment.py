@@ -18,6 +18,7 @@ from ops import (
     dog_noise,
     gaussian_blur,
     invert,
+    shadows_highlights,
 )
 from pipeline.errors import InvalidArgumentError
 from tests.ops.checker import tol
@@ -37,6 +38,9 @@ AUGMENTATIONS = {
     "dog_noise": lambda: DoGNoise(((0.03, 0.08), (0.15, 0.4)), (0.02, 0.1), p=0.7),
     "shadows_highlights": lambda: ShadowsHighlights((-0.5, 1.0), (-1.0, 0.8), p=0.8),
     "shadows_highlights_fixed": lambda: ShadowsHighlights(0.3, -0.2),
+    "shadows_highlights_source": lambda: ShadowsHighlights(
+        method="source", gamma_shadows=(0.3, 1.0), gamma_highlights=(1.0, 3.0), p=0.8
+    ),
     "blur": lambda: RandomGaussianBlur((0.1, 1.5), p=0.6),
     "blur_fixed": lambda: RandomGaussianBlur(1.0, p=0.5),
     "compose": lambda: Compose(
@@ -121,6 +125,17 @@ def test_documented_draw_order():
         assert prm.apply == (u[0] < 0.5)
         assert prm.shadows == -0.5 + (1.0 - -0.5) * u[1]
         assert prm.highlights == 0.25
+        assert (prm.gamma_shadows, prm.gamma_highlights) == (1.0, 1.0)
+    # ShadowsHighlights(method="source"): coin, gamma_shadows, gamma_highlights.
+    for seed in range(20):
+        u = _draws(seed, 3)
+        prm = ShadowsHighlights(
+            method="source", gamma_shadows=(0.25, 1.0), gamma_highlights=2.0, p=0.5
+        ).sample_params(torch.Generator().manual_seed(seed))
+        assert prm.apply == (u[0] < 0.5)
+        assert prm.gamma_shadows == 0.25 + (1.0 - 0.25) * u[1]
+        assert prm.gamma_highlights == 2.0
+        assert (prm.shadows, prm.highlights) == (0.0, 0.0)
     # RandomGaussianBlur: coin, sigma.
     u = _draws(7, 2)
     prm = RandomGaussianBlur((0.5, 2.5), p=0.9).sample_params(torch.Generator().manual_seed(7))
@@ -227,6 +242,52 @@ def test_shadows_highlights_augmentation_default_sigma():
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
 
 
+def test_shadows_highlights_source_augmentation_calls_the_function():
+    x = _rand((5, 3, 20, 20), 17, dtype=torch.float64)
+    aug = ShadowsHighlights(
+        method="source", gamma_shadows=(0.2, 1.0), gamma_highlights=(1.0, 4.0), p=0.7
+    )
+    out = aug(x, generators=_gens(SEEDS))
+    params = [aug.sample_params(g) for g in _gens(SEEDS)]
+    assert len({prm.apply for prm in params}) == 2
+    for i, prm in enumerate(params):
+        ref = (
+            shadows_highlights(
+                x[i], gamma_shadows=prm.gamma_shadows, gamma_highlights=prm.gamma_highlights
+            )
+            if prm.apply
+            else x[i]
+        )
+        torch.testing.assert_close(out[i], ref, rtol=0, atol=1e-13)
+    # kernel_size and sigma reach the function.
+    aug = ShadowsHighlights(method="source", gamma_shadows=0.5, kernel_size=5, sigma=1.0)
+    ref = shadows_highlights(x, gamma_shadows=0.5, kernel_size=5, sigma=1.0)
+    torch.testing.assert_close(aug(x, generators=_gens(SEEDS)), ref, rtol=0, atol=1e-13)
+
+
+def test_shadows_highlights_methods_take_the_same_draws():
+    x = _rand((3, 3, 12, 12), 18)
+    states = []
+    for aug in (
+        ShadowsHighlights((0.0, 1.0), (-1.0, 0.0), p=0.3),
+        ShadowsHighlights(method="source", gamma_shadows=(0.5, 1.0), p=0.3),
+    ):
+        gens = _gens([1, 2, 3])
+        aug(x, generators=gens)
+        states.append([g.get_state() for g in gens])
+    probe = _gens([1, 2, 3])
+    for g in probe:
+        _draws_from(g, 3)
+    for k in range(3):
+        assert torch.equal(states[0][k], probe[k].get_state())
+        assert torch.equal(states[1][k], probe[k].get_state())
+
+
+def _draws_from(g: torch.Generator, n: int) -> None:
+    for _ in range(n):
+        torch.rand((), generator=g, dtype=torch.float64)
+
+
 def test_random_gaussian_blur_calls_the_function():
     x = _rand((5, 3, 20, 20), 9, dtype=torch.float64)
     aug = RandomGaussianBlur((0.2, 2.0), p=0.7)
@@ -304,9 +365,35 @@ def test_generators_must_match_the_batch():
         (lambda: DoGNoise("ab", 0.1), "band must be a pair"),
         (lambda: DoGNoise((0.05, 0.2), (0.1, 0.05)), r"rms must be a number or a \(lo, hi\) range"),
         (lambda: DoGNoise((0.05, 0.2), -0.1), "rms must be"),
-        (lambda: ShadowsHighlights(1.5), r"shadows must be .* -1.0 <= lo <= hi <= 1.0, got 1.5"),
-        (lambda: ShadowsHighlights(0.0, (-2.0, 0.0)), "highlights must be"),
+        (lambda: ShadowsHighlights(1.5), r"shadows must lie in \[-1, 1\], got 1.5"),
+        (lambda: ShadowsHighlights(0.0, (-2.0, 0.0)), r"highlights must lie in \[-1, 1\]"),
         (lambda: ShadowsHighlights(0.0, sigma=-1.0), "sigma must be >= 0"),
+        (
+            lambda: ShadowsHighlights(method="gain"),
+            r"method must be one of \['moroney', 'source'\], got 'gain'",
+        ),
+        (
+            lambda: ShadowsHighlights(0.5, method="source"),
+            "shadows is not a parameter of method='source', got shadows=0.5",
+        ),
+        (
+            lambda: ShadowsHighlights(gamma_shadows=0.5),
+            "gamma_shadows is not a parameter of method='moroney'",
+        ),
+        (
+            lambda: ShadowsHighlights(kernel_size=5),
+            "kernel_size is not a parameter of method='moroney'",
+        ),
+        (
+            lambda: ShadowsHighlights(method="source", gamma_shadows=(0.0, 1.0)),
+            r"gamma_shadows must be a number > 0 or a \(lo, hi\) range",
+        ),
+        (
+            lambda: ShadowsHighlights(method="source", gamma_highlights=(2.0, 1.0)),
+            "gamma_highlights must be",
+        ),
+        (lambda: ShadowsHighlights(method="source", kernel_size=4), "kernel_size must be odd"),
+        (lambda: ShadowsHighlights(method="source", sigma=0.0), "sigma must be > 0, got 0.0"),
         (lambda: RandomGaussianBlur(-1.0), "sigma must be"),
         (lambda: RandomGaussianBlur("a"), "sigma must be a number or a pair"),
         (lambda: RandomGaussianBlur(1.0, p=-0.1), r"p must be in \[0, 1\]"),

@@ -5,7 +5,13 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from ops import adjust_shadows_highlights, default_tone_sigma, invert, luminance
+from ops import (
+    adjust_shadows_highlights,
+    default_tone_sigma,
+    invert,
+    luminance,
+    shadows_highlights,
+)
 from ops.color import _luminance_elementwise
 from pipeline.errors import InvalidArgumentError
 from tests.ops.checker import check_op, tol
@@ -116,7 +122,156 @@ def test_luminance_empty_batch_and_bad_channels():
         luminance(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
 
 
-# ---------------------------------------------------------------- shadows/highlights
+# ---------------------------------------------------------------- real photographs
+
+
+def _photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as float64 RGB (3, H, W) in [0, 1] (gray repeated)."""
+    data = pytest.importorskip("skimage.data")
+    img = getattr(data, name)().astype(np.float64) / 255.0
+    return np.stack([img] * 3) if img.ndim == 2 else img[..., :3].transpose(2, 0, 1)
+
+
+def _decile_changes(out: np.ndarray, img: np.ndarray) -> tuple[float, float]:
+    """Mean change (over channels) of the darkest and the brightest 10 % of pixels, by luma."""
+    luma = 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+    low, high = np.quantile(luma, [0.1, 0.9])
+    change = (out - img).mean(axis=0)
+    return float(change[luma <= low].mean()), float(change[luma >= high].mean())
+
+
+# ---------------------------------------------------------------- shadows_highlights (source)
+
+
+def _source_reference(a: np.ndarray, gamma_shadows, gamma_highlights, kernel_size, sigma):
+    """The source's formula, transcribed line by line in float64 NumPy/SciPy.
+
+    The kernel is built here (normalized Gaussian at the kernel_size integer
+    offsets) and applied with scipy's correlate1d, mode="reflect" (d c b a | a b c d).
+    """
+    radius = kernel_size // 2
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    kernel /= kernel.sum()
+    out = np.empty_like(a)
+    for idx in np.ndindex(a.shape[:-3]):
+        img = a[idx]
+        gray = img[0] if img.shape[0] == 1 else 0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2]
+        blurred = ndi.correlate1d(gray, kernel, axis=1, mode="reflect")
+        blurred = ndi.correlate1d(blurred, kernel, axis=0, mode="reflect")
+        highlights = np.clip(gray - blurred, 0, None)
+        shadows = np.clip(blurred - gray, 0, None)
+        out[idx] = img ** (
+            gamma_highlights * highlights + gamma_shadows * shadows + 1 * (1 - highlights - shadows)
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("gamma_shadows", "gamma_highlights", "kernel_size", "sigma"),
+    [
+        (0.5, 1.0, 7, 2.5),
+        (1.0, 2.0, 7, 2.5),
+        (0.3, 3.0, 7, 2.5),
+        (0.7, 1.4, 5, 1.0),
+        (2.0, 0.5, 9, 4.0),
+    ],
+)
+def test_source_shadows_highlights_matches_the_formula(
+    gamma_shadows, gamma_highlights, kernel_size, sigma
+):
+    a = np.random.default_rng(21).random((2, 3, 24, 30)) ** 2
+    out = shadows_highlights(
+        torch.from_numpy(a),
+        gamma_shadows=gamma_shadows,
+        gamma_highlights=gamma_highlights,
+        kernel_size=kernel_size,
+        sigma=sigma,
+    )
+    ref = _source_reference(a, gamma_shadows, gamma_highlights, kernel_size, sigma)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-13)
+    assert np.abs(ref - a).max() > 0.02  # the formula does change the image
+
+
+def test_source_shadows_highlights_defaults_gray_and_photo():
+    a = np.random.default_rng(22).random((3, 1, 20, 17))
+    out = shadows_highlights(torch.from_numpy(a), gamma_shadows=0.6, gamma_highlights=1.7)
+    np.testing.assert_allclose(out.numpy(), _source_reference(a, 0.6, 1.7, 7, 2.5), atol=1e-13)
+    photo = _photo("coffee")[:, :96, :128]
+    out = shadows_highlights(torch.from_numpy(photo), gamma_shadows=0.5, gamma_highlights=2.0)
+    ref = _source_reference(photo, 0.5, 2.0, 7, 2.5)
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-13)
+
+
+def test_source_shadows_highlights_identity_and_masks(dtype):
+    x = _rand((4, 3, 33, 29), 23, dtype=dtype)
+    assert torch.equal(shadows_highlights(x), x)  # x ** 1, exactly
+    assert torch.equal(shadows_highlights(x, gamma_shadows=0.3, kernel_size=1, sigma=2.5), x)
+    # A flat image has no local contrast: both masks are 0 (to the blur's rounding)
+    # whatever the gammas.
+    flat = torch.full((1, 3, 16, 16), 0.4, dtype=dtype)
+    torch.testing.assert_close(
+        shadows_highlights(flat, gamma_shadows=0.2, gamma_highlights=5.0), flat, **tol(dtype)
+    )
+
+
+def test_source_shadows_highlights_op_contract(device, dtype):
+    x = _rand((3, 3, 20, 18), 24, device, dtype)
+    out = check_op(shadows_highlights, x, gamma_shadows=0.5, gamma_highlights=2.0)
+    ref = _source_reference(x.double().cpu().numpy(), 0.5, 2.0, 7, 2.5)
+    np.testing.assert_allclose(
+        out.double().cpu().numpy(), ref, **{k: 2 * v for k, v in tol(dtype).items()}
+    )
+    # Away from 0, where x ** e has a finite derivative.
+    xd = 0.05 + 0.95 * _rand((2, 3, 9, 8), 25, dtype=torch.float64)
+    check_op(shadows_highlights, xd, gamma_shadows=0.6, gamma_highlights=1.8, gradcheck=True)
+
+
+def test_source_shadows_highlights_negative_values_and_empty():
+    x = _rand((1, 3, 12, 12), 26, dtype=torch.float64) * 1.4 - 0.2
+    out = shadows_highlights(x, gamma_shadows=0.5, gamma_highlights=2.0)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[x < 0], torch.zeros_like(out[x < 0]))  # 0 ** e = 0
+    above = x > 1  # kept above 1, no clamp
+    assert bool((out[above] > 1).all())
+    assert shadows_highlights(torch.rand(0, 3, 8, 8)).shape == (0, 3, 8, 8)
+
+
+def test_source_shadows_lift_dark_pixels_more_than_bright_on_a_photo():
+    # camera: the darkest tenth of the pixels gains >= 4x what the brightest tenth gains.
+    # The source's masks are local contrast, so this is a property of the photo too: see
+    # docs/ops.md for the same measure on other photographs (where it does not always hold).
+    img = _photo("camera")
+    out = shadows_highlights(torch.from_numpy(img), gamma_shadows=0.5).numpy()
+    dark, bright = _decile_changes(out, img)
+    assert dark > 0
+    assert dark >= 4 * abs(bright)
+    out = shadows_highlights(torch.from_numpy(img), gamma_highlights=2.0).numpy()
+    dark, bright = _decile_changes(out, img)
+    assert bright < 0
+    assert -bright >= 4 * abs(dark)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"gamma_shadows": 0.0}, "gamma_shadows must be > 0, got 0.0"),
+        ({"gamma_highlights": -1.0}, "gamma_highlights must be > 0, got -1.0"),
+        ({"gamma_highlights": "a"}, "gamma_highlights must be a number > 0"),
+        ({"kernel_size": 6}, "kernel_size must be odd, got 6"),
+        ({"kernel_size": 0}, "kernel_size must be >= 1, got 0"),
+        ({"kernel_size": 7.0}, "kernel_size must be an integer, got 7.0"),
+        ({"sigma": 0.0}, "sigma must be > 0, got 0.0"),
+    ],
+)
+def test_source_shadows_highlights_bad_arguments(kwargs, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        shadows_highlights(torch.rand(1, 3, 8, 8), **kwargs)
+    with pytest.raises(InvalidArgumentError, match="x must have 1 .* or 3 .* channels, got 2"):
+        shadows_highlights(torch.rand(1, 2, 8, 8))
+
+
+# ---------------------------------------------------------------- adjust_shadows_highlights
 
 
 def _reference_shadows_highlights(a: np.ndarray, shadows, highlights, sigma) -> np.ndarray:
@@ -126,10 +281,22 @@ def _reference_shadows_highlights(a: np.ndarray, shadows, highlights, sigma) -> 
         c = np.clip(a[idx], 0.0, 1.0)
         luma = c[0] if c.shape[0] == 1 else 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
         mask = np.clip(ndi.gaussian_filter(luma, sigma, mode="reflect", truncate=4.0), 0, 1)
-        gain = 2.0 ** (shadows * (1 - mask) ** 2 - highlights * mask**2)
+        dark = (1 - np.maximum(luma, mask)) ** 2
+        bright = np.minimum(luma, mask) ** 2
+        exponent = 2.0 ** (highlights * bright - shadows * dark)
+        with np.errstate(divide="ignore"):
+            gain = np.where(luma > 0, luma ** (exponent - 1), 1.0)
         peak = c.max(axis=0)
         out[idx] = c * (gain / np.maximum(1.0, gain * peak))
     return out
+
+
+def _former_gain_curve(a: np.ndarray, shadows, highlights, sigma) -> np.ndarray:
+    """The gain curve this function used before (an exposure gain 2 ** (s (1-M)^2 - h M^2))."""
+    luma = 0.299 * a[0] + 0.587 * a[1] + 0.114 * a[2]
+    mask = np.clip(ndi.gaussian_filter(luma, sigma, mode="reflect", truncate=4.0), 0, 1)
+    gain = 2.0 ** (shadows * (1 - mask) ** 2 - highlights * mask**2)
+    return a * (gain / np.maximum(1.0, gain * a.max(axis=0)))
 
 
 @pytest.mark.parametrize(
@@ -146,6 +313,13 @@ def test_shadows_highlights_matches_reference(shadows, highlights, sigma):
     np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-12)
 
 
+def test_shadows_highlights_is_moroneys_exponent_at_sigma_zero():
+    # shadows = highlights = 1, no blur: L -> L ** (2 ** (2 L - 1)) (Moroney 2000, mask = L).
+    a = np.random.default_rng(15).random((1, 1, 12, 14))
+    out = adjust_shadows_highlights(torch.from_numpy(a), shadows=1.0, highlights=1.0, sigma=0.0)
+    np.testing.assert_allclose(out.numpy(), a ** (2.0 ** (2 * a - 1)), rtol=0, atol=1e-14)
+
+
 def test_shadows_highlights_gray_matches_reference():
     a = np.random.default_rng(6).random((3, 1, 20, 17))
     out = adjust_shadows_highlights(torch.from_numpy(a), shadows=0.5, highlights=0.5, sigma=2.0)
@@ -160,7 +334,7 @@ def test_shadows_highlights_op_contract(device, dtype):
     np.testing.assert_allclose(
         out.double().cpu().numpy(), ref, **{k: 2 * v for k, v in tol(dtype).items()}
     )
-    xd = _rand((2, 3, 8, 7), 8, dtype=torch.float64)
+    xd = 0.05 + 0.95 * _rand((2, 3, 8, 7), 8, dtype=torch.float64)
     check_op(adjust_shadows_highlights, xd, shadows=0.7, highlights=-0.5, sigma=1.0, gradcheck=True)
 
 
@@ -170,6 +344,24 @@ def test_shadows_highlights_identity_at_zero(dtype):
     assert torch.equal(adjust_shadows_highlights(x, shadows=0.0, highlights=0.0, sigma=0.0), x)
     gray = _rand((2, 1, 16, 16), 10, dtype=dtype)
     assert torch.equal(adjust_shadows_highlights(gray, sigma=3.0), gray)
+
+
+@pytest.mark.parametrize("name", ["camera", "coffee"])
+@pytest.mark.parametrize("amount", [0.3, 1.0])
+def test_shadows_highlights_are_selective_on_photos(name, amount):
+    img = _photo(name)
+    x = torch.from_numpy(img)
+    dark, bright = _decile_changes(adjust_shadows_highlights(x, shadows=amount).numpy(), img)
+    assert dark > 0.02 * amount
+    assert dark >= 4 * abs(bright)
+    dark, bright = _decile_changes(adjust_shadows_highlights(x, highlights=amount).numpy(), img)
+    assert bright < -0.01 * amount
+    assert -bright >= 4 * abs(dark)
+    # The former gain curve fails the shadows half of this test on the same photo:
+    # an exposure gain moves bright pixels more than dark ones in absolute terms.
+    s = default_tone_sigma(*img.shape[-2:])
+    dark, bright = _decile_changes(_former_gain_curve(img, amount, 0.0, s), img)
+    assert dark < 4 * abs(bright)
 
 
 def _two_region_image(seed: int) -> torch.Tensor:
@@ -188,26 +380,17 @@ def _region_change(out: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
     return dark, bright
 
 
-def _region_stops(out: torch.Tensor, x: torch.Tensor) -> tuple[float, float]:
-    """Mean exposure change in stops (log2 of the gain) of each region."""
-    stops = torch.log2(out / x)
-    return stops[..., 6:42, 4:36].mean().item(), stops[..., 6:42, 60:92].mean().item()
-
-
 @pytest.mark.parametrize("amount", [0.3, 1.0])
 def test_shadows_lift_dark_regions_more_than_bright(amount):
     x = _two_region_image(11)
     out = adjust_shadows_highlights(x, shadows=amount, sigma=2.0)
     dark, bright = _region_change(out, x)
     assert dark > 0.02 * amount
-    assert dark > 3 * abs(bright)
-    dark_stops, bright_stops = _region_stops(out, x)
-    assert dark_stops > 0.5 * amount  # (1 - M)^2 >= 0.56 for M <= 0.25
-    assert dark_stops > 10 * abs(bright_stops)
+    assert dark > 10 * abs(bright)
     out_neg = adjust_shadows_highlights(x, shadows=-amount, sigma=2.0)
     dark_neg, bright_neg = _region_change(out_neg, x)
-    assert dark_neg < -0.02 * amount
-    assert -dark_neg > 3 * abs(bright_neg)
+    assert dark_neg < -0.01 * amount
+    assert -dark_neg > 10 * abs(bright_neg)
 
 
 @pytest.mark.parametrize("amount", [0.3, 1.0])
@@ -215,11 +398,8 @@ def test_highlights_lower_bright_regions_more_than_dark(amount):
     x = _two_region_image(12)
     out = adjust_shadows_highlights(x, highlights=amount, sigma=2.0)
     dark, bright = _region_change(out, x)
-    assert bright < -0.05 * amount
+    assert bright < -0.02 * amount
     assert -bright > 10 * abs(dark)
-    dark_stops, bright_stops = _region_stops(out, x)
-    assert bright_stops < -0.45 * amount  # M^2 >= 0.49 for M >= 0.7
-    assert -bright_stops > 10 * abs(dark_stops)
     dark_neg, bright_neg = _region_change(
         adjust_shadows_highlights(x, highlights=-amount, sigma=2.0), x
     )
@@ -260,6 +440,9 @@ def test_shadows_highlights_range_and_colour_ratios():
     clipped = (ratio.amax(dim=1) * c.amax(dim=1) > 1 - 1e-12) & valid
     assert clipped.any()
     torch.testing.assert_close(out.amax(dim=1)[clipped], torch.ones_like(out.amax(dim=1)[clipped]))
+    # Black pixels stay black (gain 1 where L = 0), finite.
+    black = torch.zeros(1, 3, 8, 8, dtype=torch.float64)
+    assert torch.equal(adjust_shadows_highlights(black, shadows=1.0, highlights=1.0), black)
 
 
 def test_shadows_highlights_empty_and_bad_arguments():

@@ -29,7 +29,7 @@ CONTRACT_DEFAULTS = {
     "transform": {
         "size": [224, 224],
         "resize": "shorter-side-crop",
-        "normalize": True,
+        "normalize": "dataset",  # dataset | per-image | none
         "copies": 1,
         "augment": [],  # default: none
     },
@@ -37,7 +37,7 @@ CONTRACT_DEFAULTS = {
         "storage_options": {},
         "dtype": "float16",
         "shard_size": 256,
-        "compression": {"codec": "zstd", "level": 3},
+        "compression": {"codec": "blosc", "level": 5, "shuffle": "bit"},  # chosen by measurement
         "overwrite": False,
     },
     "runtime": {
@@ -240,9 +240,9 @@ BAD_CASES = [
     ),
     (
         "transform.normalize=yes please",
-        'transform.normalize: expected true or false, got "yes please"',
+        "transform.normalize: expected 'dataset', 'per-image' or 'none', got \"yes please\"",
     ),
-    ("transform.normalize=1", "transform.normalize: expected true or false, got 1"),
+    ("transform.normalize=1", "transform.normalize: expected 'dataset', 'per-image' or 'none'"),
     ("transform.copies=0", "transform.copies: must be >= 1, got 0"),
     ("transform.copies=true", "transform.copies: expected an integer, got true"),
     ("stats.method=fast", "stats.method: expected 'exact', 'chan' or 'two-pass', got \"fast\""),
@@ -256,8 +256,20 @@ BAD_CASES = [
         "output.compression.codec: expected 'zstd', 'blosc', 'gzip' or 'none', got \"lz4\"",
     ),
     (
-        "output.compression.level=23",
+        "output.compression={codec: zstd, level: 23}",
         "output.compression.level: zstd level must be in 1..22, got 23",
+    ),
+    (
+        "output.compression.level=10",
+        "output.compression.level: blosc level must be in 0..9, got 10",
+    ),
+    (
+        "output.compression={codec: zstd, shuffle: bit}",
+        "output.compression.shuffle: shuffle is a blosc filter; zstd takes none, got 'bit'",
+    ),
+    (
+        "output.compression.shuffle=bits",
+        "output.compression.shuffle: expected 'bit', 'byte' or 'none'",
     ),
     (
         "output.compression={codec: gzip, level: 10}",
@@ -273,7 +285,7 @@ BAD_CASES = [
     ),
     (
         "output.compression={codec: zstd, lvl: 1}",
-        "output.compression.lvl: unknown key (allowed: codec, level)",
+        "output.compression.lvl: unknown key (allowed: codec, level, shuffle)",
     ),
     ("output.overwrite=maybe", 'output.overwrite: expected true or false, got "maybe"'),
     (

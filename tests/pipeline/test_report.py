@@ -208,23 +208,56 @@ def test_write_preview_rejects_bad_arguments(tmp_path):
         write_preview(path, tmp_path / "x.png", columns=0)
 
 
+def _check_figure(fig, stats, counts):
+    """The figure draws what the stats say: per channel the density, the mean, mean ± std."""
+    from matplotlib.patches import StepPatch
+
+    axes = fig.get_axes()
+    assert len(axes) == len(stats["mean"])
+    bins = counts.shape[1]
+    for c, ax in enumerate(axes):
+        (stairs,) = [p for p in ax.patches if isinstance(p, StepPatch)]
+        expected = counts[c] / counts[c].sum() * bins  # a density over [0, 1]
+        np.testing.assert_allclose(stairs.get_data().values, expected, rtol=1e-12)
+        np.testing.assert_allclose(stairs.get_data().edges, np.linspace(0, 1, bins + 1))
+        m, s = stats["mean"][c], stats["std"][c]
+        lines = sorted(line.get_xdata()[0] for line in ax.get_lines())
+        np.testing.assert_allclose(lines, [m - s, m, m + s], rtol=1e-12)
+        assert f"{m:.4f} ± {s:.4f}" in ax.get_title()
+        assert ax.get_xlim() == (0.0, 1.0)
+
+
 def test_write_stats_plot_from_histogram_field(tmp_path):
+    from pipeline.report import stats_figure
+
     rng = np.random.default_rng(0)
-    stats = {**STATS, "histogram": rng.integers(0, 1000, size=(3, 256)).tolist()}
+    counts = rng.integers(0, 1000, size=(3, 256))
+    stats = {**STATS, "histogram": counts.tolist()}
     (tmp_path / "stats.json").write_text(json.dumps(stats))
     for source in (stats, tmp_path / "stats.json"):
         out = write_stats_plot(source, tmp_path / "h.png", size=(900, 300))
         with Image.open(out) as image:
             assert image.size == (900, 300)
+            # the solid mean line of the first panel is dark in the picture
+            fig = stats_figure(source, size=(900, 300))
+            ax = fig.get_axes()[0]
+            x, y = ax.transData.transform((STATS["mean"][0], 0.5 * ax.get_ylim()[1]))
+            px = np.asarray(image.convert("L"))[int(round(300 - y)), int(round(x))]
+            assert px < 80
+        _check_figure(stats_figure(source), STATS, counts.astype(np.float64))
     with pytest.raises(InvalidArgumentError, match="one list of bin counts per channel"):
         write_stats_plot({**STATS, "histogram": [[1, 2]]}, tmp_path / "bad.png")
 
 
 def test_write_stats_plot_from_stored_samples(tmp_path):
+    from pipeline.report import _sample_histograms, stats_figure
+
     path, _, _ = _store(tmp_path)
     out = write_stats_plot(STATS, tmp_path / "s.png", store=path)
     with Image.open(out) as image:
         assert image.size == (1200, 400)
+    raw, _ = _sample_histograms(path, samples=256, seed=0, bins=256)
+    _check_figure(stats_figure(STATS, store=path), STATS, raw.astype(np.float64))
     with pytest.raises(InvalidArgumentError, match="pass store= to plot a histogram"):
         write_stats_plot(STATS, tmp_path / "none.png")
     with pytest.raises(InvalidArgumentError, match="per-channel 'mean' and 'std'"):

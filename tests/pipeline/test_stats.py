@@ -108,6 +108,19 @@ def test_methods_match_float64_reference(mixed_source, reference, method):
     assert s.fingerprint == scan(mixed_source.root).fingerprint
 
 
+@pytest.mark.parametrize("method", ["chan", "two-pass"])
+def test_float_methods_within_1e_15_of_exact_on_integer_sources(mixed_source, method):
+    # docs/stats.md: on integer sources chan and two-pass agree with the correctly
+    # rounded exact result to ~1e-15 relative, whatever the chunking (measured: 4.4e-16).
+    exact = compute_stats(mixed_source.root, method="exact", workers=2, chunk_size=5)
+    for chunk_size in (3, 5, 64):
+        s = compute_stats(mixed_source.root, method=method, workers=2, chunk_size=chunk_size)
+        for key in ("mean", "var", "std", "per_image_mean", "per_image_std"):
+            np.testing.assert_allclose(
+                getattr(s, key), getattr(exact, key), rtol=1e-15, atol=0, err_msg=key
+            )
+
+
 def test_exact_is_correctly_rounded_from_integers(mixed_source):
     """Every exact output equals the correctly rounded value of the exact rational."""
     n = 0
@@ -441,13 +454,38 @@ def test_adversarial_float_chan_and_two_pass_match_float64_two_pass(adversarial)
     assert ref["n"] * CHUNK_SHAPE[1] == 10**8  # values in all; n is per channel
     assert np.allclose(ref["mean"], 0.8, atol=2e-4)
     assert np.allclose(np.sqrt(ref["var"]), 1e-3, rtol=0.2)
-    for method in ("chan", "two-pass"):
+    # The documented agreement (docs/stats.md): chan within 3e-14 of the reference
+    # for var (1.5e-14 for std, 1e-15 for the mean), the global two-pass within 1e-15
+    # (it computes what the reference computes). Measured here: chan var 4.3e-15 and
+    # 2.3e-14, std 2.1e-15 and 1.2e-14, mean <= 2.2e-16; two-pass 0.
+    documented = {
+        "chan": {"mean": 1e-15, "var": 3e-14, "std": 1.5e-14},
+        "two-pass": {"mean": 1e-15, "var": 1e-15, "std": 1e-15},
+    }
+    for method, rtol in documented.items():
         s = float_stats(lambda: iter(adversarial), method=method, channels=["a", "b"])
         assert s.count == ref["n"]
         assert s.channels == ["a", "b"]
-        np.testing.assert_allclose(s.mean, ref["mean"], rtol=1e-10, atol=0, err_msg=method)
-        np.testing.assert_allclose(s.var, ref["var"], rtol=1e-10, atol=0, err_msg=method)
-        np.testing.assert_allclose(s.std, np.sqrt(ref["var"]), rtol=1e-10, atol=0, err_msg=method)
+        np.testing.assert_allclose(s.mean, ref["mean"], rtol=rtol["mean"], atol=0, err_msg=method)
+        np.testing.assert_allclose(s.var, ref["var"], rtol=rtol["var"], atol=0, err_msg=method)
+        np.testing.assert_allclose(
+            s.std, np.sqrt(ref["var"]), rtol=rtol["std"], atol=0, err_msg=method
+        )
+
+    # These tolerances can fail: the textbook one-pass formula E[x^2] - E[x]^2, even
+    # summed in float64 over the same data, is off by 2e-11 to 2e-10 here (the squares
+    # of values near 0.8 cancel down to a variance of 1e-6), far outside them.
+    s1 = np.zeros(2)
+    s2 = np.zeros(2)
+    for x in adversarial:
+        x64 = x.astype(np.float64)
+        s1 += x64.sum(axis=(0, 2, 3))
+        s2 += (x64 * x64).sum(axis=(0, 2, 3))
+    one_pass = s2 / ref["n"] - (s1 / ref["n"]) ** 2
+    one_pass_error = np.abs(one_pass / ref["var"] - 1)
+    assert np.all(one_pass_error > 100 * documented["chan"]["var"]), one_pass_error
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(one_pass, ref["var"], rtol=documented["chan"]["var"], atol=0)
 
     # what not to do 1: average per-batch standard deviations
     avg_std = np.mean([x.astype(np.float64).std(axis=(0, 2, 3)) for x in adversarial], axis=0)

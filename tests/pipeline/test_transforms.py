@@ -98,7 +98,7 @@ def test_load_draft_decodes_large_jpegs_close_to_a_full_decode(tmp_path, monkeyp
     monkeypatch.setattr(decode_module, "decode_for_size", spy)
     drafted, bits = plan.load(path, None)
     assert bits == 8
-    assert calls == [((60, 80), {"mode": "shorter-side-crop"})]  # draft on (the default)
+    assert calls == [((60, 80), {"mode": "shorter-side-crop", "draft": True})]  # the default
     full = ops.resize_to(to_tensor(decode_module.decode(path)), (60, 80))
     # a DCT-scaled (draft) decode then a small resize, against a full decode then a
     # large resize: the same picture (measured: mean 0.8, max 5 levels)
@@ -107,6 +107,18 @@ def test_load_draft_decodes_large_jpegs_close_to_a_full_decode(tmp_path, monkeyp
     assert diff.max() <= 8
     # and not the full decode: the draft really happened
     assert not np.array_equal(drafted.numpy(), full.numpy())
+    # draft off (a segment whose files are measured as they are written): the full decode
+    undrafted, _ = plan.load(path, None, draft=False)
+    assert np.array_equal(undrafted.numpy(), full.numpy())
+    # the measuring load: the same pixels, and the full-resolution histogram
+    measured, bits, histogram = plan.load_measured(path, None)
+    assert bits == 8
+    assert np.array_equal(measured.numpy(), full.numpy())
+    with Image.open(path) as im:  # independent: Pillow's full decode, counted by NumPy
+        rgb = np.asarray(im.convert("RGB"))
+    reference = np.stack([np.bincount(rgb[..., c].ravel(), minlength=256) for c in range(3)])
+    assert histogram.bits == 8
+    assert np.array_equal(histogram.counts, reference)
 
 
 def test_to_tensor_rejects_bad_images():
@@ -131,3 +143,44 @@ def test_the_crop_step_is_the_ops_class(tmp_path):
     alone = ops.RandomResizedCrop((24, 32), scale=(0.3, 0.8))
     expected = alone(to_tensor(decode(tmp_path / "a.png")), generator=sample_generator(0, 5, 1))
     assert torch.equal(pixels, expected)
+
+
+@pytest.mark.parametrize("out_dtype", ["float16", "float32"])
+@pytest.mark.parametrize("normalize", ["dataset", "none"])
+def test_the_8bit_table_equals_the_computed_path_bit_for_bit(out_dtype, normalize):
+    """8-bit samples that are only normalized are looked up; the bits are the computed ones."""
+    rng = np.random.default_rng(5)
+    pixels = [
+        torch.from_numpy(rng.integers(0, 256, (3, 24, 31)).astype(np.uint8)) for _ in range(3)
+    ]
+    pixels[0][:, 0, :] = torch.arange(31, dtype=torch.uint8) * 8 + 7  # 7 .. 247
+    pixels[0][:, 1, :16] = torch.tensor([0, 255] * 8, dtype=torch.uint8)
+    kw = dict(
+        size=(24, 31),
+        normalize=normalize,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        out_dtype=out_dtype,
+    )
+    table = _plan(**kw)
+    assert table._lut is not None
+    assert table._lut.shape == (3, 256)
+    computed = _plan(**kw)
+    computed.__dict__["_lut"] = None  # the float32 batch path
+    gens = [torch.Generator() for _ in pixels]
+    got = table.finish(pixels, [8] * 3, gens)
+    want = computed.finish(pixels, [8] * 3, gens)
+    assert got.dtype == want.dtype == np.dtype(out_dtype)
+    assert np.array_equal(got.view(np.uint8), want.view(np.uint8))
+    # and both are the float64 formula to the output dtype's rounding
+    x = np.stack([p.numpy() for p in pixels]) / 255.0
+    if normalize == "dataset":
+        x = (x - np.reshape(kw["mean"], (1, 3, 1, 1))) / np.reshape(kw["std"], (1, 3, 1, 1))
+    tol = 2e-3 * np.abs(x).max() if out_dtype == "float16" else 2e-6
+    np.testing.assert_allclose(got.astype(np.float64), x, rtol=0, atol=tol)
+
+
+def test_no_table_when_the_values_depend_on_more_than_the_pixel_value():
+    assert _plan(steps=(InvertStep(op="invert", p=1.0),))._lut is None
+    assert _plan(normalize="per-image")._lut is None
+    assert _plan(out_dtype="uint8", normalize="none")._lut is None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,8 @@ import torch.nn.functional as F
 import zarr
 from PIL import Image
 
+import pipeline.decode
 import pipeline.run as run_module
-import pipeline.stats
 from ops import resized_shape
 from pipeline.config import RunConfig, validate_config
 from pipeline.errors import ShardWriteError, StoreMismatchError
@@ -69,18 +71,31 @@ def _config(src: Path, out: Path, **sections: dict) -> RunConfig:
     return validate_config(data)
 
 
+class Decodes:
+    """The source files the decoder opened, by name, since the last :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def take(self) -> Counter[str]:
+        """How many times each file was decoded since the last call."""
+        out = Counter(self.names)
+        self.names.clear()
+        return out
+
+
 @pytest.fixture
-def decoded(monkeypatch) -> list[int]:
-    """How many files each statistics pass decodes."""
-    calls: list[int] = []
-    real = pipeline.stats.measure
+def decoded(monkeypatch) -> Decodes:
+    """Every decode of a source file (statistics pass and shard tasks alike)."""
+    decodes = Decodes()
+    real = pipeline.decode._loaded
 
-    def counting(manifest, **kwargs):
-        calls.append(len(manifest.files))
-        return real(manifest, **kwargs)
+    def counting(path, *args, **kwargs):
+        decodes.names.append(os.path.basename(getattr(path, "name", path)))
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline.stats, "measure", counting)
-    return calls
+    monkeypatch.setattr(pipeline.decode, "_loaded", counting)
+    return decodes
 
 
 def _shard_files(store: Path) -> dict[str, str]:
@@ -135,7 +150,8 @@ def test_new_files_become_new_shards_and_only_they_are_decoded(source, tmp_path,
     out = tmp_path / "o.zarr"
     cfg = _config(source, out)
     first = prepare(cfg)
-    assert decoded == [15]
+    # a new store: the statistics pass, then the shard tasks (two copies share a decode)
+    assert decoded.take() == Counter({f.name: 2 for f in source.rglob("*.png")})
     before = _shard_files(out)
     stats = read_attrs(out)["stats"]
     n_before = first.samples
@@ -144,7 +160,9 @@ def test_new_files_become_new_shards_and_only_they_are_decoded(source, tmp_path,
     _image(source / "eel" / "new-class.png", 7)  # a new class folder
 
     result = prepare(cfg)
-    assert decoded == [15, 4]  # the new files only
+    # the new files only, each decoded once: the statistics are kept (stats.update:
+    # freeze), so the shard task measures a file in the decode that makes its samples
+    assert decoded.take() == Counter(["100.png", "101.png", "102.png", "new-class.png"])
     assert result.samples == n_before + 4 * 2
     assert result.diff.summary().startswith("4 new, 0 changed, 0 removed")
     after = _shard_files(out)
@@ -171,12 +189,13 @@ def test_touch_changes_nothing(source, tmp_path, decoded):
     out = tmp_path / "o.zarr"
     cfg = _config(source, out)
     prepare(cfg)
+    decoded.take()
     before = _shard_files(out)
     victim = source / "cat" / "001.png"
     st = victim.stat()
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     result = prepare(cfg)
-    assert decoded == [15]  # nothing decoded again
+    assert not decoded.take()  # nothing decoded again
     assert result.diff.touched
     assert not result.diff.new
     assert not result.diff.retire
@@ -200,12 +219,13 @@ def test_changed_and_removed_files_are_retired_and_the_new_content_served(
     img[img.shape[0] // 2, img.shape[1] // 2] = 255 - img[img.shape[0] // 2, img.shape[1] // 2]
     Image.fromarray(img).save(path)
     (source / "dog" / "000.png").unlink()
+    decoded.take()
     plan = plan_run(cfg)
     assert plan.diff.changed == ("cat/003.png",)
     assert plan.diff.removed == ("dog/000.png",)
     assert plan.rows_to_retire == 4  # two files, two copies each
     result = prepare(cfg)
-    assert decoded == [15, 1]
+    assert decoded.take() == Counter(["003.png"])
     samples = _by_path(out)
     assert ("dog/000.png", 0) not in samples
     assert not np.array_equal(samples[("cat/003.png", 0)], old_cat3)  # the new content
@@ -253,7 +273,9 @@ def test_dry_run_writes_nothing(source, tmp_path, decoded):
     assert not plan.exists
     assert plan.files_to_decode == 15
     assert not out.exists()
+    assert not decoded.take()
     prepare(cfg)
+    decoded.take()
     _image(source / "cat" / "300.png", 300)
     tree = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     plan = plan_run(cfg)
@@ -263,7 +285,7 @@ def test_dry_run_writes_nothing(source, tmp_path, decoded):
     assert plan.shards_to_write == 1
     assert any("1 new" in line for line in plan.lines())
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == tree
-    assert decoded == [15]
+    assert not decoded.take()
 
 
 # ----------------------------------------------------------------------------- failures
@@ -286,7 +308,9 @@ def test_an_update_killed_anywhere_resumes_to_the_store_an_uninterrupted_update_
     prepare(_config(src_a, ref))
     expected = _arrays(ref)
 
-    kill_points = ["open_output", "write_one_shard", "verify_output", "finish"]
+    # record_files: the coordinator stops after a shard task measured and wrote its files
+    # but before their moments reach the file table (finish measures them again)
+    kill_points = ["open_output", "write_one_shard", "record_files", "verify_output", "finish"]
     for point in kill_points:
         src = tmp_path / f"src-{point}"
         shutil.copytree(source, src)
@@ -320,7 +344,11 @@ def test_an_update_killed_anywhere_resumes_to_the_store_an_uninterrupted_update_
 def _arrays(store: Path) -> dict[str, np.ndarray]:
     g = zarr.open_group(store, mode="r")
     names = ["images", "labels", "source_index", "copy_index", "live", "paths"]
-    names += [f"files/{n}" for n in ("size", "sha256", "live", "label", "n", "s1", "s2")]
+    names += [
+        f"files/{n}"
+        for n in ("size", "sha256", "live", "measured", "label", "n", "s1", "s2", "min", "max")
+    ]
+    names += ["files/image_mean", "files/image_std"]
     names += ["records/rows", "records/sha256", "records/done"]
     return {n: np.asarray(g[n][:]) for n in names}
 
@@ -345,6 +373,47 @@ def test_a_file_broken_during_a_run_is_a_failure_after_the_rerun(source, tmp_pat
     assert ("cat/007.png", 0) not in _by_path(out)
     assert verify(out).ok
     _current_equals_stats(out, source)
+
+
+def test_known_statistics_measure_each_file_in_the_decode_that_writes_it(source, tmp_path, decoded):
+    """A stats file: no statistics pass; the shard tasks measure, and find the bad files."""
+    (source / "cat" / "bad.png").write_bytes(b"not a png at all")
+    stats_file = tmp_path / "stats.json"
+    stats = compute_stats(source).to_json()
+    stats["mean"], stats["std"] = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    stats_file.write_text(json.dumps(stats))
+    decoded.take()
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out, stats={"file": str(stats_file)})
+    result = prepare(cfg)
+    # every file decoded exactly once, the bad one included (found by its shard task)
+    assert decoded.take() == Counter(f.name for f in source.rglob("*.png"))
+    # the same rejection, with the same reason, as the statistics pass gives
+    assert [(f.path, f.error) for f in result.failures] == [
+        ("cat/bad.png", "not an image: cannot identify image file")
+    ]
+    assert [(f.path, f.error) for f in compute_stats(source).failures] == [
+        (f.path, f.error) for f in result.failures
+    ]
+    attrs = read_attrs(out)
+    assert attrs["stats"]["mean"] == [0.4, 0.5, 0.6]  # the file's, used to normalize
+    assert [f["path"] for f in attrs["failures"]] == ["cat/bad.png"]
+    _current_equals_stats(out, source)  # the moments of every good file, exact
+    g = zarr.open_group(out, mode="r")
+    paths = [str(p) for p in g["paths"][:]]
+    bad = paths.index("cat/bad.png")
+    assert not g["files/live"][bad]
+    assert g["files/measured"][:].sum() == len(paths) - 1
+    assert len(ShardDataset(out)) == 15 * 2  # the bad file's rows are holes, never served
+    assert ("cat/bad.png", 0) not in _by_path(out)
+    assert result.samples == 15 * 2
+    # a rerun decodes nothing: the bad file is a known failure while it is unchanged
+    decoded.take()
+    again = prepare(cfg)
+    assert not decoded.take()
+    assert again.shards_written == 0
+    assert [f.path for f in again.failures] == ["cat/bad.png"]
+    assert verify(out).ok
 
 
 # ----------------------------------------------------------------------------- compact

@@ -121,8 +121,25 @@ def test_normalize_rejects_integer_images():
 # ---------------------------------------------------------------- standardize
 
 
-def _loop_standardize(a: np.ndarray, eps: float) -> np.ndarray:
-    """Per image and channel, with explicit loops over the pixels."""
+def _tf_per_image_standardization(a: np.ndarray) -> np.ndarray:
+    """TensorFlow's ``per_image_standardization`` transcribed to float64 NumPy.
+
+    ``image_ops_impl.py``: over the last three axes, ``num_pixels = prod(shape[-3:])``,
+    ``adjusted_stddev = maximum(reduce_std(image), rsqrt(num_pixels))``,
+    ``(image - reduce_mean(image)) / adjusted_stddev``. TF's layout is (H, W, C);
+    the statistics cover all three axes, so (C, H, W) gives the same numbers.
+    """
+    out = np.empty_like(a, dtype=np.float64)
+    for idx in np.ndindex(a.shape[:-3]):
+        image = a[idx].astype(np.float64)
+        num_pixels = image.size
+        adjusted = max(image.std(), 1.0 / math.sqrt(num_pixels))
+        out[idx] = (image - image.mean()) / adjusted
+    return out
+
+
+def _loop_standardize(a: np.ndarray, floor: float | None) -> np.ndarray:
+    """Per image and channel, with explicit loops over the pixels; floor None: 1/sqrt(H W)."""
     out = np.empty_like(a, dtype=np.float64)
     h, w = a.shape[-2:]
     for idx in np.ndindex(a.shape[:-2]):
@@ -137,54 +154,116 @@ def _loop_standardize(a: np.ndarray, eps: float) -> np.ndarray:
             for j in range(w):
                 sq += (plane[i, j] - mean) ** 2
         std = math.sqrt(sq / (h * w))
-        out[idx] = (plane - mean) / max(std, eps)
+        out[idx] = (plane - mean) / max(std, 1.0 / math.sqrt(h * w) if floor is None else floor)
     return out
 
 
-def test_standardize_matches_loops():
-    rng = np.random.default_rng(6)
-    a = rng.random((2, 3, 9, 11)) * rng.random((2, 3, 1, 1)) + rng.random((2, 3, 1, 1))
+def _mixed_images(seed: int) -> np.ndarray:
+    """Images with std >= 0.17 (above every floor) but image 1, near-constant: its floor binds."""
+    rng = np.random.default_rng(seed)
+    a = rng.random((3, 3, 9, 11)) * (0.6 + 0.4 * rng.random((3, 1, 1, 1))) + rng.random(
+        (3, 3, 1, 1)
+    )
+    a[1] = 0.4 + 0.05 * rng.random((3, 9, 11))  # std ~0.014, below 1/sqrt(99) and 1/sqrt(297)
+    return a
+
+
+def test_standardize_matches_tensorflow_formula():
+    a = _mixed_images(6)
+    ref = _tf_per_image_standardization(a)
+    assert a[1].std() < 1 / math.sqrt(a[1].size)  # the floor is what divides image 1
     out = standardize(torch.from_numpy(a)).numpy()
-    np.testing.assert_allclose(out, _loop_standardize(a, 1e-6), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    # Leading axes: any batch shape, each (C, H, W) on its own.
+    out5 = standardize(torch.from_numpy(a).reshape(1, 3, 3, 9, 11)).numpy()
+    np.testing.assert_allclose(out5[0], ref, rtol=1e-12, atol=1e-12)
 
 
-def test_standardize_op_contract(device, dtype):
+def test_standardize_near_constant_image_uses_the_tf_floor():
+    # The issue's example: 224 x 224 RGB, constant but for one value 1/255 higher.
+    x = torch.full((3, 224, 224), 0.5, dtype=torch.float64)
+    x[0, 100, 100] += 1 / 255
+    n = 3 * 224 * 224
+    delta = 1 / 255
+    expected = delta * (1 - 1 / n) * math.sqrt(n)  # (x - mean) / (1 / sqrt(N))
+    assert expected == pytest.approx(1.52, abs=0.005)
+    out = standardize(x)
+    # rel 1e-10: x - mean is 1/255 next to a mean of 0.5 summed over 150528 values, so
+    # the summation's rounding (order-dependent: threads) is amplified ~128x.
+    assert out[0, 100, 100].item() == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(out.numpy(), _tf_per_image_standardization(x.numpy()), atol=1e-12)
+    # The former rule (per channel, floor 1e-6) blows the pixel up to sqrt(H W - 1) ~ 224.
+    old = standardize(x, per_channel=True, eps=1e-6)
+    assert old[0, 100, 100].item() == pytest.approx(math.sqrt(224 * 224 - 1), rel=1e-9)
+    # Per channel with the 1/sqrt(H W) floor: delta * sqrt(H W) (1 - 1/(H W)).
+    per = standardize(x, per_channel=True)
+    assert per[0, 100, 100].item() == pytest.approx(delta * 224 * (1 - 1 / 224**2), rel=1e-10)
+
+
+def test_standardize_per_channel_matches_loops():
+    a = _mixed_images(7)
+    out = standardize(torch.from_numpy(a), per_channel=True).numpy()
+    np.testing.assert_allclose(out, _loop_standardize(a, None), rtol=1e-12, atol=1e-12)
+    out_eps = standardize(torch.from_numpy(a), per_channel=True, eps=1e-6).numpy()
+    np.testing.assert_allclose(out_eps, _loop_standardize(a, 1e-6), rtol=1e-12, atol=1e-12)
+    # The floors differ where they bind: on the near-constant image only.
+    assert np.abs(out[1] - out_eps[1]).max() > 1.0
+    np.testing.assert_allclose(out[[0, 2]], out_eps[[0, 2]], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_standardize_op_contract(device, dtype, per_channel):
     x = _rand((3, 3, 12, 10), 7, device, dtype)
-    out = check_op(standardize, x)
-    ref = _loop_standardize(x.double().cpu().numpy(), 1e-6)
+    out = check_op(standardize, x, per_channel=per_channel)
+    xd = x.double().cpu().numpy()
+    ref = _loop_standardize(xd, None) if per_channel else _tf_per_image_standardization(xd)
     np.testing.assert_allclose(
         out.double().cpu().numpy(), ref, **{k: 4 * v for k, v in tol(dtype).items()}
     )
-    check_op(standardize, x.double(), gradcheck=True)
+    check_op(standardize, x.double(), per_channel=per_channel, gradcheck=True)
 
 
 def test_standardize_small_std_and_eps():
     g = torch.Generator().manual_seed(8)
     x = 0.6 + 1e-4 * torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64)
     x32 = x.float()
-    ref = _loop_standardize(x32.double().numpy(), 1e-6)
-    # std ~ 3e-5 next to a mean of 0.6: cancellation must not eat the result.
-    np.testing.assert_allclose(standardize(x32).double().numpy(), ref, rtol=0, atol=2e-3)
-    # A floor above the std divides by the floor instead.
-    ref_eps = _loop_standardize(x.numpy(), 1e-3)
-    np.testing.assert_allclose(standardize(x, eps=1e-3).numpy(), ref_eps, rtol=1e-12, atol=1e-12)
-    assert standardize(x, eps=1e-3).abs().max() < 0.1
+    # std ~ 3e-5 next to a mean of 0.6, below the floor 1/sqrt(768): TF's rule divides
+    # by the floor, and the float32 result keeps the float64 reference's digits.
+    ref = _tf_per_image_standardization(x32.double().numpy())
+    np.testing.assert_allclose(standardize(x32).double().numpy(), ref, rtol=0, atol=1e-6)
+    assert standardize(x).abs().max() < 0.01
+    # With a fixed floor below the std, cancellation must not eat the result.
+    ref_eps = _loop_standardize(x32.double().numpy(), 1e-6)
+    out_eps = standardize(x32, per_channel=True, eps=1e-6).double().numpy()
+    np.testing.assert_allclose(out_eps, ref_eps, rtol=0, atol=2e-3)
+    assert np.abs(out_eps).max() > 1.0
+    # A fixed floor above the std divides by the floor instead.
+    ref_big = _loop_standardize(x.numpy(), 1e-3)
+    np.testing.assert_allclose(
+        standardize(x, per_channel=True, eps=1e-3).numpy(), ref_big, rtol=1e-12, atol=1e-12
+    )
 
 
-def test_standardize_constant_channel_is_zero():
+def test_standardize_constant_image_and_channel_are_zero():
     x = torch.rand(2, 3, 5, 5)
-    x[1, 2] = 0.25
+    x[1] = 0.25
     out = standardize(x)
-    assert torch.equal(out[1, 2], torch.zeros(5, 5))
+    assert torch.equal(out[1], torch.zeros(3, 5, 5))
+    x[0, 2] = 0.75
+    per = standardize(x, per_channel=True)
+    assert torch.equal(per[0, 2], torch.zeros(5, 5))
     assert torch.isfinite(out).all()
+    assert torch.isfinite(per).all()
 
 
-def test_standardize_empty_and_bad_eps():
+def test_standardize_empty_and_bad_arguments():
     assert standardize(torch.rand(0, 3, 4, 4)).shape == (0, 3, 4, 4)
     with pytest.raises(InvalidArgumentError, match="eps must be > 0, got 0.0"):
         standardize(torch.rand(1, 3, 4, 4), eps=0.0)
     with pytest.raises(InvalidArgumentError, match="eps must be a number > 0"):
-        standardize(torch.rand(1, 3, 4, 4), eps=None)
+        standardize(torch.rand(1, 3, 4, 4), eps="a")
+    with pytest.raises(InvalidArgumentError, match="per_channel must be a bool, got 1"):
+        standardize(torch.rand(1, 3, 4, 4), per_channel=1)
 
 
 # ------------------------------------------------ normalize_ (the run's in-place path)

@@ -188,43 +188,76 @@ def denormalize(x: torch.Tensor, mean: ChannelValues, std: ChannelValues) -> tor
     return torch.addcmul(m, x.to(work_dtype), s).to(x.dtype)
 
 
-def standardize(x: torch.Tensor, *, eps: float = 1e-6) -> torch.Tensor:
-    r"""Standardize each image and channel on its own: ``(x - mean) / max(std, eps)``.
+def standardize(
+    x: torch.Tensor, *, per_channel: bool = False, eps: float | None = None
+) -> torch.Tensor:
+    r"""Standardize each image on its own: ``(x - mean) / max(std, floor)``.
 
-    ``mean`` and ``std`` are taken over the ``H x W`` pixels of each channel
-    of each image, ``std`` the population standard deviation
-    (``sqrt(mean((x - mean)^2))``, ``correction=0``), as in TensorFlow's
-    ``per_image_standardization`` but per channel. ``eps`` floors ``std`` so a
-    constant channel becomes 0 instead of NaN. 16-bit floats are computed in
-    float32 and cast back. Differentiable.
+    The default is TensorFlow's ``tf.image.per_image_standardization``
+    exactly: ``mean`` and ``std`` are taken over all ``N = C * H * W`` values
+    of each image ``(C, H, W)`` (channels together), ``std`` is the population
+    standard deviation (``sqrt(mean((x - mean)^2))``, ``correction=0``), and it
+    is floored at ``1 / sqrt(N)``, so that a uniform image becomes 0 and a
+    near-uniform one is not blown up: a 224 x 224 RGB image that is constant
+    except for one value ``1/255`` higher maps that value to ``(1/255) *
+    sqrt(150528) = 1.52`` (the former rule, per channel with a floor of
+    ``1e-6``, gave ``sqrt(H W - 1) = 224``).
+
+    Convention: with ``per_channel=True`` the statistics are taken over the
+    ``N = H * W`` pixels of each channel instead (each channel gets mean 0 and
+    std 1), with the same floor rule ``1 / sqrt(N)`` for that ``N``. ``eps``
+    replaces the floor by a fixed value (``eps=1e-6`` with ``per_channel=True``
+    is this function's behaviour before the floor followed TensorFlow). Subtracts
+    first, then scales (a fused form loses digits when the std is small next to
+    the mean). 16-bit floats are computed in float32 and cast back. Differentiable.
 
     Args:
         x: image tensor ``(*, C, H, W)``, floating point.
-        eps: floor of the standard deviation, ``> 0``.
+        per_channel: statistics per channel (``True``) or over the whole image
+            (``False``, TensorFlow's convention).
+        eps: a fixed floor of the standard deviation, ``> 0``; ``None`` (default)
+            floors at ``1 / sqrt(N)``.
 
     Returns:
         The standardized tensor, same shape, dtype and device as ``x``.
 
     Raises:
-        InvalidArgumentError: ``x`` is not a float image or ``eps`` is not ``> 0``.
+        InvalidArgumentError: ``x`` is not a float image, ``per_channel`` is not a
+            bool, or ``eps`` is not ``None`` or ``> 0``.
+
+    References:
+        TensorFlow, ``tf.image.per_image_standardization``
+        (``tensorflow/python/ops/image_ops_impl.py``).
 
     Example:
         >>> out = standardize(torch.rand(2, 3, 16, 16))
         >>> out.shape
         torch.Size([2, 3, 16, 16])
-        >>> torch.allclose(out.mean(dim=(-2, -1)), torch.zeros(2, 3), atol=1e-6)
+        >>> torch.allclose(out.mean(dim=(-3, -2, -1)), torch.zeros(2), atol=1e-6)
         True
+        >>> x = torch.full((3, 224, 224), 0.5)
+        >>> x[0, 0, 0] += 1 / 255
+        >>> round(standardize(x)[0, 0, 0].item(), 2)
+        1.52
+        >>> standardize(torch.full((3, 4, 4), 0.25)).abs().max().item()
+        0.0
     """
     check_float_image(x)
-    eps = check_positive(eps, "eps")
+    if not isinstance(per_channel, bool):
+        raise InvalidArgumentError(f"per_channel must be a bool, got {per_channel!r}")
+    if eps is not None:
+        eps = check_positive(eps, "eps")
     if x.numel() == 0:
         return x.clone()
+    dims = (-2, -1) if per_channel else (-3, -2, -1)
+    count = x.shape[-2] * x.shape[-1] * (1 if per_channel else x.shape[-3])
+    floor = 1.0 / math.sqrt(count) if eps is None else eps
     work = x.to(compute_dtype(x.dtype))
-    std, mean = torch.std_mean(work, dim=(-2, -1), correction=0, keepdim=True)
+    std, mean = torch.std_mean(work, dim=dims, correction=0, keepdim=True)
     # Subtract first: a fused ``x * scale - mean * scale`` would lose digits to
-    # cancellation when a channel's std is small next to its mean.
+    # cancellation when the std is small next to the mean.
     centered = work - mean
-    scale = std.clamp(min=eps).reciprocal()
+    scale = std.clamp(min=floor).reciprocal()
     if centered.requires_grad:
         return (centered * scale).to(x.dtype)
     return centered.mul_(scale).to(x.dtype)
