@@ -438,14 +438,17 @@ def test_shard_data_lands_before_its_record_and_done_last_on_s3(s3_bucket, sourc
     prepare(_config(source, out.url, options=s3_bucket.storage_options))
     server = s3_bucket.server
     rng = np.random.default_rng(3)
+    group = open_group(out)
+    rows = slice(6, 12)  # shard 1: its planned rows, other sample values
+    labels, sources, copies = (group[n][rows] for n in ("labels", "source_index", "copy_index"))
     server.reset_log()
-    write_shard(  # a retried task writing shard 1 again, with other values
+    write_shard(  # a retried task writing shard 1 again
         out,
         1,
         images=rng.standard_normal((6, 3, *SIZE)),
-        labels=np.zeros(6, np.int64),
-        source_index=np.arange(6),
-        copy_index=np.zeros(6, np.int32),
+        labels=labels,
+        source_index=sources,
+        copy_index=copies,
     )
     # each change of the store, in order: ("PUT", key), or ("delete", array) for a chunk
     # deleted because it equals the fill value (s3fs's batch delete does not show the key;
@@ -500,7 +503,9 @@ def test_a_store_of_another_config_is_replaced_only_with_overwrite_on_s3(
     assert s3_source.fs.exists(f"{alien}/zarr.json")  # overwrite never deletes what is not ours
 
 
-def test_verify_finds_a_corrupted_object(s3_bucket, s3_source, source):
+def test_verify_finds_a_corrupted_object_and_repair_rewrites_it(
+    s3_bucket, s3_source, source, tmp_path
+):
     opts = s3_bucket.storage_options
     result = prepare(_config(s3_source.url, s3_bucket.url("ds.zarr"), options=opts))
     store = result.store
@@ -518,6 +523,14 @@ def test_verify_finds_a_corrupted_object(s3_bucket, s3_source, source):
     assert r.exit_code == 1, r.output
     assert "1 mismatched" in r.output
     assert "shard 1" in r.output
+
+    # the recorded config has no credentials: the repair reads the source with the options
+    # given for the store (the same S3), and rewrites shard 1 as it was
+    r = runner.invoke(app, [*args, "--repair"])
+    assert r.exit_code == 0, r.output
+    assert "1 shard(s) un-marked, 1 rewritten from the source" in r.output
+    assert verify(store).ok
+    assert_same_arrays(store, prepare(_config(source, tmp_path / "ref.zarr")).store)
 
 
 def _cli_options(opts: dict) -> list[str]:
