@@ -45,7 +45,7 @@ Example:
     ...     {"source": {"path": "/data/images"}, "output": {"path": "/out/ds.zarr"}}
     ... )
     >>> cfg.transform.size, cfg.output.dtype, cfg.output.compression.level
-    ((224, 224), 'float16', 3)
+    ((224, 224), 'float16', 5)
     >>> cfg.transform.augment  # clean by default: no augmentation baked into the store
     ()
     >>> len(cfg.identity())
