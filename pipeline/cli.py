@@ -408,7 +408,7 @@ def usage_error(message: str) -> typer.Exit:
     """Print ``Error: message`` on stderr and return the exit (status 2) to raise."""
     from rich.markup import escape
 
-    make_console(stderr=True).print(f"[red]Error:[/] {escape(message)}")
+    make_console(stderr=True).print(f"[red]Error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
 

@@ -35,7 +35,14 @@ __all__ = [
 
 
 class ConfigError(ImageprepError):
-    """A run configuration is invalid; the message names the key path."""
+    """A run configuration is invalid; the message names the key path.
+
+    Attributes:
+        problems: one line per problem, each naming its key path (empty when
+            the error is not a validation of a whole config).
+    """
+
+    problems: list[str] = []  # replaced per instance, never mutated
 
 
 class SourceError(ConfigError):
@@ -117,8 +124,10 @@ class ShardFailures:
     """The shards of a run that failed, with their causes.
 
     Example:
-        >>> print(ShardFailures("/o", 2, ("shard 1: OSError: disk full",)).message())
-        1 of 2 shards failed; the store at /o is resumable (rerun the same command):
+        >>> failures = ShardFailures("/o", 2, ("shard 1: OSError: disk full",))
+        >>> print(failures.message())  # doctest: +NORMALIZE_WHITESPACE
+        1 of 2 shards failed (OSError: disk full); the store at /o is resumable
+        (rerun the same command):
           - shard 1: OSError: disk full
     """
 
@@ -127,11 +136,22 @@ class ShardFailures:
     errors: tuple[str, ...]
 
     def message(self, *, attempts: int | None = None) -> str:
-        """Count, store, one line per shard and cause (and the attempts, when more than one)."""
+        """Count, cause, store, then one line per shard and cause (and the attempts, if several).
+
+        The first line names the cause (the first shard's, when the shards failed
+        for different reasons), so that the one line a command prints says why.
+        """
         after = f" after {attempts} attempts" if attempts and attempts > 1 else ""
+        causes = [e.split(": ", 1)[-1] for e in self.errors]
+        if not causes:
+            why = ""
+        elif len(set(causes)) == 1:
+            why = f" ({causes[0]})"
+        else:
+            why = f" (first: {self.errors[0]})"
         lines = "\n".join(f"  - {e}" for e in self.errors)
         return (
-            f"{len(self.errors)} of {self.n_shards} shards failed{after}; the store at "
+            f"{len(self.errors)} of {self.n_shards} shards failed{after}{why}; the store at "
             f"{self.store} is resumable (rerun the same command):\n{lines}"
         )
 

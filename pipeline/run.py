@@ -26,6 +26,7 @@ Progress goes to one :class:`pipeline.progress.Progress`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from pipeline.config import RunConfig
     from pipeline.decode import ImageHistogram
     from pipeline.sources import Manifest, SourceFile
-    from pipeline.stats import FileMoments
+    from pipeline.stats import FileMoments, Stats
     from pipeline.storage import Location
     from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
@@ -73,6 +74,7 @@ __all__ = [
     "compute_run_stats",
     "direct",
     "finish",
+    "load_stats_file",
     "open_output",
     "plan_run",
     "prepare",
@@ -407,6 +409,8 @@ def check_runtime(config: RunConfig) -> None:
 
     check_output_path(config)
     check_memory(config)
+    if config.stats.file is not None:
+        load_stats_file(config)
     if config.runtime.dask_address is not None:
         return
     try:
@@ -494,7 +498,6 @@ def check_output_path(config: RunConfig, *, probe: bool = True) -> None:
     Raises:
         OutputPathError: the message names ``output.path`` and why.
     """
-    import errno
     import tempfile
 
     from pipeline.errors import OutputPathError
@@ -568,11 +571,42 @@ def _check_output_url(config: RunConfig) -> None:
         )
 
 
+def load_stats_file(config: RunConfig) -> Stats:
+    """Read the statistics of ``stats.file``.
+
+    Raises:
+        ConfigError: it cannot be read or is not a stats JSON; the message names
+            ``stats.file`` and why.
+    """
+    from pipeline.errors import ConfigError
+    from pipeline.stats import Stats
+
+    path = config.stats.file
+    try:
+        return Stats.load(str(path))
+    except OSError as exc:
+        raise ConfigError(
+            f"stats.file {str(path)!r}: cannot read it ({exc.strerror or exc})"
+        ) from None
+    except (ValueError, TypeError, KeyError) as exc:  # not JSON, or not the contract's shape
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"stats.file {str(path)!r}: not a stats JSON ({reason})") from None
+
+
 def scan_source(config: RunConfig) -> Manifest:
-    """Scan ``source.path`` (a folder or an object-store URL) with the configured labelling."""
+    """Scan ``source.path`` (a folder or an object-store URL) with the configured labelling.
+
+    Raises:
+        ConfigError: ``source.path`` is not an existing folder (no object under
+            the prefix); the key is named.
+    """
+    from pipeline.errors import ConfigError, InvalidArgumentError
     from pipeline.sources import scan
 
-    return scan(config.source.location, labels=config.source.labels)
+    try:
+        return scan(config.source.location, labels=config.source.labels)
+    except InvalidArgumentError as exc:
+        raise ConfigError(f"source.path: {exc}") from None
 
 
 # ----------------------------------------------------------------------------- 2. stats
@@ -679,7 +713,7 @@ def compute_run_stats(
         _nothing_to_write(manifest, failures)
     rewrite = False
     if not diff.is_update:
-        stats = Stats.load(st.file) if st.file is not None else decoded
+        stats = load_stats_file(config) if st.file is not None else decoded
         stats.fingerprint = manifest.fingerprint
         stats_json = stats.to_json()
     else:
@@ -845,6 +879,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         read_layout,
         remove_partials,
         reset_rows,
+        restore_layout,
         store_ref,
         write_live,
     )
@@ -886,6 +921,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
             "statistics from a cache of an older store); rerun"
         )
     group = open_group(path, mode="r+")
+    restore_layout(group)  # an update or refresh killed before its layout was recorded
     meta = read_attrs(group)
     if "manifest" in meta:  # the update changes what it covers; finish writes a new one
         meta = {k: v for k, v in meta.items() if k != "manifest"}
@@ -1008,13 +1044,20 @@ def _segment_of(layout: StoreLayout, row: int) -> int:
     return next(i for i, (a, n) in enumerate(layout.segments) if a <= row < a + n)
 
 
+_LASTING_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
 def _retry_io(fn: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -> Any:
-    """Call ``fn``, retrying transient I/O errors (``OSError``) with exponential backoff."""
+    """Call ``fn``, retrying transient I/O errors (``OSError``) with exponential backoff.
+
+    A full disk or quota, a read-only file system and a file too large are not
+    transient: raised at once.
+    """
     for attempt in range(attempts):
         try:
             return fn()
-        except OSError:
-            if attempt == attempts - 1:
+        except OSError as exc:
+            if attempt == attempts - 1 or exc.errno in _LASTING_ERRNOS:
                 raise
             time.sleep(delay * 2**attempt)
     raise AssertionError("unreachable")  # pragma: no cover

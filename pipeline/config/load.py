@@ -43,8 +43,7 @@ def validate_config(
         >>> validate_config({"source": {"path": "/d"}, "output": {"path": "/o", "shard_size": 0}})
         Traceback (most recent call last):
         ...
-        pipeline.errors.ConfigError: invalid config <dict> (1 problem):
-          output.shard_size: must be >= 1, got 0
+        pipeline.errors.ConfigError: invalid config <dict>: output.shard_size: must be >= 1, got 0
     """
     if not isinstance(data, Mapping):
         raise ConfigError(

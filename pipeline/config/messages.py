@@ -130,7 +130,15 @@ def problems(exc: ValidationError) -> list[str]:
 
 
 def config_error(source: str, lines: Sequence[str]) -> ConfigError:
-    """The :class:`ConfigError` of a config named ``source`` with these problem lines."""
-    noun = "problem" if len(lines) == 1 else "problems"
-    body = "\n".join(f"  {p}" for p in lines)
-    return ConfigError(f"invalid config {source} ({len(lines)} {noun}):\n{body}")
+    """The :class:`ConfigError` of a config named ``source`` with these problem lines.
+
+    One problem is one line (``invalid config SOURCE: key: why``); several
+    are a count, then one indented line each.
+    """
+    if len(lines) == 1:
+        error = ConfigError(f"invalid config {source}: {lines[0]}")
+    else:
+        body = "\n".join(f"  {p}" for p in lines)
+        error = ConfigError(f"invalid config {source} ({len(lines)} problems):\n{body}")
+    error.problems = list(lines)
+    return error

@@ -49,6 +49,7 @@ from pipeline.store.create import (
     read_metadata,
     remove_partials,
     reset_rows,
+    restore_layout,
 )
 from pipeline.store.files import FILE_ARRAYS, FileTable, read_files, set_file_rows
 from pipeline.store.group import (
@@ -117,6 +118,7 @@ __all__ = [
     "read_records",
     "remove_partials",
     "reset_rows",
+    "restore_layout",
     "set_file_rows",
     "shard_digest",
     "store_location",

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import StoreError, UnsupportedStoreError
-from pipeline.store.create import SampleRows, create_store
+from pipeline.store.create import SampleRows, create_store, remove_partials
 from pipeline.store.files import read_files
 from pipeline.store.group import (
     PathLike,
@@ -208,6 +208,8 @@ def compact(
                 resumable = False
             if not resumable:
                 shutil.rmtree(new)
+            else:
+                remove_partials(new)  # chunk writes the killed compaction left half done
         if not new.exists():
             labels = read_array(get_array(group, "labels"))
             sources = read_array(get_array(group, "source_index"))

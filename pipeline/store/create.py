@@ -82,6 +82,7 @@ __all__ = [
     "read_metadata",
     "remove_partials",
     "reset_rows",
+    "restore_layout",
 ]
 
 
@@ -140,7 +141,8 @@ def grow_store(
     interruption harmless: the file rows and the sample rows are written
     first, past what the group attribute counts; the attribute (the new
     layout, the file count and ``attrs_update``) is written last, so a store
-    interrupted before it is exactly the store before the call.
+    interrupted before it is the store before the call with longer arrays,
+    which :func:`restore_layout` (called by the next run) cuts back.
 
     Args:
         group: the store, open for writing.
@@ -204,6 +206,31 @@ def reset_rows(
         rows.write(group, 0)
     update = json.loads(json.dumps(dict(attrs_update)))
     group.attrs[ATTRIBUTE] = {**meta, **update, "layout": layout.to_json(), "verified": 0}
+
+
+def restore_layout(group: zarr.Group) -> bool:
+    """Give the sample and record arrays the length the group attribute's layout says.
+
+    :func:`grow_store` and :func:`reset_rows` resize the arrays before they write
+    the attribute that holds the new layout; a run killed in between leaves
+    arrays longer (or shorter) than the layout, and the store unreadable
+    (:func:`pipeline.store.read_layout` refuses it). The rows past the layout
+    were never part of the store: they are dropped, and the rerun lays them out
+    again. Call only while holding the store's lock.
+
+    Returns:
+        True when an array was resized.
+    """
+    layout = StoreLayout.from_json(read_attrs(group)["layout"])
+    lengths = {name: layout.n_samples for name in ("images", *dict(_ROW_ARRAYS), "live")}
+    lengths |= {f"records/{name}": layout.n_shards for name in ("rows", "sha256", "done")}
+    changed = False
+    for name, length in lengths.items():
+        array = get_array(group, name)
+        if array.shape[0] != length:
+            array.resize((length, *array.shape[1:]))
+            changed = True
+    return changed
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,14 @@ def read_layout(store: PathLike | zarr.Group) -> StoreLayout:
         raise StoreError(f"{group.store}: the layout attribute is corrupt ({exc})") from None
     images = get_array(group, "images")
     expected = (layout.n_samples, *layout.sample_shape)
-    if images.shape != expected or str(images.dtype) != layout.dtype:
+    if images.shape[1:] == expected[1:] and str(images.dtype) == layout.dtype:
+        if images.shape[0] != layout.n_samples:
+            raise StoreError(
+                f"{group.store}: images has {images.shape[0]} rows, its layout says "
+                f"{layout.n_samples}: an update was interrupted while it laid out its rows; "
+                "rerun it (the run repairs the store)"
+            )
+    elif images.shape != expected or str(images.dtype) != layout.dtype:
         raise StoreError(
             f"{group.store}: images must have shape {expected} and dtype {layout.dtype} as its "
             f"layout says, got {images.shape} {images.dtype}"

@@ -99,7 +99,10 @@ def test_run_exits_1_naming_the_failed_shard(source, tmp_path: Path, monkeypatch
     [
         (["--set", "output.shard_size=0"], "output.shard_size: must be >= 1, got 0"),
         (["--set", "output.nope=1"], "unknown key 'output.nope'"),
-        (["--set", "source.path=/nonexistent/imageprep-test"], "root must be an existing folder"),
+        (
+            ["--set", "source.path=/nonexistent/imageprep-test"],
+            "source.path: root must be an existing folder",
+        ),
     ],
 )
 def test_run_bad_config_exits_2(source, tmp_path: Path, args, message):

@@ -57,7 +57,12 @@ def _minimal(tmp_path: Path, extra: str = "") -> Path:
 
 
 def _problems(exc: pytest.ExceptionInfo[ConfigError]) -> list[str]:
-    return [line.strip() for line in str(exc.value).splitlines()[1:]]
+    problems = exc.value.problems
+    if len(problems) == 1:  # one problem is one line: the message ends with it
+        assert str(exc.value).endswith(f": {problems[0]}")
+    else:
+        assert [line.strip() for line in str(exc.value).splitlines()[1:]] == problems
+    return problems
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

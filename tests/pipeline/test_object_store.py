@@ -292,13 +292,6 @@ def test_iter_shards_reads_a_store_in_object_storage(source: Path, tmp_path: Pat
         assert np.array_equal(la.numpy(), lb.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,  # open_group(Path("memory://x")) sees the slash that pathlib dropped
-    reason="pipeline/reader.py (another engineer's) turns the store into pathlib.Path, and "
-    "Path('memory://x') is 'memory:/x'; the reader branch keeps the location as given. "
-    "Remove this mark when it is merged.",
-)
 def test_shard_dataset_reads_a_store_in_object_storage(source: Path, tmp_path: Path):
     out = _memory("dataset") + "/ds.zarr"
     prepare(_config(source, out))
@@ -311,11 +304,6 @@ def test_shard_dataset_reads_a_store_in_object_storage(source: Path, tmp_path: P
         assert np.array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_preview reads through pipeline.reader.ShardDataset, which turns the store "
-    "into pathlib.Path today (see test_shard_dataset_reads_a_store_in_object_storage)",
-)
 def test_preview_of_a_store_in_object_storage(source: Path, tmp_path: Path):
     out = _memory("preview") + "/ds.zarr"
     prepare(_config(source, out))
@@ -323,6 +311,29 @@ def test_preview_of_a_store_in_object_storage(source: Path, tmp_path: Path):
     assert r.exit_code == 0, r.output
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (4 * 160, 4 * 160)
+
+
+def test_shard_dataset_on_s3_in_dataloader_workers(s3_bucket, s3_source, source, tmp_path):
+    from torch.utils.data import DataLoader
+
+    opts = s3_bucket.storage_options
+    store = prepare(_config(s3_source.url, s3_bucket.url("ds.zarr"), options=opts)).store
+    reference = ShardDataset(prepare(_config(source, tmp_path / "ref.zarr")).store)
+    dataset = ShardDataset(store)  # a Location: its storage options go to each worker
+    assert len(dataset) == len(reference)
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, shuffle=False)
+    got = [(x.numpy(), y.numpy()) for x, y in loader]
+    expected = [
+        (
+            np.stack([reference[i][0].numpy() for i in range(k, min(k + 5, len(reference)))]),
+            np.array([reference[i][1] for i in range(k, min(k + 5, len(reference)))]),
+        )
+        for k in range(0, len(reference), 5)
+    ]
+    assert len(got) == len(expected)
+    for (a, la), (b, lb) in zip(got, expected, strict=True):
+        assert np.array_equal(a, b)
+        assert np.array_equal(la, lb)
 
 
 def test_compact_refuses_a_store_in_object_storage(source: Path):
