@@ -5,7 +5,7 @@ level 3 (the default compression). Two chunkings: one sample per chunk inside
 a shard (the store layout of today) and one chunk per shard (no sharding).
 Requests are counted at the server (every HTTP request moto answers), so they
 include whatever s3fs and zarr's ``FsspecStore`` add (HEADs, LISTs). Then the
-same for a whole :func:`pipeline.shards.write_shard` (every array of the
+same for a whole :func:`pipeline.store.write_shard` (every array of the
 store, the record, ``done`` last) on a store copied to the server.
 
 Run: ``python benchmarks/bench_storage.py`` (needs the test extra: moto[server]).
@@ -20,14 +20,15 @@ milliseconds are noisy: 2 shared cores, moto in the same process):
     chunk 1 sample, shard 64    read 1 sample             2 (GET 2: shard index, chunk)
     chunk = shard, unsharded    write shard               1 (PUT 1)
     chunk = shard, unsharded    read shard                1 (GET 1)
-    today's store layout        write_shard, all arrays  17 (GET 9, PUT 6, POST 2)
+    today's store layout        write_shard, all arrays  20 (GET 10, PUT 7, POST 3)
 
 A shard is one PUT: zarr's sharding codec encodes the 64 inner chunks and the
 index into one object. Before writing, zarr 3.1 reads the existing shard (one
 GET; a 404 on the first write), even when the write covers the whole shard.
-Of write_shard's 17 requests, 8 GETs are metadata (the root group and the 7
-arrays it opens); the POSTs are deletes of chunks equal to the fill value
-(``done = False``, an all-zero ``copy_index``). Without ``max_concurrency=1``
+Of write_shard's 20 requests (store format 2, with ``live``), 9 GETs are
+metadata (the root group and the 8 arrays it opens); the POSTs are deletes of
+chunks equal to the fill value (``done = False`` and ``live = False`` first, an
+all-zero ``copy_index``). Without ``max_concurrency=1``
 (pipeline.storage's default for s3) s3fs sends a HEAD before every GET.
 obstore (0.12.1, zarr's ObjectStore) makes the same requests, with less client
 time per object on reads (about 7 ms against 10-60 ms for a 1.4 MB object
@@ -47,8 +48,8 @@ import numpy as np
 import zarr
 
 from pipeline.config import CompressionConfig
-from pipeline.shards import StoreLayout, _compressors, create_store, write_shard
 from pipeline.storage import resolve_location, zarr_store
+from pipeline.store import StoreLayout, create_store, write_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test server, tests/s3server.py
 from tests.s3server import MotoS3Server
@@ -89,7 +90,7 @@ def main() -> None:
     s3fs.S3FileSystem(**opts).mkdir("bench")
     rng = np.random.default_rng(0)
     data = rng.standard_normal((2 * SHARD, *SHAPE)).astype(np.float16)
-    compressors = _compressors(CompressionConfig())
+    compressors = CompressionConfig().compression().compressors()
     print(f"images (N=128, 3, 64, 64) float16, shard {SHARD} samples, zstd 3; requests per op")
     print(f"{'layout':32s} {'op':24s} {'requests':28s} ms")
     for name, chunks, shards in [

@@ -68,7 +68,7 @@ def prepare_flow(config: RunConfig, verify: bool = True, refresh_stats: bool = F
         StoreVerificationError: a shard does not match its record.
     """
     runner = TaskRunner(refresh_stats=refresh_stats)
-    key = artifact_key("imageprep-run", config.output.path.name)
+    key = artifact_key("imageprep-run", config.output.location.name)
     logger = get_run_logger()
     if config.runtime.dask_address is None:
         logger.info(LOCAL_DASHBOARD_HINT)

@@ -200,7 +200,7 @@ def _stats_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     base = None
     if parameters.get("reuse_store"):
         try:
-            base = store_token(config.output.path)
+            base = store_token(config.output.location)
         except ImageprepError:  # not a store of ours: the task itself says so
             base = "unreadable"
     return stats_cache_key(config, manifest.fingerprint, base)

@@ -10,6 +10,13 @@ imports Prefect.
 The helpers the commands share (:func:`print_stats`, :func:`print_run_result`,
 :func:`usage_error`, :func:`load_run_config`) are public for :mod:`flows.cli`.
 
+Sources and stores may be fsspec URLs (``s3://bucket/images``,
+``s3://bucket/ds.zarr``, ``memory://...``): ``--storage-option KEY=VALUE``
+(repeatable; ``-o``) passes fsspec options (``endpoint_url=http://host:9000``,
+``anon=true``, ``client_kwargs.region_name=eu-west-1``); without them the
+environment's credentials apply. A URL of an unknown or uninstalled scheme,
+or one that lost a slash (``s3:/bucket``), is a usage error (exit 2).
+
 Exit codes (the CLI contract): 0 success; 1 the run finished but some inputs
 were rejected and ``--strict`` was given, shards could not be written (the
 store stays resumable) or verification found a mismatch; 2 bad usage (missing
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
     from pipeline.config import RunConfig
     from pipeline.run import RunResult
     from pipeline.stats import Stats
+    from pipeline.storage import Location
 
 __all__ = [
     "APP_SETTINGS",
@@ -44,7 +52,9 @@ __all__ = [
     "EXIT_USAGE",
     "Interrupted",
     "SetOverrides",
+    "StorageOptions",
     "app",
+    "cli_location",
     "make_console",
     "load_run_config",
     "print_run_result",
@@ -89,6 +99,79 @@ SetOverrides = Annotated[
     ),
 ]
 """The ``--set key.path=value`` option of the commands that take a config."""
+
+StorageOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        "-o",
+        metavar="KEY=VALUE",
+        help="An fsspec option for a URL (endpoint_url=http://host:9000, anon=true, "
+        "client_kwargs.region_name=eu-west-1); YAML value; repeatable.",
+        show_default=False,
+    ),
+]
+"""The ``--storage-option KEY=VALUE`` option of the commands that take a path or URL."""
+
+
+def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``: values are YAML, dots nest.
+
+    Raises:
+        ConfigError: an item has no ``=`` or an empty key, or a key is both a
+            value and a mapping.
+
+    Example:
+        >>> parse_storage_options(["endpoint_url=http://h:9000", "anon=false",
+        ...                        "client_kwargs.region_name=eu"])
+        {'endpoint_url': 'http://h:9000', 'anon': False, 'client_kwargs': {'region_name': 'eu'}}
+    """
+    from pipeline.config.yamlsafe import load_yaml
+    from pipeline.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ConfigError(f"--storage-option {item}: expected KEY=VALUE")
+        value = load_yaml(raw, source="", aliases=False) if raw.strip() else ""
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--storage-option {item}: {part!r} is already a value")
+            node = child
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"--storage-option {item}: {key!r} is already a mapping")
+        node[parts[-1]] = value
+    return out
+
+
+def cli_location(value: str, options: list[str] | None, *, what: str) -> Location:
+    """The location of a path or URL argument, with its ``--storage-option`` values.
+
+    Commands pass a store on as :func:`pipeline.store.store_ref` of it (a ``Path``
+    for a local folder).
+
+    Raises:
+        typer.Exit: (status 2) an unknown, unsupported or uninstalled scheme, a URL that
+            lost a slash, a malformed option, or options given with a local path.
+    """
+    from pipeline.errors import ConfigError
+    from pipeline.storage import resolve_location
+
+    try:
+        opts = parse_storage_options(options)
+        location = resolve_location(value, key=what, storage_options=opts)
+    except ConfigError as e:
+        raise usage_error(str(e)) from e
+    if opts and location.is_local:
+        raise usage_error(
+            f"--storage-option applies to a URL (s3://, gs://, az://, memory://), "
+            f"but {what} is the local folder {location.path!r}"
+        )
+    return location
 
 
 class StatsMethod(str, Enum):
@@ -330,7 +413,7 @@ def usage_error(message: str) -> typer.Exit:
 
 
 def _run_stats(
-    src: Path,
+    src: Location,
     *,
     method: str,
     workers: int | None,
@@ -373,12 +456,10 @@ def _run_stats(
 @guarded
 def stats(
     src: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="Folder of images, scanned recursively (first-level subfolders are classes).",
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
+            help="Folder of images or an fsspec URL (s3://bucket/prefix, ...), scanned "
+            "recursively (first-level subfolders are classes).",
             show_default=False,
         ),
     ],
@@ -419,6 +500,7 @@ def stats(
             "bombs); 0 disables the check.",
         ),
     ] = PILLOW_MAX_PIXELS,
+    storage_option: StorageOptions = None,
 ) -> None:
     """Exact per-channel statistics (mean, std, var, min, max) of a folder of images.
 
@@ -431,10 +513,13 @@ def stats(
         out = Path(json_path)
         if not out.parent.is_dir():
             raise usage_error(f"--json: folder {str(out.parent)!r} does not exist")
+    location = cli_location(src, storage_option, what="SRC")
+    if location.is_local and not Path(location.path).is_dir():
+        raise usage_error(f"SRC: folder {src!r} does not exist (or is not a folder)")
     console = make_console(stderr=json_path == "-")
     t0 = time.perf_counter()
     result = _run_stats(
-        src,
+        location,
         method=method.value,
         workers=workers,
         chunk_size=chunk_size,
@@ -522,10 +607,13 @@ def stats_drift(stats: dict[str, Any] | None, current: dict[str, Any] | None) ->
     return ", ".join(parts)
 
 
+_STORE_HELP = "The Zarr store written by imageprep run: a folder or a URL (s3://bucket/ds.zarr)."
+
+
 @app.command()
 @guarded
 def verify(
-    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    store: Annotated[str, typer.Argument(help=_STORE_HELP, show_default=False)],
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Threads reading shards (default: up to 8).", show_default=False),
@@ -538,6 +626,7 @@ def verify(
             "with the store's own config (the source must still be there).",
         ),
     ] = False,
+    storage_option: StorageOptions = None,
 ) -> None:
     """Recompute every shard's SHA-256 and the manifest's, compare with the records (exit 1).
 
@@ -546,11 +635,13 @@ def verify(
     and the layout. With --repair, corrupt shards are rewritten (exit 0 when
     the store verifies afterwards).
     """
+    from pipeline.store import store_ref
     from pipeline.store import verify as verify_store
 
+    target = store_ref(cli_location(store, storage_option, what="STORE"))
     console = make_console()
     if not repair:
-        report = verify_store(store, workers=workers)
+        report = verify_store(target, workers=workers)
         console.print(report.summary(), markup=False, soft_wrap=True)
         if not report.ok:
             raise typer.Exit(EXIT_REJECTED)
@@ -559,7 +650,7 @@ def verify(
     from pipeline.run import repair as repair_store
 
     with BarProgress(make_console(stderr=True)) as bars:
-        result = repair_store(store, workers=workers, progress=bars)
+        result = repair_store(target, workers=workers, progress=bars)
     console.print(result.before.summary(), markup=False, soft_wrap=True)
     if result.run is None:
         console.print("nothing to repair", markup=False)
@@ -576,22 +667,30 @@ def verify(
 @app.command()
 @guarded
 def compact(
-    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    store: Annotated[
+        str, typer.Argument(help="The Zarr store written by imageprep run (a local folder).")
+    ],
     workers: Annotated[
         int | None,
         typer.Option(
             min=1, help="Threads copying shards (default: all cores).", show_default=False
         ),
     ] = None,
+    storage_option: StorageOptions = None,
 ) -> None:
-    """Rewrite a store without its retired rows (resumable, checksummed, verified, then swapped)."""
+    """Rewrite a store without its retired rows (resumable, checksummed, verified, then swapped).
+
+    Local folders only: an object store has no atomic rename for the swap (exit 2).
+    """
     from pipeline.progress import BarProgress
     from pipeline.store import compact as compact_store
+    from pipeline.store import store_ref
 
+    location = cli_location(store, storage_option, what="STORE")
     err = make_console(stderr=True)
     with BarProgress(err) as bars:
         result = compact_store(
-            store,
+            store_ref(location),
             workers=workers,
             progress=lambda done, total: bars.update("shards", done, total),
         )
@@ -611,30 +710,35 @@ def compact(
 @app.command()
 @guarded
 def info(
-    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    store: Annotated[str, typer.Argument(help=_STORE_HELP, show_default=False)],
+    storage_option: StorageOptions = None,
 ) -> None:
     """Show a store's shape, dtype, classes, statistics, sizes and rejected inputs."""
     from pipeline.report import render_info, store_info
+    from pipeline.store import store_ref
 
-    data = store_info(store)
+    data = store_info(store_ref(cli_location(store, storage_option, what="STORE")))
     make_console().print(render_info(data))
 
 
 @app.command()
 @guarded
 def preview(
-    store: Annotated[Path, typer.Argument(help="The Zarr store written by imageprep run.")],
+    store: Annotated[str, typer.Argument(help=_STORE_HELP, show_default=False)],
     out: Annotated[
         Path, typer.Option("--out", help="PNG of the sample grid; the stats plot goes beside it.")
     ] = Path("grid.png"),
     n: Annotated[int, typer.Option(min=1, help="Samples in the grid.")] = 16,
     columns: Annotated[int, typer.Option(min=1, help="Columns of the grid.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the sample choice.")] = 0,
+    storage_option: StorageOptions = None,
 ) -> None:
     """Write a grid of de-normalized samples with labels, and a per-channel stats plot."""
     from pipeline.report import write_previews
+    from pipeline.store import store_ref
 
-    grid, plot = write_previews(store, out, n=n, columns=columns, seed=seed)
+    location = cli_location(store, storage_option, what="STORE")
+    grid, plot = write_previews(store_ref(location), out, n=n, columns=columns, seed=seed)
     console = make_console()
     console.print(f"sample grid written to {grid}")
     console.print(f"stats plot written to {plot}")

@@ -30,6 +30,7 @@ __all__ = [
     "ShardWriteError",
     "StoreMismatchError",
     "StoreVerificationError",
+    "UnsupportedStoreError",
 ]
 
 
@@ -78,6 +79,12 @@ class NotAStoreError(StoreError):
 
 class OutputPathError(StoreError):
     """``output.path`` cannot hold a store (``/``, inside the source, unwritable, foreign files)."""
+
+    exit_code = 2
+
+
+class UnsupportedStoreError(StoreError):
+    """The command does not work on this kind of store (``compact`` in object storage)."""
 
     exit_code = 2
 

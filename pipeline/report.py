@@ -40,6 +40,7 @@ import numpy as np
 
 from pipeline.errors import InvalidArgumentError, StoreError
 from pipeline.reader import ShardDataset
+from pipeline.storage import Location
 from pipeline.store import (
     done_shards,
     get_array,
@@ -47,7 +48,9 @@ from pipeline.store import (
     read_array,
     read_attrs,
     read_layout,
+    store_location,
 )
+from pipeline.store.group import PathLike as _StorePath
 
 __all__ = [
     "render_info",
@@ -69,9 +72,17 @@ def _class_name(label: int, classes: list[str]) -> str:
     return _NO_CLASS if label == -1 else f"label {label}"
 
 
-def _folder_bytes(path: Path) -> int:
+def _folder_bytes(location: Location) -> int:
+    """Bytes of every file under a folder, or of every object under a prefix (a listing)."""
+    if not location.is_local:
+        fs = location.fs
+        fs.invalidate_cache(location.path)
+        try:
+            return int(fs.du(location.path, total=True))
+        except FileNotFoundError:
+            return 0
     total = 0
-    for root, _dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(location.path):
         for name in files:
             try:
                 total += os.stat(os.path.join(root, name)).st_size
@@ -80,7 +91,16 @@ def _folder_bytes(path: Path) -> int:
     return total
 
 
-def store_info(path: _PathLike) -> dict[str, Any]:
+def _for_reader(path: _StorePath) -> Any:
+    """The store as :class:`~pipeline.reader.ShardDataset` takes it (a path, a URL, a location).
+
+    The reader opens it with :func:`pipeline.store.open_group`, which takes all three; its
+    annotation says ``str | os.PathLike`` only.
+    """
+    return path
+
+
+def store_info(path: _StorePath) -> dict[str, Any]:
     """Summarize a store (complete or not) as a JSON-safe dict.
 
     Keys: ``path``, ``shape`` ``[N, C, H, W]``, ``dtype``, ``chunks``,
@@ -94,10 +114,13 @@ def store_info(path: _PathLike) -> dict[str, Any]:
     ``failures``, ``config_identity``, ``source_fingerprint``, ``seed``,
     ``versions``, ``created``.
 
+    A store in object storage is measured with a listing of its objects
+    (``bytes_on_disk`` is then bytes stored).
+
     Raises:
         StoreError: not an imageprep store.
     """
-    root = Path(path)
+    root = store_location(path)
     group = open_group(root)
     meta = read_attrs(group)
     layout = read_layout(group)
@@ -115,14 +138,14 @@ def store_info(path: _PathLike) -> dict[str, Any]:
         counts[name] = counts.get(name, 0) + int(number)
     itemsize = np.dtype(layout.dtype).itemsize
     raw = int(written.sum()) * layout.channels * layout.height * layout.width * itemsize
-    images_disk = _folder_bytes(root / "images")
+    images_disk = _folder_bytes(root.joinpath("images"))
     config = meta.get("config") or {}
     normalized = layout.dtype != "uint8" and (config.get("transform") or {}).get(
         "normalize", False
     ) in (True, "dataset", "per-image")
     failures = list(meta.get("failures") or [])
     return {
-        "path": str(root),
+        "path": str(path),
         "shape": [layout.n_samples, *layout.sample_shape],
         "dtype": layout.dtype,
         "chunks": [1, *layout.sample_shape],
@@ -264,7 +287,7 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 
 def write_preview(
-    path: _PathLike,
+    path: _StorePath,
     out_png: _PathLike,
     *,
     n: int = 16,
@@ -298,7 +321,7 @@ def write_preview(
     for name, value, low in (("n", n, 1), ("columns", columns, 1), ("cell", cell, 32)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise InvalidArgumentError(f"{name} must be an integer >= {low}, got {value!r}")
-    dataset = ShardDataset(path, denormalize=True, allow_partial=True)
+    dataset = ShardDataset(_for_reader(path), denormalize=True, allow_partial=True)
     if len(dataset) == 0:
         raise StoreError(f"{path}: no samples written yet, nothing to preview")
     count = min(n, len(dataset))
@@ -348,9 +371,9 @@ def _load_stats(stats: Mapping[str, Any] | _PathLike) -> dict[str, Any]:
 
 
 def _sample_histograms(
-    store: _PathLike, *, samples: int, seed: int, bins: int
+    store: _StorePath, *, samples: int, seed: int, bins: int
 ) -> tuple[np.ndarray, str]:
-    dataset = ShardDataset(store, denormalize=True, allow_partial=True)
+    dataset = ShardDataset(_for_reader(store), denormalize=True, allow_partial=True)
     if len(dataset) == 0:
         raise StoreError(f"{store}: no samples written yet, nothing to plot")
     count = min(samples, len(dataset))
@@ -371,7 +394,7 @@ def write_stats_plot(
     stats: Mapping[str, Any] | _PathLike,
     out_png: _PathLike,
     *,
-    store: _PathLike | None = None,
+    store: _StorePath | None = None,
     samples: int = 256,
     seed: int = 0,
     size: tuple[int, int] = (1200, 400),
@@ -391,7 +414,7 @@ def write_stats_plot(
 def stats_figure(
     stats: Mapping[str, Any] | _PathLike,
     *,
-    store: _PathLike | None = None,
+    store: _StorePath | None = None,
     samples: int = 256,
     seed: int = 0,
     size: tuple[int, int] = (1200, 400),
@@ -496,7 +519,7 @@ def stats_plot_path(out_png: _PathLike) -> Path:
 
 
 def write_previews(
-    path: _PathLike, out_png: _PathLike, *, n: int = 16, columns: int = 4, seed: int = 0
+    path: _StorePath, out_png: _PathLike, *, n: int = 16, columns: int = 4, seed: int = 0
 ) -> tuple[Path, Path]:
     """Write the sample grid to ``out_png`` and the stats plot next to it (``imageprep preview``).
 

@@ -42,6 +42,7 @@ import numpy as np
 from pipeline.errors import (
     DecodeError,
     Failure,
+    ImageprepError,
     ShardFailures,
     ShardWriteError,
     StoreError,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from pipeline.decode import ImageHistogram
     from pipeline.sources import Manifest, SourceFile
     from pipeline.stats import FileMoments, Stats
+    from pipeline.storage import Location
     from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
 
@@ -185,7 +187,7 @@ class WriteResult:
 class RunResult:
     """Summary of a finished :func:`prepare`."""
 
-    store: Path
+    store: Path | Location
     stats: dict[str, Any]
     failures: list[Failure]
     samples: int
@@ -230,8 +232,11 @@ def prepare(
 ) -> RunResult:
     """Run the whole prepare job for ``config``: scan, stats, open, write, verify, finish.
 
-    Holds :class:`pipeline.store.StoreLock` on ``output.path`` for the whole
-    run: a second run against the same output is refused. Over a store made by
+    Holds the lock of ``output.path`` for the whole run
+    (:func:`pipeline.store.lock_for`: ``flock`` on a local folder, a lease
+    object in object storage, renewed, which checks with the store that it is
+    still this run's, before the store is changed and before it is
+    finalized): a second run against the same output is refused. Over a store made by
     the same config, the run is an incremental update (:mod:`pipeline.update`):
     it decodes and appends only what is new or changed, retires what was
     removed or changed, and resumes shards an interrupted run left unwritten.
@@ -251,16 +256,18 @@ def prepare(
 
     Raises:
         ConfigError: ``runtime.device`` does not exist on this machine.
-        StoreLockedError: another run holds the output.
+        StoreLockedError: another run holds the output, or this run lost its
+            lease on an object store.
         StoreMismatchError: the output holds a store of another run.
         ShardWriteError: some shards failed (the store stays resumable).
         StoreVerificationError: a shard does not match its record.
     """
-    from pipeline.store import StoreLock
+    from pipeline.store import lock_for, store_ref
 
     check_runtime(config)
     timings: dict[str, float] = {}
-    with StoreLock(config.output.path):
+    store = store_ref(config.output.location)
+    with lock_for(config.output.location) as lock:
         with _timed(timings, "scan"):
             manifest = runner(scan_source, config)
         check_memory(config, n_files=len(manifest.files))
@@ -268,26 +275,23 @@ def prepare(
             run_stats = runner(
                 compute_run_stats, config, manifest, reuse_store=True, progress=progress
             )
+        lock.renew()  # a lease taken over (object store) raises here: the store is not touched
         state = runner(open_output, config, manifest, run_stats)
         with _timed(timings, "write"):
             write = runner(
-                write_shards, config, state, run_stats, root=str(manifest.root), progress=progress
+                write_shards, config, state, run_stats, root=manifest.root, progress=progress
             )
         if verify:
             with _timed(timings, "verify"):
-                runner(
-                    verify_output,
-                    str(config.output.path),
-                    workers=config.runtime.workers,
-                    incremental=True,
-                )
+                runner(verify_output, store, workers=config.runtime.workers, incremental=True)
+        lock.renew()  # still ours, checked with the store, before it is marked complete
         result: RunResult = runner(
             finish,
             config,
             state,
             run_stats,
             write,
-            root=str(manifest.root),
+            root=manifest.root,
             timings=timings,
             verified=verify,
         )
@@ -316,7 +320,7 @@ class RunPlan:
             the statistics change.
     """
 
-    store: Path
+    store: Path | Location
     exists: bool
     diff: SourceDiff
     files_to_decode: int
@@ -354,7 +358,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     Raises:
         StoreMismatchError: the store was made by another config, as a run would say.
     """
-    from pipeline.store import done_shards, read_layout
+    from pipeline.store import done_shards, read_layout, store_ref
     from pipeline.update import diff_source
 
     check_output_path(config, probe=False)
@@ -369,7 +373,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     if diff.is_update:
         from pipeline.store import get_array, open_group, read_array
 
-        group = open_group(config.output.path)
+        group = open_group(config.output.location)
         layout = read_layout(group)
         shards += layout.n_shards - len(done_shards(group))
         if diff.retire:
@@ -377,7 +381,7 @@ def plan_run(config: RunConfig) -> RunPlan:
             live = read_array(get_array(group, "live"))
             retire = int((live & np.isin(sources, np.asarray(diff.retire))).sum())
     return RunPlan(
-        store=Path(config.output.path),
+        store=store_ref(config.output.location),
         exists=diff.is_update,
         diff=diff,
         files_to_decode=len(diff.new),
@@ -487,7 +491,9 @@ def check_output_path(config: RunConfig, *, probe: bool = True) -> None:
     store would become source files) or one that contains it (``overwrite``
     would delete the source); an existing file; a parent folder that cannot be
     created or written (``probe``: the parent is created and a file made and
-    removed there; a dry run does not). Object-store URLs are not checked here.
+    removed there; a dry run does not). For an object-store URL: a bucket
+    itself (the lock object goes beside the store), and a prefix inside the
+    source's or containing it on the same store (:func:`_check_output_url`).
 
     Raises:
         OutputPathError: the message names ``output.path`` and why.
@@ -496,7 +502,9 @@ def check_output_path(config: RunConfig, *, probe: bool = True) -> None:
 
     from pipeline.errors import OutputPathError
 
-    if "://" in str(config.output.path):
+    out_location = config.output.location
+    if not out_location.is_local:
+        _check_output_url(config)
         return
     out = Path(config.output.path).resolve()
     src = Path(str(config.source.path)).resolve() if "://" not in str(config.source.path) else None
@@ -537,6 +545,32 @@ def check_output_path(config: RunConfig, *, probe: bool = True) -> None:
         ) from None
 
 
+def _check_output_url(config: RunConfig) -> None:
+    """:func:`check_output_path` for a store in object storage (no request is made)."""
+    from pipeline.errors import OutputPathError
+
+    out, src = config.output.location, config.source.location
+    key = f"output.path {out.url!r}"
+    if "/" not in out.path.strip("/"):
+        raise OutputPathError(
+            f"{key}: is a whole bucket; choose a prefix in it (s3://bucket/ds.zarr): the "
+            "store's lock object goes beside the store"
+        )
+    if src.protocol != out.protocol:
+        return
+    o, p = out.path.rstrip("/"), src.path.rstrip("/")
+    if o == p or o.startswith(p + "/"):
+        raise OutputPathError(
+            f"{key}: is inside source.path {src.url!r}; the store's objects would be scanned "
+            "as source files: choose a prefix outside it"
+        )
+    if p.startswith(o + "/"):
+        raise OutputPathError(
+            f"{key}: contains source.path {src.url!r}; overwriting the store would delete the "
+            "source: choose another prefix"
+        )
+
+
 def load_stats_file(config: RunConfig) -> Stats:
     """Read the statistics of ``stats.file``.
 
@@ -560,16 +594,17 @@ def load_stats_file(config: RunConfig) -> Stats:
 
 
 def scan_source(config: RunConfig) -> Manifest:
-    """Scan ``source.path`` with the configured labelling.
+    """Scan ``source.path`` (a folder or an object-store URL) with the configured labelling.
 
     Raises:
-        ConfigError: ``source.path`` is not an existing folder (the key is named).
+        ConfigError: ``source.path`` is not an existing folder (no object under
+            the prefix); the key is named.
     """
     from pipeline.errors import ConfigError, InvalidArgumentError
     from pipeline.sources import scan
 
     try:
-        return scan(config.source.path, labels=config.source.labels)
+        return scan(config.source.location, labels=config.source.labels)
     except InvalidArgumentError as exc:
         raise ConfigError(f"source.path: {exc}") from None
 
@@ -640,7 +675,7 @@ def compute_run_stats(
 
     st = config.stats
     if reuse_store:
-        finish_swap(config.output.path)  # a compaction killed between its two renames
+        finish_swap(config.output.location)  # a compaction killed between its two renames
     diff = diff_source(config, manifest, compare=reuse_store)
     todo = Manifest(
         root=manifest.root,
@@ -729,7 +764,7 @@ def _nothing_to_write(manifest: Manifest, failures: Sequence[Failure]) -> None:
 def _stored_stats(config: RunConfig) -> dict[str, Any]:
     from pipeline.store import read_attrs
 
-    return dict(read_attrs(config.output.path)["stats"])
+    return dict(read_attrs(config.output.location)["stats"])
 
 
 def _live_moments_after(config: RunConfig, diff: SourceDiff, new: FileMoments) -> FileMoments:
@@ -738,7 +773,8 @@ def _live_moments_after(config: RunConfig, diff: SourceDiff, new: FileMoments) -
     from pipeline.store import open_group, read_attrs, read_files
     from pipeline.update import moments_of
 
-    table = read_files(open_group(config.output.path), int(read_attrs(config.output.path)["files"]))
+    group = open_group(config.output.location)
+    table = read_files(group, int(read_attrs(group)["files"]))
     live = table.live.copy()
     live[list(diff.retire)] = False
     return FileMoments.concat([moments_of(table.take(np.flatnonzero(live))), new])
@@ -775,12 +811,13 @@ def store_attrs(
         failures: rejected inputs known so far, ``{"path", "error"}`` dicts.
 
     Returns:
-        A JSON-safe dict: ``config`` (resolved), ``config_identity``, ``stats``,
+        A JSON-safe dict: ``config`` (resolved, secrets of the storage options
+        redacted: :meth:`~pipeline.config.RunConfig.recorded_dict`), ``config_identity``, ``stats``,
         ``classes``, ``seed``, ``versions``, ``source_fingerprint``, ``failures``,
         and a fresh ``state`` token (:mod:`pipeline.update`).
     """
     return {
-        "config": config.resolved_dict(),
+        "config": config.recorded_dict(),  # credentials in storage options redacted
         "config_identity": config.identity(),
         "stats": json.loads(json.dumps(dict(stats))),
         "classes": [str(c) for c in classes],
@@ -820,7 +857,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     class folders are appended to ``classes`` (labels already written keep
     their meaning).
 
-    Call while holding :class:`pipeline.store.StoreLock` on ``output.path``.
+    Call while holding the lock of ``output.path`` (:func:`pipeline.store.lock_for`).
 
     Raises:
         StoreError: the store changed since the statistics step (a stale
@@ -843,11 +880,12 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
         remove_partials,
         reset_rows,
         restore_layout,
+        store_ref,
         write_live,
     )
     from pipeline.update import file_rows, store_token, unmeasured_rows
 
-    path = Path(config.output.path)
+    path = store_ref(config.output.location)
     remove_partials(path)  # chunk writes a killed run left half done (we hold the lock)
     diff = run_stats.diff
     copies = config.transform.copies
@@ -947,7 +985,7 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     return StoreState(path, layout, resumed=True, done=frozenset(done_shards(group)))
 
 
-def _made_from(path: Path, accepted: Sequence[SourceFile]) -> bool:
+def _made_from(path: Path | Location, accepted: Sequence[SourceFile]) -> bool:
     """True when the store at ``path`` holds exactly these files, as created from them."""
     from pipeline.store import open_group, read_attrs, read_files
 
@@ -964,7 +1002,7 @@ def _made_from(path: Path, accepted: Sequence[SourceFile]) -> bool:
 # ----------------------------------------------------------------------------- 4. shards
 
 
-def shard_jobs(store: str | Path, shards: Sequence[int]) -> list[ShardJob]:
+def shard_jobs(store: str | Path | Location, shards: Sequence[int]) -> list[ShardJob]:
     """What each of ``shards`` holds, as the store plans it: paths, labels, sources, copies.
 
     The plan of every row is in the store (written when the rows were laid
@@ -1043,20 +1081,41 @@ class ShardOutcome:
     rejected: tuple[tuple[int, Failure], ...] = ()
 
 
-def _load_measured(plan: TransformPlan, path: str, generator: Any) -> tuple[Any, int, Any, bytes]:
-    from pipeline.decode import read_with_digest
+def _load_measured(
+    plan: TransformPlan, root: str | Location, rel: str, generator: Any
+) -> tuple[Any, int, Any, bytes]:
+    from pipeline.sources import read_source
 
-    source, digest = read_with_digest(path)
+    source, digest = read_source(root, rel)
     pixels, bits, histogram = plan.load_measured(source, generator)
     return pixels, bits, histogram, digest
+
+
+def _load(
+    plan: TransformPlan, root: str | Location, rel: str, generator: Any, draft: bool
+) -> tuple[Any, int]:
+    """:meth:`TransformPlan.load` of the manifest name ``rel`` under ``root`` (a folder or a URL).
+
+    A local file is decoded from its path; an object is read whole (one GET,
+    :func:`pipeline.sources.read_source`) and decoded from memory: a missing
+    or refused object is a :class:`~pipeline.errors.DecodeError`, like a local
+    file that went away; other errors (the network) fail the task.
+    """
+    from pipeline.sources import read_source, source_path
+    from pipeline.storage import Location
+
+    if not isinstance(root, Location):
+        return plan.load(source_path(root, rel), generator, draft=draft)
+    source, _ = read_source(root, rel)
+    return plan.load(source, generator, draft=draft)
 
 
 def write_one_shard(
     job: ShardJob,
     plan: TransformPlan,
     *,
-    store: str,
-    root: str,
+    store: str | Location,
+    root: str | Location,
     batch_size: int,
     decode_threads: int,
 ) -> ShardOutcome:
@@ -1066,7 +1125,9 @@ def write_one_shard(
     process-wide decode pool (a file shared by several copies is decoded once,
     unless ``random_resized_crop`` draws a different box per copy); batches of
     ``batch_size`` samples go through :meth:`TransformPlan.finish`; the shard
-    and its record are written by :func:`pipeline.store.write_shard`.
+    and its record are written by :func:`pipeline.store.write_shard`. ``store`` and
+    ``root`` may be locations in object storage: the task then reads each source
+    file with one GET and writes through ``FsspecStore``.
 
     A file the job marks to measure (its statistics were known before the
     run) is read once, hashed, and decoded at full resolution: the same decode
@@ -1081,7 +1142,6 @@ def write_one_shard(
     """
     import torch
 
-    from pipeline.sources import source_path
     from pipeline.stats import FileMoments
     from pipeline.store import write_shard
     from pipeline.transforms import sample_generator
@@ -1108,11 +1168,10 @@ def write_one_shard(
         key = row if per_copy else source
         if key not in loads:
             gen = generators[row] if per_copy else None
-            path = source_path(root, rel)
             if measure[row] and source not in measuring:
-                loads[key] = measuring[source] = pool.submit(_load_measured, plan, path, gen)
+                loads[key] = measuring[source] = pool.submit(_load_measured, plan, root, rel, gen)
             else:
-                loads[key] = pool.submit(plan.load, path, gen, draft=job.draft)
+                loads[key] = pool.submit(_load, plan, root, rel, gen, job.draft)
         futures.append(loads[key])
 
     # the measured files first: a rejected one makes holes of all its rows
@@ -1228,7 +1287,7 @@ def write_shards(
     state: StoreState,
     run_stats: RunStats,
     *,
-    root: str | Path,
+    root: str | Path | Location,
     progress: Progress | None = None,
 ) -> WriteResult:
     """Write every shard the store still misses, one Dask task per shard.
@@ -1240,7 +1299,8 @@ def write_shards(
         config: the run config.
         state: the opened store (:func:`open_output`).
         run_stats: statistics and accepted files.
-        root: the source folder.
+        root: the source folder, or the location of a source in object storage
+            (:attr:`pipeline.sources.Manifest.root`).
         progress: receives ``("shards", shards done, shards, units=images written)``.
 
     Returns:
@@ -1253,6 +1313,7 @@ def write_shards(
     import dask
 
     from pipeline.execution import guarded
+    from pipeline.storage import Location
     from pipeline.store import done_shards, open_group, read_layout
     from pipeline.transforms import TransformPlan
 
@@ -1268,8 +1329,8 @@ def write_shards(
             write_one_shard,
             job,
             plan,
-            store=str(Path(config.output.path)),
-            root=str(root),
+            store=config.output.location,  # pickles to a worker without its filesystem
+            root=root if isinstance(root, Location) else str(root),
             batch_size=config.runtime.batch_size,
             decode_threads=workers,
         )
@@ -1311,7 +1372,7 @@ def write_shards(
             result.samples += job.rows
     if result.errors:
         report = ShardFailures(
-            store=str(config.output.path),
+            store=str(config.output.location),
             n_shards=layout.n_shards,
             errors=tuple(str(e) for e in result.errors),
         )
@@ -1323,7 +1384,7 @@ def write_shards(
 
 
 def verify_output(
-    store: str | Path, *, workers: int | None = None, incremental: bool = False
+    store: str | Path | Location, *, workers: int | None = None, incremental: bool = False
 ) -> VerifyReport:
     """Recompute the shards' SHA-256 and compare with their records (:func:`pipeline.store.verify`).
 
@@ -1361,8 +1422,27 @@ class RepairResult:
     after: VerifyReport
 
 
+def _unredacted(source: Mapping[str, Any], store: Location) -> dict[str, Any]:
+    """The source's storage options for a repair (:func:`repair` says which)."""
+    from pipeline.storage import REDACTED, resolve_location
+
+    try:
+        protocol = resolve_location(str(source.get("path")), key="source.path").protocol
+    except ImageprepError:
+        protocol = ""
+    if protocol == store.protocol and not store.is_local:
+        return dict(store.storage_options)
+
+    def keep(options: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            k: keep(v) if isinstance(v, Mapping) else v for k, v in options.items() if v != REDACTED
+        }
+
+    return keep(source.get("storage_options") or {})
+
+
 def repair(
-    store: str | Path, *, workers: int | None = None, progress: Progress | None = None
+    store: str | Path | Location, *, workers: int | None = None, progress: Progress | None = None
 ) -> RepairResult:
     """Verify a store, un-mark its corrupt shards and rewrite them with the store's own config.
 
@@ -1374,6 +1454,12 @@ def repair(
     verifies them. The source must still be there; a source that changed
     since is updated as any rerun updates it.
 
+    The store's recorded config has no credentials (they are redacted): a
+    store in object storage is repaired with the storage options of
+    ``store`` (a :class:`~pipeline.storage.Location`), and so is its source
+    when it is on the same kind of storage; otherwise the source's recorded
+    options without the redacted values, and the environment's credentials.
+
     Raises:
         StoreError: the manifest does not match (paths, file table, classes,
             statistics, config or layout were edited or corrupted: rewriting
@@ -1383,7 +1469,7 @@ def repair(
     """
     from pipeline.config import RunConfig
     from pipeline.errors import StoreError
-    from pipeline.store import read_attrs, unmark_shards
+    from pipeline.store import read_attrs, store_location, unmark_shards
     from pipeline.store import verify as verify_store
 
     before = verify_store(store, workers=workers)
@@ -1400,7 +1486,16 @@ def repair(
     unmark_shards(store, bad)
     recorded = read_attrs(store)["config"]
     # the store may have been moved since: it is repaired where it is now
-    recorded["output"] = {**recorded["output"], "path": str(Path(store).resolve())}
+    location = store_location(store)
+    recorded["output"] = {
+        **recorded["output"],
+        "path": location.url,
+        "storage_options": dict(location.storage_options),
+    }
+    recorded["source"] = {
+        **recorded["source"],
+        "storage_options": _unredacted(recorded["source"], location),
+    }
     config = RunConfig.model_validate(recorded)
     result = prepare(config, progress=progress, verify=True)
     after = verify_store(store, workers=workers)
@@ -1413,18 +1508,23 @@ def repair(
 
 
 def _measure_leftovers(
-    config: RunConfig, group: Any, table: Any, rows: np.ndarray, *, root: str | Path
+    config: RunConfig, group: Any, table: Any, rows: np.ndarray, *, root: str | Path | Location
 ) -> list[dict[str, Any]]:
     """Measure live, unmeasured files of the file table; record their moments or rejections."""
     from pipeline.sources import Manifest, SourceFile, fingerprint_of
     from pipeline.stats import measure
+    from pipeline.storage import Location
 
     files = tuple(
         SourceFile(table.paths[j], int(table.size[j]), int(table.mtime_ns[j]), int(table.label[j]))
         for j in rows
     )
     todo = Manifest(
-        root=Path(root), files=files, classes=(), rejected=(), fingerprint=fingerprint_of(files)
+        root=root if isinstance(root, Location) else Path(root),
+        files=files,
+        classes=(),
+        rejected=(),
+        fingerprint=fingerprint_of(files),
     )
     stats, moments = measure(
         todo, method="exact", workers=config.runtime.workers, address=config.runtime.dask_address
@@ -1440,7 +1540,7 @@ def finish(
     run_stats: RunStats,
     write: WriteResult,
     *,
-    root: str | Path,
+    root: str | Path | Location,
     timings: dict[str, float],
     verified: bool = False,
 ) -> RunResult:
@@ -1464,11 +1564,12 @@ def finish(
         read_files,
         read_layout,
         read_records,
+        store_ref,
         write_live,
     )
     from pipeline.update import moments_of, new_state
 
-    group = open_group(config.output.path, mode="r+")
+    group = open_group(config.output.location, mode="r+")
     layout = read_layout(group)
     count = int(read_attrs(group)["files"])
     table = read_files(group, count)
@@ -1486,13 +1587,13 @@ def finish(
             start = layout.shard_rows(record.index).start
             sl = slice(start, start + record.rows)
             live[sl] = table.live[sources[sl]]
-    write_live(config.output.path, live)
+    write_live(group, live)
     live_files = np.flatnonzero(table.live)
     failures = sorted([*run_stats.failures, *(Failure(r["path"], r["error"]) for r in rejected)])
     current = moments_of(table.take(live_files)).stats(failures=failures).to_json()
     n_live = int(live.sum())
     finalize(
-        config.output.path,
+        group,
         {
             "failures": [*run_stats.failure_records, *rejected],
             "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -1503,7 +1604,7 @@ def finish(
         },
     )
     return RunResult(
-        store=Path(config.output.path),
+        store=store_ref(config.output.location),
         stats=run_stats.stats,
         failures=failures,
         samples=n_live,

@@ -56,6 +56,16 @@ name to the root: the two differ exactly for the names that needed escaping.
 Percent-escapes were chosen over ``\xff``-style ones because backslashes are
 common in names copied from Windows, while a ``%`` followed by two upper-case
 hex digits from ``8`` up is rare, so fewer real names change.
+
+**Object stores.** A source given as an object-store URL (a
+:class:`~pipeline.storage.Location`: ``s3://bucket/prefix``, ``memory://...``)
+is listed with :func:`pipeline.storage.list_files` (one paged LIST per 1000
+objects) and follows the same rules for order, hidden names, extensions and
+labels; it has no symbolic links, and an object whose key has an empty, ``.``
+or ``..`` component (``a//b.png``) is rejected. Its size and mtime are the
+object's size and ``LastModified`` (whole seconds on S3). The manifest's
+``root`` is then the location, and its files are read with
+:func:`open_source` (one GET per file), never through a local path.
 """
 
 from __future__ import annotations
@@ -67,20 +77,27 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
-from pipeline.errors import Failure, InvalidArgumentError
+from pipeline.errors import DecodeError, Failure, InvalidArgumentError
+from pipeline.storage import Location, is_url, list_files, open_file, resolve_location
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "Manifest",
     "SourceFile",
+    "SourceRoot",
     "escape_path",
     "fingerprint_of",
+    "open_source",
+    "read_source",
     "scan",
     "source_path",
     "unescape_path",
 ]
+
+SourceRoot = str | os.PathLike[str] | Location
+"""A source folder: a local path, or the :class:`~pipeline.storage.Location` of an object store."""
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
@@ -111,7 +128,8 @@ class Manifest:
     """The scanned source: accepted files in order, classes, rejections, fingerprint.
 
     Attributes:
-        root: the source folder, absolute.
+        root: the source folder, absolute (a ``Path``), or the
+            :class:`~pipeline.storage.Location` of a source in object storage.
         files: accepted image candidates sorted by ``path``.
         classes: sorted class folder names; label ``i`` is ``classes[i]``.
         rejected: entries that were not followed (escaping or broken symlinks,
@@ -119,15 +137,27 @@ class Manifest:
         fingerprint: hex SHA-256 over the files' paths, sizes and mtimes.
     """
 
-    root: Path
+    root: Path | Location
     files: tuple[SourceFile, ...]
     classes: tuple[str, ...]
     rejected: tuple[Failure, ...]
     fingerprint: str
 
     def abspath(self, f: SourceFile) -> Path:
-        """Return the absolute path of a file of this manifest (its name unescaped)."""
+        """Return the absolute path of a file of this manifest (its name unescaped).
+
+        Raises:
+            InvalidArgumentError: the source is in object storage (use :meth:`open`).
+        """
+        if isinstance(self.root, Location):
+            raise InvalidArgumentError(
+                f"{self.root}: a source in object storage has no local paths; use open_source"
+            )
         return Path(source_path(self.root, f.path))
+
+    def open(self, f: SourceFile | str) -> BinaryIO:
+        """Open a file of this manifest for reading (:func:`open_source`)."""
+        return open_source(self.root, f if isinstance(f, str) else f.path)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -212,6 +242,66 @@ def source_path(root: str | os.PathLike[str], rel: str) -> str:
     return os.fsdecode(os.path.join(os.fsencode(root), unescape_path(rel)))
 
 
+def open_source(root: SourceRoot, rel: str) -> BinaryIO:
+    r"""Open the manifest name ``rel`` under ``root`` for reading, as a binary file object.
+
+    A local file is opened with ``open`` (:func:`source_path`); an object is
+    read whole with one GET (:func:`pipeline.storage.open_file`) into a
+    seekable file object whose ``name`` is its URL. Close it after use.
+
+    Raises:
+        OSError: the file cannot be opened or read (``FileNotFoundError`` when
+            it is gone).
+        InvalidArgumentError: ``rel`` is not a manifest name.
+
+    Example:
+        >>> from pipeline.storage import resolve_location
+        >>> loc = resolve_location("memory://doc-src/imgs", key="source.path")
+        >>> loc.fs.pipe_file("/doc-src/imgs/cat/a b%.png", b"png")
+        >>> with open_source(loc, "cat/a b%.png") as fp:
+        ...     fp.read(), fp.name
+        (b'png', 'memory://doc-src/imgs/cat/a b%.png')
+    """
+    if isinstance(root, Location) and not root.is_local:
+        key = unescape_path(rel).decode("utf-8", "surrogateescape")
+        return open_file(root, key)
+    base = root.path if isinstance(root, Location) else root
+    return open(source_path(base, rel), "rb")  # the caller closes it
+
+
+def read_source(root: SourceRoot, rel: str) -> tuple[BinaryIO, bytes]:
+    """Read a source file once: its bytes as a file object for the decoder, and their SHA-256.
+
+    A local file is read by :func:`pipeline.decode.read_with_digest`; an object
+    with one GET (:func:`open_source`).
+
+    Raises:
+        DecodeError: the file's rejection: missing, refused, empty, or (a local
+            file) unreadable.
+        OSError: on an object store, any other error (the network, the
+            server): not the file's fault, so the task fails and a rerun reads
+            it again.
+    """
+    import hashlib
+
+    if not isinstance(root, Location) or root.is_local:
+        from pipeline.decode import read_with_digest
+
+        base = root.path if isinstance(root, Location) else root
+        fp, digest = read_with_digest(source_path(base, rel))
+        return fp, digest  # type: ignore[return-value]
+    name = root.joinpath(unescape_path(rel).decode("utf-8", "surrogateescape")).url
+    try:
+        fp = open_source(root, rel)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise DecodeError(name, _os_reason(exc)) from None
+    data = fp.read()
+    fp.seek(0)
+    if not data:
+        raise DecodeError(name, "empty file")
+    return fp, hashlib.sha256(data).digest()
+
+
 def fingerprint_of(files: tuple[SourceFile, ...] | list[SourceFile]) -> str:
     """Return the hex SHA-256 of the files' relative paths, sizes and mtimes.
 
@@ -251,22 +341,26 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") -> Manifest:
+def scan(root: SourceRoot, *, labels: Literal["folders", "none"] = "folders") -> Manifest:
     """Scan a folder recursively for images and return its manifest.
 
     See the module docstring for the rules (order, hidden entries, extensions,
-    labels, symlinks, fingerprint).
+    labels, symlinks, fingerprint, object stores).
 
     Args:
-        root: the source folder.
+        root: the source folder: a local path, an object-store URL string
+            (opened with the environment's credentials) or a
+            :class:`~pipeline.storage.Location` (with its storage options).
         labels: ``"folders"`` (first-level subfolders are classes) or ``"none"``.
 
     Returns:
         The manifest.
 
     Raises:
-        InvalidArgumentError: ``root`` is not an existing folder, or ``labels``
-            is not one of the two values.
+        InvalidArgumentError: ``root`` is not an existing folder (no object
+            under the prefix), or ``labels`` is not one of the two values.
+        ConfigError: ``root`` is a URL that :func:`~pipeline.storage.resolve_location`
+            refuses (unknown scheme, package not installed, lost slash).
 
     Example:
         >>> import tempfile
@@ -282,6 +376,11 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
     """
     if labels not in ("folders", "none"):
         raise InvalidArgumentError(f"labels must be 'folders' or 'none', got {labels!r}")
+    if isinstance(root, Location) or is_url(root):
+        location = resolve_location(root, key="root")
+        if not location.is_local:
+            return _scan_objects(location, labels)
+        root = location.path  # a file:// URL or a local Location
     root_path = Path(root)
     if not root_path.is_dir():
         raise InvalidArgumentError(f"root must be an existing folder, got {str(root)!r}")
@@ -342,8 +441,17 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
                     rejected.append(Failure(rel, "not a regular file"))
 
     walk(str(root_abs), (), frozenset({root_real}))
-    found.sort(key=lambda t: t[0])
+    return _manifest(root_abs, found, rejected, labels)
 
+
+def _manifest(
+    root: Path | Location,
+    found: list[tuple[str, int, int]],
+    rejected: list[Failure],
+    labels: str,
+) -> Manifest:
+    """The manifest of the accepted ``(name, size, mtime_ns)`` and the rejections."""
+    found.sort(key=lambda t: t[0])
     classes: tuple[str, ...] = ()
     if labels == "folders":
         classes = tuple(sorted({p.split("/", 1)[0] for p, _, _ in found if "/" in p}))
@@ -353,12 +461,36 @@ def scan(root: str | Path, *, labels: Literal["folders", "none"] = "folders") ->
         for p, size, mtime in found
     )
     return Manifest(
-        root=root_abs,
+        root=root,
         files=files,
         classes=classes,
         rejected=tuple(sorted(rejected)),
         fingerprint=fingerprint_of(files),
     )
+
+
+def _scan_objects(location: Location, labels: str) -> Manifest:
+    """Scan a source in object storage (module docstring, "Object stores")."""
+    try:
+        entries = list_files(location)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InvalidArgumentError(
+            f"root must be an existing folder (objects under a prefix), got {location.url!r}"
+        ) from None
+    found: list[tuple[str, int, int]] = []
+    rejected: list[Failure] = []
+    for entry in entries:
+        parts = entry.path.split("/")
+        if any(_is_hidden(p) for p in parts if p):
+            continue
+        if not _is_image_name(parts[-1]):
+            continue
+        name = escape_path(entry.path.encode("utf-8", "surrogateescape"))
+        if any(p in ("", ".", "..") for p in parts):
+            rejected.append(Failure(name, "object key has an empty, '.' or '..' part"))
+            continue
+        found.append((name, entry.size, entry.mtime_ns))
+    return _manifest(location, found, rejected, labels)
 
 
 def _os_reason(e: OSError) -> str:

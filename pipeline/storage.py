@@ -66,12 +66,15 @@ if TYPE_CHECKING:
     from zarr.abc.store import Store
 
 __all__ = [
+    "REDACTED",
     "SUPPORTED_SCHEMES",
     "FileEntry",
     "Location",
     "ObjectStoreLock",
+    "is_url",
     "list_files",
     "open_file",
+    "redact_options",
     "resolve_location",
     "zarr_store",
 ]
@@ -133,7 +136,7 @@ class Location:
     url: str
     protocol: str
     path: str
-    storage_options: dict[str, Any] = field(default_factory=dict, hash=False)
+    storage_options: dict[str, Any] = field(default_factory=dict, hash=False, repr=False)
 
     @property
     def is_local(self) -> bool:
@@ -285,6 +288,103 @@ def resolve_location(
         raise ConfigError(f"{key}: {text!r} names no bucket or folder")
     options = dict(storage_options or {})
     return Location(f"{canonical}://{path.lstrip('/')}", canonical, path, options)
+
+
+def is_url(value: object) -> bool:
+    """True when ``value`` is a string that :func:`resolve_location` reads as a URL.
+
+    That is ``scheme://...``, a chained ``a::b`` URL, or a supported scheme
+    that lost a slash (``s3:/bucket``): anything that must not be taken for a
+    relative local path (the command line's ``--set output.path=...`` resolves
+    relative paths against the working directory, but leaves these alone).
+
+    Example:
+        >>> is_url("s3://b/ds.zarr"), is_url("s3:/b/ds.zarr"), is_url("ftp://h/x")
+        (True, True, True)
+        >>> is_url("data/images"), is_url("/abs/path"), is_url("C:/x")
+        (False, False, False)
+    """
+    if not isinstance(value, str):
+        return False
+    if "::" in value or _URL.match(value) is not None:
+        return True
+    one = _ONE_SLASH.match(value)
+    return one is not None and one.group(1).lower() in SUPPORTED_SCHEMES
+
+
+REDACTED = "<redacted>"
+"""What :func:`redact_options` writes in place of a value that may be a secret."""
+
+_PUBLIC_OPTIONS = frozenset(
+    {
+        # s3fs / botocore
+        "endpoint_url",
+        "region_name",
+        "anon",
+        "requester_pays",
+        "use_ssl",
+        "max_concurrency",
+        "version_aware",
+        "default_block_size",
+        "default_fill_cache",
+        "default_cache_type",
+        "cache_regions",
+        "addressing_style",
+        "signature_version",
+        "connect_timeout",
+        "read_timeout",
+        "retries",
+        "max_attempts",
+        "mode",
+        "client_kwargs",
+        "config_kwargs",
+        "s3",
+        "profile",
+        # gcsfs
+        "project",
+        "access",
+        "consistency",
+        "requests_timeout",
+        # adlfs
+        "account_name",
+        "blocksize",
+        # fsspec
+        "skip_instance_cache",
+        "use_listings_cache",
+        "listings_expiry_time",
+        "asynchronous",
+    }
+)
+
+
+def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return storage options with every value that may be a secret replaced by ``<redacted>``.
+
+    What a store records of its config (and what messages show) must never
+    hold credentials. An allow-list decides: the values of keys known to be
+    harmless (``endpoint_url``, ``region_name``, ``anon``, ``profile``,
+    timeouts, ...) are kept, nested mappings (``client_kwargs``,
+    ``config_kwargs``) are walked, and every other value (``key``, ``secret``,
+    ``token``, ``password``, ``sas_token``, ``connection_string``, and any key
+    not on the list) is replaced. The keys themselves are kept, so the record
+    still says which options were set.
+
+    Example:
+        >>> redact_options({"endpoint_url": "http://minio:9000", "key": "AKIA", "secret": "s",
+        ...                 "client_kwargs": {"region_name": "eu", "aws_session_token": "t"}})
+        ... # doctest: +NORMALIZE_WHITESPACE
+        {'endpoint_url': 'http://minio:9000', 'key': '<redacted>', 'secret': '<redacted>',
+         'client_kwargs': {'region_name': 'eu', 'aws_session_token': '<redacted>'}}
+    """
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if isinstance(value, Mapping):
+            out[name] = redact_options(value)
+        elif str(name) in _PUBLIC_OPTIONS:
+            out[name] = value
+        else:
+            out[name] = REDACTED
+    return out
 
 
 def _scheme_list() -> str:
@@ -670,7 +770,7 @@ class ObjectStoreLock:
     lease has expired the next :meth:`acquire` takes the lock over: a killed
     run blocks the store for at most ``lease_s``. :meth:`release` marks the
     object released (it stays, like the local lock file). The interface is
-    that of :class:`pipeline.shards.StoreLock` (``acquire``, ``release``,
+    that of :class:`pipeline.store.StoreLock` (``acquire``, ``release``,
     ``holder``, ``held``, context manager); a second lock object, in this
     process or another, is refused with
     :class:`~pipeline.errors.StoreLockedError` naming the holder and the store.
@@ -700,9 +800,9 @@ class ObjectStoreLock:
       may find the lock taken over only at its next heartbeat; shard tasks it
       already handed to Dask workers are not stopped by the lock. Check
       :attr:`lost` (or call :meth:`check`) before committing work, e.g. before
-      :func:`~pipeline.shards.finalize`.
+      :func:`~pipeline.store.finalize`.
 
-    The lock object for a local folder is :class:`pipeline.shards.StoreLock`
+    The lock object for a local folder is :class:`pipeline.store.StoreLock`
     (``flock``), which the kernel drops when its holder dies.
 
     Args:

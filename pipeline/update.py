@@ -38,8 +38,7 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -50,6 +49,7 @@ if TYPE_CHECKING:
     from pipeline.sources import Manifest, SourceFile
     from pipeline.stats import FileMoments
     from pipeline.store import FileTable
+    from pipeline.store.group import PathLike
 
 __all__ = [
     "SourceDiff",
@@ -109,24 +109,24 @@ def new_state() -> str:
     return uuid.uuid4().hex
 
 
-def file_digest(path: str | os.PathLike[str]) -> bytes:
-    """The SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+def file_digest(path: str | os.PathLike[str] | BinaryIO) -> bytes:
+    """The SHA-256 of a file's bytes (read in 1 MiB blocks); a path, or an open binary file."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb") if isinstance(path, str | os.PathLike) else path as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.digest()
 
 
-def _existing(path: Path) -> dict[str, Any] | None:
+def _existing(path: PathLike) -> dict[str, Any] | None:
     """The ``imageprep`` attribute of the store at ``path``, ``{}`` for a half-made one, or None."""
-    from pipeline.store import ATTRIBUTE
+    from pipeline.store import ATTRIBUTE, read_metadata, store_location
 
-    meta_file = path / "zarr.json"
-    if not meta_file.is_file():
-        return None
     try:
-        attributes = json.loads(meta_file.read_text(encoding="utf-8")).get("attributes") or {}
+        raw = read_metadata(store_location(path))
+        if raw is None:
+            return None
+        attributes = json.loads(raw.decode("utf-8")).get("attributes") or {}
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path}: unreadable zarr.json ({exc})") from exc
     meta = attributes.get(ATTRIBUTE)
@@ -137,14 +137,14 @@ def _existing(path: Path) -> dict[str, Any] | None:
     raise StoreError(f"{path}: is a Zarr store but not an imageprep store; refusing to use it")
 
 
-def store_token(path: str | os.PathLike[str]) -> str | None:
+def store_token(path: PathLike) -> str | None:
     """The ``state`` token of the imageprep store at ``path`` (None: no store, or half-made)."""
-    meta = _existing(Path(path))
+    meta = _existing(path)
     token = meta.get("state") if meta else None
     return str(token) if token is not None else None
 
 
-def _mismatch(config: RunConfig, path: Path, meta: dict[str, Any]) -> list[str]:
+def _mismatch(config: RunConfig, path: PathLike, meta: dict[str, Any]) -> list[str]:
     """Why the store at ``path`` was not made by this run (empty: it was)."""
     from pipeline.config import config_differences
     from pipeline.store import FORMAT_VERSION
@@ -187,7 +187,7 @@ def diff_source(config: RunConfig, manifest: Manifest, *, compare: bool = True) 
             names the keys that differ) or format, and ``output.overwrite`` is false.
         StoreError: the output holds something that is not an imageprep store.
     """
-    path = Path(config.output.path)
+    path = config.output.location
     meta = _existing(path) if compare else None
     fresh = SourceDiff(base=None, new=tuple(manifest.files))
     if not meta:  # no store, or a creation that was interrupted (redone from scratch)
@@ -238,7 +238,7 @@ def diff_source(config: RunConfig, manifest: Manifest, *, compare: bool = True) 
     touched: list[tuple[int, int]] = []
     if suspects:
         with ThreadPoolExecutor(max_workers=min(8, len(suspects))) as pool:
-            digests = list(pool.map(lambda s: _digest_or_none(manifest.abspath(s[0])), suspects))
+            digests = list(pool.map(lambda s: _digest_or_none(manifest, s[0]), suspects))
         for (f, j), digest in zip(suspects, digests, strict=True):
             if digest is not None and digest == bytes(table.sha256[j]):
                 touched.append((j, f.mtime_ns))
@@ -261,9 +261,9 @@ def diff_source(config: RunConfig, manifest: Manifest, *, compare: bool = True) 
     )
 
 
-def _digest_or_none(path: Path) -> bytes | None:
+def _digest_or_none(manifest: Manifest, f: SourceFile) -> bytes | None:
     try:
-        return file_digest(path)
+        return file_digest(manifest.open(f))
     except OSError:
         return None
 

@@ -22,7 +22,16 @@ Rules worth knowing:
   working directory, as any shell user expects. A dict validated with
   :meth:`RunConfig.model_validate` resolves against ``context={"base_dir": ...}``
   when given, else the working directory. After validation every path is
-  absolute.
+  absolute, with symbolic links resolved (one folder, one store lock).
+- ``source.path`` and ``output.path`` may be fsspec URLs (``s3://``, ``gs://``,
+  ``az://``/``abfs://``, ``file://``, ``memory://``; see
+  :mod:`pipeline.storage`): they stay canonical URL strings, and
+  ``source.storage_options`` / ``output.storage_options`` give the filesystem
+  its options (``endpoint_url``, credentials; default: the environment's).
+  A scheme that is unknown, unsupported or not installed, or a URL that lost
+  a slash (``s3:/bucket``), is an error naming the key. The options are not
+  part of the config's identity, and what a store records of them has every
+  possible secret redacted (:meth:`RunConfig.recorded_dict`).
 - A "value or range" parameter is either a number (used as is) or a
   ``[lo, hi]`` pair (a value drawn uniformly per sample); ``lo == hi`` is
   allowed.
@@ -36,7 +45,7 @@ Example:
     ...     {"source": {"path": "/data/images"}, "output": {"path": "/out/ds.zarr"}}
     ... )
     >>> cfg.transform.size, cfg.output.dtype, cfg.output.compression.level
-    ((224, 224), 'float16', 3)
+    ((224, 224), 'float16', 5)
     >>> cfg.transform.augment  # clean by default: no augmentation baked into the store
     ()
     >>> len(cfg.identity())

@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, Vali
 __all__ = [
     "Bool",
     "Int",
+    "LocationValue",
     "Model",
     "Pair",
     "PathValue",
@@ -24,6 +25,8 @@ __all__ = [
     "Probability",
     "Size",
     "ValueOrRange",
+    "check_storage_options",
+    "resolve_location_value",
     "resolve_path",
     "show",
 ]
@@ -84,6 +87,14 @@ def _path(value: Any) -> Any:
     raise ValueError(f"expected a non-empty path, got {show(value)}")
 
 
+def _location_text(value: Any) -> Any:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and value.strip():
+        return value  # kept a string: pathlib would turn "s3://b" into "s3:/b"
+    raise ValueError(f"expected a non-empty path or URL, got {show(value)}")
+
+
 Int = Annotated[int, Strict()]
 PositiveInt = Annotated[int, Strict(), Field(ge=1)]
 Bool = Annotated[bool, Strict()]
@@ -92,6 +103,8 @@ Pair = Annotated[tuple[float, float], BeforeValidator(_pair)]
 ValueOrRange = Annotated[float | tuple[float, float], BeforeValidator(_value_or_range)]
 Size = Annotated[tuple[int, int], BeforeValidator(_size)]
 PathValue = Annotated[Path, BeforeValidator(_path)]
+LocationValue = Annotated[Path | str, BeforeValidator(_location_text)]
+"""A local folder (a ``Path`` once resolved) or an object-store URL (its canonical string)."""
 
 
 def _bounds(value: float | tuple[float, float]) -> tuple[float, float]:
@@ -104,6 +117,43 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
     if not path.is_absolute():
         path = Path(base if base is not None else os.getcwd()) / path
     return Path(os.path.normpath(path))
+
+
+def resolve_location_value(value: Path | str, info: ValidationInfo, *, key: str) -> Path | str:
+    """Resolve a :data:`LocationValue`: an absolute real ``Path``, or a canonical URL string.
+
+    A plain path (or ``file://`` URL) resolves against the context's
+    ``base_dir`` (else the working directory), with ``~`` expanded and
+    symbolic links resolved; a URL is checked (known scheme, package
+    installed, no lost slash) by :func:`pipeline.storage.resolve_location`.
+    """
+    from pipeline.errors import ConfigError
+    from pipeline.storage import resolve_location
+
+    base = (info.context or {}).get("base_dir") if isinstance(info.context, dict) else None
+    try:
+        location = resolve_location(value, key=key, base_dir=base)
+    except ConfigError as exc:  # the message gets the key from the problem's location
+        raise ValueError(str(exc).removeprefix(f"{key}: ")) from None
+    return Path(location.path) if location.is_local else location.url
+
+
+def check_storage_options(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """Storage options: string keys, JSON values, and a URL ``path`` to apply to."""
+    bad = next((k for k in value if not isinstance(k, str)), None)
+    if bad is not None:
+        raise ValueError(f"keys must be strings, got {show(bad)}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"values must be JSON-safe (strings, numbers, mappings): {exc}") from None
+    path = info.data.get("path")
+    if value and isinstance(path, Path):  # a local folder (a URL stays a string)
+        raise ValueError(
+            f"only apply to a URL path (s3://, gs://, az://, memory://), but path is the local "
+            f"folder {str(path)!r}; remove them or give path as a URL"
+        )
+    return value
 
 
 class Model(BaseModel):

@@ -22,6 +22,7 @@ from pipeline.config.reference import default_config_dict
 from pipeline.config.schema import PATH_KEYS, RunConfig
 from pipeline.config.yamlsafe import load_yaml
 from pipeline.errors import ConfigError
+from pipeline.storage import is_url
 
 __all__ = ["apply_overrides", "parse_override"]
 
@@ -104,6 +105,8 @@ def apply_overrides(
 
     Path values given on the command line that are relative resolve against
     ``cwd`` (default: the working directory), not the config file's folder.
+    URLs (``s3://bucket/ds.zarr``, and ``s3:/bucket`` that lost a slash, which
+    validation then refuses) are left as they are.
 
     Raises:
         ConfigError: an override is malformed or names an unknown key path.
@@ -113,7 +116,12 @@ def apply_overrides(
     for text in overrides:
         parts, value = parse_override(text)
         _check_key_path(parts, text)
-        if tuple(parts) in PATH_KEYS and isinstance(value, str) and value.strip():
+        if (
+            tuple(parts) in PATH_KEYS
+            and isinstance(value, str)
+            and value.strip()
+            and not is_url(value)
+        ):
             path = Path(value).expanduser()
             if not path.is_absolute():
                 value = str(Path(cwd if cwd is not None else os.getcwd()) / path)

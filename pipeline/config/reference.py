@@ -42,7 +42,7 @@ def default_config_dict() -> dict[str, Any]:
         (256, None, 'exact')
     """
     return {
-        "source": {"path": None, "labels": "folders"},
+        "source": {"path": None, "labels": "folders", "storage_options": {}},
         "stats": StatsConfig().model_dump(mode="json"),
         "transform": TransformConfig().model_dump(mode="json"),
         "output": {

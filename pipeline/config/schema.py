@@ -9,17 +9,20 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from pipeline.config._values import (
     Bool,
     Int,
+    LocationValue,
     Model,
     PathValue,
     PositiveInt,
     Size,
+    check_storage_options,
+    resolve_location_value,
     resolve_path,
     show,
 )
@@ -30,10 +33,14 @@ from pipeline.errors import ConfigError, InvalidArgumentError
 from pipeline.store.codecs import Compression
 from pipeline.store.create import differences
 
+if TYPE_CHECKING:
+    from pipeline.storage import Location
+
 __all__ = [
     "IDENTITY_VERSION",
     "NOT_IN_IDENTITY",
     "PATH_KEYS",
+    "STORAGE_OPTION_KEYS",
     "CompressionConfig",
     "OutputConfig",
     "RunConfig",
@@ -67,27 +74,60 @@ NOT_IN_IDENTITY: tuple[tuple[str, str], ...] = (
     ("runtime", "workers"),  # results are bit-identical whatever the worker count
     ("runtime", "dask_address"),  # ... and whatever the cluster
     ("stats", "update"),  # what a rerun over a changed source does, not what a run writes
+    ("source", "storage_options"),  # how to reach the source (endpoint, credentials)
+    ("output", "storage_options"),  # how to reach the store
 )
 
-#: The keys that hold paths (relative ones resolve against the config file's folder).
+#: The keys that hold fsspec storage options (redacted in what a store records).
+STORAGE_OPTION_KEYS: tuple[tuple[str, str], ...] = (
+    ("source", "storage_options"),
+    ("output", "storage_options"),
+)
+
+#: The keys that hold paths (relative ones resolve against the config file's folder);
+#: ``source.path`` and ``output.path`` may also be URLs.
 PATH_KEYS: tuple[tuple[str, str], ...] = (("source", "path"), ("stats", "file"), ("output", "path"))
 
 # --------------------------------------------------------------------------- sections
 
 
-class SourceConfig(Model):
-    """Where the images come from and how they are labelled."""
+_STORAGE_OPTIONS_HELP = (
+    "fsspec options when path is a URL (s3://, gs://, az://, memory://): endpoint_url, key, "
+    "secret, anon, ...; {}: the environment's credentials. Credentials are not recorded."
+)
 
-    path: PathValue = Field(description="Folder of images, scanned recursively. Required.")
+
+class SourceConfig(Model):
+    """Where the images come from and how they are labelled.
+
+    ``path`` is a local folder (a ``Path``: absolute, symbolic links resolved)
+    or an object-store URL (a ``str``, canonical: ``s3://bucket/prefix``);
+    :attr:`location` is what the pipeline opens.
+    """
+
+    path: LocationValue = Field(description="Folder of images, scanned recursively. Required.")
     labels: Literal["folders", "none"] = Field(
         default="folders",
         description="folders: the first-level subfolder is the class; none: every label is -1.",
     )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=_STORAGE_OPTIONS_HELP)
 
     @field_validator("path")
     @classmethod
-    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
-        return resolve_path(value, info)
+    def _resolve(cls, value: Path | str, info: ValidationInfo) -> Path | str:
+        return resolve_location_value(value, info, key="source.path")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return check_storage_options(value, info)
+
+    @property
+    def location(self) -> Location:
+        """The source as :mod:`pipeline.storage` opens it (path and storage options)."""
+        from pipeline.storage import resolve_location
+
+        return resolve_location(self.path, key="source.path", storage_options=self.storage_options)
 
 
 class StatsConfig(Model):
@@ -209,9 +249,10 @@ class CompressionConfig(Model):
 
 
 class OutputConfig(Model):
-    """The Zarr store written by the run."""
+    """The Zarr store written by the run (``path`` as in :class:`SourceConfig`)."""
 
-    path: PathValue = Field(description="The Zarr v3 store (a folder). Required.")
+    path: LocationValue = Field(description="The Zarr v3 store (a folder). Required.")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=_STORAGE_OPTIONS_HELP)
     dtype: Literal["float16", "float32", "uint8"] = Field(
         default="float16",
         description="float16 | float32 | uint8 (uint8 stores un-normalized pixels).",
@@ -229,8 +270,20 @@ class OutputConfig(Model):
 
     @field_validator("path")
     @classmethod
-    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
-        return resolve_path(value, info)
+    def _resolve(cls, value: Path | str, info: ValidationInfo) -> Path | str:
+        return resolve_location_value(value, info, key="output.path")
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return check_storage_options(value, info)
+
+    @property
+    def location(self) -> Location:
+        """The store as :mod:`pipeline.storage` opens it (path and storage options)."""
+        from pipeline.storage import resolve_location
+
+        return resolve_location(self.path, key="output.path", storage_options=self.storage_options)
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+")
@@ -311,10 +364,37 @@ class RunConfig(Model):
     def resolved_dict(self) -> dict[str, Any]:
         """Return every key with its value, JSON-safe (paths as absolute strings).
 
-        This is what the store records as the run's config;
-        ``RunConfig.model_validate(cfg.resolved_dict()) == cfg``.
+        ``RunConfig.model_validate(cfg.resolved_dict()) == cfg``. It holds the
+        storage options as given, credentials included: what a store records
+        is :meth:`recorded_dict`.
         """
         return self.model_dump(mode="json")
+
+    def recorded_dict(self) -> dict[str, Any]:
+        """:meth:`resolved_dict` with secrets of the storage options redacted: what a store records.
+
+        Every value of ``source.storage_options`` and ``output.storage_options``
+        that may be a credential is replaced by ``"<redacted>"``
+        (:func:`pipeline.storage.redact_options`); the keys stay. The storage
+        options are not part of the identity, so a recorded config and the
+        config it came from have the same identity.
+
+        Example:
+            >>> cfg = RunConfig.model_validate({
+            ...     "source": {"path": "s3://bucket/images",
+            ...                "storage_options": {"key": "AKIA", "secret": "x", "anon": False}},
+            ...     "output": {"path": "/out/ds.zarr"}})
+            >>> cfg.recorded_dict()["source"]["storage_options"]
+            {'key': '<redacted>', 'secret': '<redacted>', 'anon': False}
+            >>> cfg.resolved_dict()["source"]["storage_options"]["secret"]
+            'x'
+        """
+        from pipeline.storage import redact_options
+
+        data = self.resolved_dict()
+        for section, key in STORAGE_OPTION_KEYS:
+            data[section][key] = redact_options(data[section][key])
+        return data
 
     def identity(self) -> str:
         """Return a hex SHA-256 of everything in the config that determines the stored bytes.
@@ -323,7 +403,8 @@ class RunConfig(Model):
         source, so a store can be resumed only by a run of the same identity
         (and the same source fingerprint, compared separately). Left out:
         ``source.path`` and ``output.path`` (locations: the source's content
-        enters through its fingerprint, and a store may be moved),
+        enters through its fingerprint, and a store may be moved), their
+        ``storage_options`` (how to reach them),
         ``output.overwrite`` (a policy), ``runtime.workers`` and
         ``runtime.dask_address`` (results are bit-identical whatever the
         parallelism). ``stats.file`` enters as the SHA-256 of the file's

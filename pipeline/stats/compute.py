@@ -6,20 +6,25 @@ task returns a small :class:`~pipeline.stats.exact.Partial` (histograms and
 exact sums, a few kB), and the partials are merged as they arrive in the same
 fixed tree whatever the worker count (:class:`pipeline.execution.TreeMerge`),
 so memory is bounded by the chunks in flight, not the dataset.
+
+A source in object storage (the manifest's ``root`` is a
+:class:`~pipeline.storage.Location`) is read the same way: the location
+travels to the tasks (it pickles without its filesystem), and each file is
+read with one GET (:func:`pipeline.sources.open_source`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram, read_with_digest
+from pipeline.decode import DEFAULT_MAX_PIXELS, ImageHistogram, decode_histogram
 from pipeline.errors import DecodeError, Failure, ImageprepError, InvalidArgumentError
-from pipeline.sources import Manifest, scan, source_path
+from pipeline.sources import Manifest, SourceRoot, read_source, scan, source_path
 from pipeline.stats.exact import Partial, finish, hist_moments, merge
 from pipeline.stats.files import FileMoments
 from pipeline.stats.model import Stats
+from pipeline.storage import Location
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "METHODS", "Method", "compute_stats", "measure"]
 
@@ -30,7 +35,7 @@ DEFAULT_CHUNK_SIZE = 64
 
 
 def _chunk(
-    root: str,
+    root: SourceRoot,
     paths: tuple[str, ...],
     method: str,
     max_pixels: int | None,
@@ -41,13 +46,16 @@ def _chunk(
     kept: list[str] = []
     histograms: list[ImageHistogram] = []
     digests: list[bytes] = []
+    local = None if isinstance(root, Location) else root  # else read through open_source
     for rel in paths:
         try:
-            path = source_path(root, rel)
-            source: Any = path
-            if per_file:  # read once: the digest and the decode see the same bytes
-                source, digest = read_with_digest(path)
-                digests.append(digest)
+            source: Any
+            if per_file or local is None:  # read once: the digest and the decode see the same bytes
+                source, digest = read_source(root, rel)
+                if per_file:
+                    digests.append(digest)
+            else:
+                source = source_path(local, rel)
             if loader is None:
                 h = decode_histogram(source, max_pixels=max_pixels)
             else:
@@ -74,7 +82,7 @@ def _check_positive_int(name: str, value: object) -> None:
 
 
 def compute_stats(
-    source: str | Path | Manifest,
+    source: SourceRoot | Manifest,
     *,
     method: Method = "exact",
     workers: int | None = None,
@@ -89,8 +97,8 @@ def compute_stats(
     See :mod:`pipeline.stats.exact` for what each method computes.
 
     Args:
-        source: a folder (scanned with :func:`pipeline.sources.scan`) or a
-            manifest.
+        source: a folder or object-store URL (scanned with
+            :func:`pipeline.sources.scan`), or a manifest.
         method: ``exact`` (default), ``chan`` or ``two-pass``.
         workers: threads; ``None`` for every core.
         chunk_size: files per task.
@@ -114,6 +122,7 @@ def compute_stats(
 
     Example:
         >>> import tempfile
+        >>> from pathlib import Path
         >>> from PIL import Image
         >>> d = Path(tempfile.mkdtemp())
         >>> Image.new("RGB", (4, 2), (0, 255, 51)).save(d / "a.png")
@@ -139,7 +148,7 @@ def compute_stats(
 
 
 def measure(
-    source: str | Path | Manifest,
+    source: SourceRoot | Manifest,
     *,
     method: Method = "exact",
     workers: int | None = None,
@@ -184,7 +193,7 @@ def measure(
 
     from pipeline.execution import TaskError, TreeMerge, run_tasks
 
-    root = str(manifest.root)
+    root: SourceRoot = manifest.root if isinstance(manifest.root, Location) else str(manifest.root)
     paths = [f.path for f in manifest.files]
     chunks = [tuple(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
     tasks = [

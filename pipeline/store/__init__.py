@@ -2,7 +2,9 @@
 
 The storage layer takes plain values (shapes, a :class:`Compression`, JSON
 attributes), never the run config: :mod:`pipeline.run` turns a config into
-those values.
+those values. A store is a local folder, a URL (``s3://bucket/ds.zarr``) or a
+:class:`~pipeline.storage.Location` (a URL with storage options): every
+function here takes any of them (:func:`store_location`).
 
 - :mod:`~pipeline.store.layout`: :class:`StoreLayout` (shape, dtype, shard size).
 - :mod:`~pipeline.store.codecs`: :class:`Compression` and the codec table.
@@ -10,7 +12,8 @@ those values.
 - :mod:`~pipeline.store.create`: :func:`create_store`, :func:`open_or_create`.
 - :mod:`~pipeline.store.writer`: :func:`write_shard`, records, :func:`finalize`.
 - :mod:`~pipeline.store.verify`: :func:`verify`.
-- :mod:`~pipeline.store.lock`: :class:`StoreLock`.
+- :mod:`~pipeline.store.lock`: :func:`lock_for` (:class:`StoreLock` locally,
+  :class:`~pipeline.storage.ObjectStoreLock` in object storage).
 - :mod:`~pipeline.store.files`: the file table (:class:`FileTable`).
 - :mod:`~pipeline.store.compaction`: :func:`compact` (drop retired rows).
 
@@ -43,6 +46,7 @@ from pipeline.store.create import (
     foreign_entries,
     grow_store,
     open_or_create,
+    read_metadata,
     remove_partials,
     reset_rows,
     restore_layout,
@@ -57,9 +61,11 @@ from pipeline.store.group import (
     read_array,
     read_attrs,
     read_layout,
+    store_location,
+    store_ref,
 )
 from pipeline.store.layout import DTYPES, StoreLayout
-from pipeline.store.lock import StoreLock
+from pipeline.store.lock import AnyLock, StoreLock, lock_for
 from pipeline.store.verify import ShardProblem, VerifyReport, verify
 from pipeline.store.writer import (
     ShardRecord,
@@ -74,6 +80,7 @@ from pipeline.store.writer import (
 
 __all__ = [
     "ATTRIBUTE",
+    "AnyLock",
     "CODECS",
     "CODEC_LEVELS",
     "DTYPES",
@@ -100,18 +107,22 @@ __all__ = [
     "format_ranges",
     "get_array",
     "grow_store",
+    "lock_for",
     "open_group",
     "open_or_create",
     "read_array",
     "read_attrs",
     "read_files",
     "read_layout",
+    "read_metadata",
     "read_records",
     "remove_partials",
     "reset_rows",
     "restore_layout",
     "set_file_rows",
     "shard_digest",
+    "store_location",
+    "store_ref",
     "unmark_shards",
     "verify",
     "write_live",

@@ -12,6 +12,14 @@ the statistics, the classes and each row's ``source_index``/``copy_index``
 Killed at any point, a second ``compact`` resumes: the copy's shards already
 written are kept (the copy records which state of the store it copies), and
 an interrupted swap is completed (:func:`finish_swap`).
+
+Only local stores are compacted. The swap is two renames of folders, atomic
+on one filesystem; an object store has no rename of a prefix (S3 copies and
+deletes object by object), so a reader or a run could find half of the old
+store and half of the new one. :func:`compact` refuses a store in object
+storage with a :class:`~pipeline.errors.UnsupportedStoreError` that says so; the
+retired rows stay in it (readers skip them), and a new run of the same config
+to a new ``output.path`` writes a store without them.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import StoreError
+from pipeline.errors import StoreError, UnsupportedStoreError
 from pipeline.store.create import SampleRows, create_store, remove_partials
 from pipeline.store.files import read_files
 from pipeline.store.group import (
@@ -36,6 +44,7 @@ from pipeline.store.group import (
     read_array,
     read_attrs,
     read_layout,
+    store_location,
 )
 from pipeline.store.layout import StoreLayout
 from pipeline.store.lock import StoreLock
@@ -93,8 +102,13 @@ def finish_swap(path: PathLike) -> bool:
     store, then deletes ``<store>.old``. Found with the store missing, the copy
     is moved in place (it was complete: the swap starts only after it
     verified); found with the store in place, a leftover ``.old`` is deleted.
+    A store in object storage is never compacted, so there is nothing to
+    complete there (False).
     """
-    path = Path(path)
+    location = store_location(path)
+    if not location.is_local:
+        return False
+    path = Path(location.path)
     new, old = _siblings(path)
     if not path.exists() and new.is_dir() and old.is_dir():
         _rename(new, path)
@@ -144,15 +158,25 @@ def compact(
         Rows and bytes before and after, and the shards written.
 
     Raises:
-        StoreError: not an imageprep store, never completely written, or the
-            copy does not verify (the original is then untouched).
+        StoreError: not an imageprep store, never completely written, the
+            copy does not verify (the original is then untouched), or the
+            store is in object storage (no atomic swap there; see the module).
         StoreLockedError: a run holds the store.
     """
     import dask
 
     from pipeline.execution import TaskError, run_tasks
 
-    path = Path(path)
+    location = store_location(path)
+    if not location.is_local:
+        open_group(location)  # not a store at all: say that first
+        raise UnsupportedStoreError(
+            f"{path}: compact works on a local folder only: an object store has no atomic "
+            "rename, so the swap of the compacted copy could leave a half-replaced store. "
+            "Retired rows are skipped by readers; to drop them, rerun the config with a new "
+            "output.path (or compact a local copy of the store)"
+        )
+    path = Path(location.path)
     new, old = _siblings(path)
     with StoreLock(path):
         finish_swap(path)

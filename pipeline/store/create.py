@@ -1,7 +1,7 @@
 """Creating a store, growing it, resuming it, and deleting only what imageprep made.
 
-Layout (a Zarr v3 group on the local filesystem; ``N`` sample rows, ``S`` rows
-per shard, ``M`` source files)::
+Layout (a Zarr v3 group in a local folder or under an object-store prefix;
+``N`` sample rows, ``S`` rows per shard, ``M`` source files)::
 
     images          (N, C, H, W)  float16 | float32 | uint8, chunk (1, C, H, W), shard (S, C, H, W)
     labels          (N,)          int64, chunk (S,)   -1 where the source has no classes
@@ -52,6 +52,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import InvalidArgumentError, StoreError, StoreMismatchError
+from pipeline.storage import Location, zarr_store
 from pipeline.store.files import FileTable, append_files, create_file_arrays
 from pipeline.store.group import (
     ATTRIBUTE,
@@ -62,6 +63,8 @@ from pipeline.store.group import (
     now,
     open_zarr_group,
     read_attrs,
+    store_location,
+    store_ref,
 )
 from pipeline.store.layout import StoreLayout
 from pipeline.store.writer import done_shards
@@ -76,6 +79,7 @@ __all__ = [
     "foreign_entries",
     "grow_store",
     "open_or_create",
+    "read_metadata",
     "remove_partials",
     "reset_rows",
     "restore_layout",
@@ -234,13 +238,14 @@ class StoreState:
     """What :func:`open_or_create` found or made.
 
     Attributes:
-        path: the store.
+        path: the store (a ``Path`` for a local folder, else its
+            :class:`~pipeline.storage.Location`).
         layout: its layout.
         resumed: True when an existing store of the same identity was reused.
         done: indices of the shards already written.
     """
 
-    path: Path
+    path: Path | Location
     layout: StoreLayout
     resumed: bool
     done: frozenset[int]
@@ -267,7 +272,7 @@ def create_store(
     recognisable (and :func:`open_or_create` simply redoes it).
 
     Args:
-        path: the store folder (must not exist, or be empty, unless ``overwrite``).
+        path: the store folder or URL (must not exist, or be empty, unless ``overwrite``).
         layout: shape, dtype, sharding, compression.
         attrs: the ``imageprep`` attribute (see :func:`pipeline.run.store_attrs`),
             JSON-safe; ``format_version``, ``layout``, ``files`` and ``created``
@@ -284,7 +289,7 @@ def create_store(
         InvalidArgumentError: ``attrs`` is not JSON-safe or uses reserved keys,
             ``paths`` is not a sequence of strings, ``rows`` does not fit the layout.
     """
-    path = Path(path)
+    location = store_location(path)
     _check_attrs(attrs)
     if files is None:
         if paths is None or isinstance(paths, str):
@@ -297,12 +302,13 @@ def create_store(
         raise InvalidArgumentError(
             f"rows must plan the layout's {layout.n_samples} rows, got {len(rows)}"
         )
-    if _occupied(path):
+    if _occupied(location):
         if not overwrite:
             raise StoreError(f"{path}: a store already exists (pass overwrite=True to replace it)")
-        _delete_store(path)
+        _delete_store(location)
+    target: Any = location.path if location.is_local else zarr_store(location, read_only=False)
     group = zarr.create_group(
-        str(path), zarr_format=3, overwrite=True, attributes={CREATING: {"pid": os.getpid()}}
+        target, zarr_format=3, overwrite=True, attributes={CREATING: {"pid": os.getpid()}}
     )
     n, rows_per_shard = layout.n_samples, layout.shard_size
     compressors = layout.compression.compressors()
@@ -369,12 +375,23 @@ def _check_attrs(attrs: Mapping[str, Any]) -> None:
         raise InvalidArgumentError(f"attrs must be JSON-safe, got {exc}") from exc
 
 
-def _occupied(path: Path) -> bool:
-    if not path.exists():
+def _occupied(location: Location) -> bool:
+    """True when the folder (or object prefix) holds anything."""
+    if location.is_local:
+        path = Path(location.path)
+        if not path.exists():
+            return False
+        if not path.is_dir():
+            raise StoreError(f"{location}: exists and is not a folder")
+        return any(path.iterdir())
+    fs = location.fs
+    fs.invalidate_cache(location.path)
+    if fs.isfile(location.path):
+        raise StoreError(f"{location}: exists and is an object, not a folder")
+    try:
+        return bool(fs.ls(location.path, detail=False))  # one LIST with a delimiter
+    except FileNotFoundError:
         return False
-    if not path.is_dir():
-        raise StoreError(f"{path}: exists and is not a folder")
-    return any(path.iterdir())
 
 
 STORE_ENTRIES = frozenset(
@@ -384,41 +401,94 @@ STORE_ENTRIES = frozenset(
 """The top-level entries of a store folder; ``overwrite`` deletes these and nothing else."""
 
 
-def foreign_entries(path: Path) -> list[str]:
-    """Top-level entries of the folder ``path`` that a store does not have (folders end in /)."""
+def _entries(location: Location) -> list[tuple[str, bool]]:
+    """``(name, is a folder)`` of the top-level entries of a folder or object prefix."""
+    if location.is_local:
+        return [(e.name, e.is_dir()) for e in Path(location.path).iterdir()]
+    fs = location.fs
+    fs.invalidate_cache(location.path)
+    try:
+        found = fs.ls(location.path, detail=True)
+    except FileNotFoundError:
+        return []
+    return [
+        (str(info["name"]).rstrip("/").rsplit("/", 1)[-1], info.get("type") == "directory")
+        for info in found
+    ]
+
+
+def foreign_entries(path: PathLike) -> list[str]:
+    """Top-level entries of the store folder (or prefix) ``path`` that a store does not have.
+
+    Folders (common prefixes) end in ``/``.
+    """
     return sorted(
-        e.name + ("/" if e.is_dir() else "") for e in path.iterdir() if e.name not in STORE_ENTRIES
+        name + ("/" if folder else "")
+        for name, folder in _entries(store_location(path))
+        if name not in STORE_ENTRIES
     )
 
 
-def _delete_store(path: Path) -> None:
+def read_metadata(location: Location) -> bytes | None:
+    """The bytes of the store's root ``zarr.json``; None when there is none.
+
+    Raises:
+        OSError: it exists but cannot be read.
+    """
+    meta = location.joinpath("zarr.json")
+    if location.is_local:
+        try:
+            return Path(meta.path).read_bytes() if Path(meta.path).is_file() else None
+        except IsADirectoryError:
+            return None
+    try:
+        return bytes(location.fs.cat_file(meta.path))
+    except FileNotFoundError:
+        return None
+
+
+def _delete_store(location: Location) -> None:
     """Delete a store's own entries, refusing anything that is not one or holds foreign files.
 
-    ``overwrite`` must never eat a home folder, nor the notes a user put beside
-    the arrays: only :data:`STORE_ENTRIES` are removed, and only when nothing else is there.
+    ``overwrite`` must never eat a home folder (or a bucket), nor the notes a
+    user put beside the arrays: only :data:`STORE_ENTRIES` are removed, and
+    only when nothing else is there; on an object store, every object under
+    those prefixes.
     """
     from pipeline.errors import OutputPathError
 
-    if not (path / "zarr.json").is_file():
-        raise OutputPathError(f"{path}: is not a Zarr store; refusing to delete it")
     try:
-        meta = json.loads((path / "zarr.json").read_text())
+        raw = read_metadata(location)
+        meta = json.loads(raw) if raw is not None else None
     except (OSError, ValueError) as exc:
-        raise StoreError(f"{path}: unreadable zarr.json; refusing to delete it ({exc})") from exc
+        raise StoreError(
+            f"{location}: unreadable zarr.json; refusing to delete it ({exc})"
+        ) from exc
+    if meta is None:
+        raise OutputPathError(f"{location}: is not a Zarr store; refusing to delete it")
     attributes = meta.get("attributes") or {}
     if ATTRIBUTE not in attributes and CREATING not in attributes:
         raise OutputPathError(
-            f"{path}: is a Zarr store but not an imageprep store; refusing to delete it"
+            f"{location}: is a Zarr store but not an imageprep store; refusing to delete it"
         )
-    foreign = foreign_entries(path)
+    foreign = foreign_entries(location)
     if foreign:
         shown = ", ".join(foreign[:5]) + (
             f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
         )
         raise OutputPathError(
-            f"{path}: holds files imageprep did not make ({shown}); overwrite deletes only a "
+            f"{location}: holds files imageprep did not make ({shown}); overwrite deletes only a "
             "store's own files: move them out of the store folder, or choose another output.path"
         )
+    if not location.is_local:
+        fs = location.fs
+        names = sorted(name for name, _ in _entries(location))
+        # the root zarr.json last: a store interrupted here still says what it is
+        for name in [n for n in names if n != "zarr.json"] + ["zarr.json"]:
+            fs.rm(location.joinpath(name).path, recursive=True)
+        fs.invalidate_cache(location.path)
+        return
+    path = Path(location.path)
     for entry in sorted(path.iterdir()):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -431,9 +501,13 @@ def remove_partials(path: PathLike) -> int:
 
     Zarr writes each chunk to ``<name>.<uuid>.partial`` and renames it into
     place, so a kill between the two leaves the temporary file. Call only while
-    holding the store's lock (no writer is running).
+    holding the store's lock (no writer is running). An object store has none
+    (a PUT replaces an object whole or not at all): 0.
     """
-    root = Path(path)
+    location = store_location(path)
+    if not location.is_local:
+        return 0
+    root = Path(location.path)
     if not root.is_dir():
         return 0
     removed = 0
@@ -484,7 +558,7 @@ def open_or_create(
     while holding :class:`StoreLock`.
 
     Args:
-        path: the store folder.
+        path: the store folder or URL.
         layout: the layout this run writes.
         attrs: the ``imageprep`` attribute; must contain ``config_identity``
             and ``source_fingerprint``.
@@ -502,26 +576,27 @@ def open_or_create(
             source or layout, and not ``overwrite``.
         StoreError: ``path`` holds something that is not an imageprep store.
     """
-    path = Path(path)
+    location = store_location(path)
+    ref = store_ref(location)
     for key in ("config_identity", "source_fingerprint"):
         if not isinstance(attrs.get(key), str):
             raise InvalidArgumentError(
                 f"attrs must contain '{key}' (a string), got {attrs.get(key)!r}"
             )
-    if not _occupied(path):
-        create_store(path, layout, attrs=attrs, paths=paths)
-        return StoreState(path, layout, resumed=False, done=frozenset())
-    if not (path / "zarr.json").is_file():
+    if not _occupied(location):
+        create_store(location, layout, attrs=attrs, paths=paths)
+        return StoreState(ref, layout, resumed=False, done=frozenset())
+    if read_metadata(location) is None:
         raise StoreError(
             f"{path}: is not a Zarr store but a folder with other files; refusing to use or "
             "delete it (choose another output.path)"
         )
-    group = open_zarr_group(path, mode="r")
+    group = open_zarr_group(location, mode="r")
     existing = group.attrs.get(ATTRIBUTE)
     if not isinstance(existing, dict):
         if CREATING in group.attrs:  # an interrupted create_store: nothing of value in it
-            create_store(path, layout, attrs=attrs, paths=paths, overwrite=True)
-            return StoreState(path, layout, resumed=False, done=frozenset())
+            create_store(location, layout, attrs=attrs, paths=paths, overwrite=True)
+            return StoreState(ref, layout, resumed=False, done=frozenset())
         raise StoreError(f"{path}: is a Zarr store but not an imageprep store; refusing to use it")
     problems = []
     if existing.get("format_version") != FORMAT_VERSION:
@@ -548,6 +623,6 @@ def open_or_create(
                 "Set output.overwrite: true (--set output.overwrite=true) to replace it, "
                 "or choose another output.path"
             )
-        create_store(path, layout, attrs=attrs, paths=paths, overwrite=True)
-        return StoreState(path, layout, resumed=False, done=frozenset())
-    return StoreState(path, layout, resumed=True, done=frozenset(done_shards(group)))
+        create_store(location, layout, attrs=attrs, paths=paths, overwrite=True)
+        return StoreState(ref, layout, resumed=False, done=frozenset())
+    return StoreState(ref, layout, resumed=True, done=frozenset(done_shards(group)))

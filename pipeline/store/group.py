@@ -4,6 +4,12 @@ The helpers here are the public way for the rest of the library (reader,
 report, run) to reach into a store: :func:`open_group`, :func:`read_attrs`,
 :func:`read_layout`, :func:`get_array`, :func:`read_array`, and
 :func:`format_ranges` for messages that list shard indices.
+
+A store is named by a local path, a URL string (``s3://bucket/ds.zarr``,
+``memory://...``; see :mod:`pipeline.storage`) or a
+:class:`~pipeline.storage.Location` (a URL with its storage options).
+:func:`store_location` turns any of them into a location; every function of
+:mod:`pipeline.store` accepts all three.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import InvalidArgumentError, NotAStoreError, StoreError
+from pipeline.storage import Location, resolve_location, zarr_store
 from pipeline.store.layout import StoreLayout
 
 __all__ = [
@@ -35,6 +42,8 @@ __all__ = [
     "read_array",
     "read_attrs",
     "read_layout",
+    "store_location",
+    "store_ref",
 ]
 
 #: Name of the group attribute that holds imageprep's metadata.
@@ -43,7 +52,37 @@ ATTRIBUTE = "imageprep"
 FORMAT_VERSION = 2
 #: Group attribute present only while :func:`pipeline.store.create_store` runs.
 CREATING = "imageprep_creating"
-PathLike = str | os.PathLike[str]
+PathLike = str | os.PathLike[str] | Location
+"""A store: a local path, a URL string, or a :class:`~pipeline.storage.Location`."""
+
+
+def store_location(path: PathLike) -> Location:
+    """The location of a store given as a path, a URL string or a location.
+
+    A plain path is a local folder (made absolute, symbolic links resolved); a
+    URL is parsed by :func:`pipeline.storage.resolve_location` without
+    storage options (the environment's credentials apply; pass a
+    :class:`~pipeline.storage.Location` to give options).
+
+    Raises:
+        ConfigError: a URL of an unknown or unsupported scheme, or one that
+            lost a slash (``s3:/bucket``).
+
+    Example:
+        >>> store_location("memory://doc/ds.zarr").url
+        'memory://doc/ds.zarr'
+    """
+    return resolve_location(path, key="store")
+
+
+def store_ref(location: Location) -> Path | Location:
+    """What the library hands back for a store: a ``Path`` for a local folder, else the location.
+
+    Example:
+        >>> store_ref(store_location("/tmp/x/../ds.zarr")).as_posix()
+        '/tmp/ds.zarr'
+    """
+    return Path(location.path) if location.is_local else location
 
 
 def now() -> str:
@@ -81,18 +120,33 @@ def open_group(path: PathLike, *, mode: str = "r") -> zarr.Group:
 def open_zarr_group(path: PathLike, *, mode: str) -> zarr.Group:
     """Open the Zarr v3 group at ``path`` without checking that imageprep made it.
 
+    A local folder opens as zarr's ``LocalStore``, an object-store URL as
+    ``FsspecStore`` (:func:`pipeline.storage.zarr_store`).
+
     Raises:
-        StoreError: no folder, or not a Zarr v3 group.
+        NotAStoreError: no folder, or no ``zarr.json`` in it (under the prefix).
+        StoreError: ``zarr.json`` is unreadable or not a Zarr v3 group.
+        ConfigError: a URL that :func:`store_location` refuses.
     """
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' or 'r+', got {mode!r}")
-    if not Path(path).is_dir():
-        raise NotAStoreError(f"{path}: no such store (not a folder)")
-    if not (Path(path) / "zarr.json").is_file():
-        raise NotAStoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
+    location = store_location(path)
+    if location.is_local:
+        if not Path(location.path).is_dir():
+            raise NotAStoreError(f"{path}: no such store (not a folder)")
+        if not (Path(location.path) / "zarr.json").is_file():
+            raise NotAStoreError(f"{path}: not a Zarr v3 store (no zarr.json)")
+        store: Any = location.path
+    else:
+        store = zarr_store(location, read_only=mode == "r")
     try:
-        return zarr.open_group(str(path), mode=mode, zarr_format=3, use_consolidated=False)  # type: ignore[arg-type]
-    except (FileNotFoundError, zarr.errors.BaseZarrError, ValueError) as exc:
+        return zarr.open_group(store, mode=mode, zarr_format=3, use_consolidated=False)  # type: ignore[arg-type]
+    except FileNotFoundError as exc:  # an object store: no zarr.json object under the prefix
+        if not location.is_local:
+            raise NotAStoreError(f"{path}: no such store (no zarr.json under it)") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(f"{path}: zarr.json is unreadable or corrupt ({reason})") from None
+    except (zarr.errors.BaseZarrError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StoreError(f"{path}: zarr.json is unreadable or corrupt ({reason})") from None
 

@@ -1,4 +1,12 @@
-"""The lock that keeps a second run off an output store."""
+"""The lock that keeps a second run off an output store: ``flock``, or a lease in object storage.
+
+:func:`lock_for` is the one place that chooses: :class:`StoreLock` for a
+local folder, :class:`pipeline.storage.ObjectStoreLock` (an object
+``<store>.lock`` with a holder and a lease, renewed by a heartbeat; conditional
+writes on S3) for a store in object storage. Both have the same interface:
+``acquire``, ``release``, ``holder``, ``held``, ``lost``, ``check`` and the
+context manager.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StoreError, StoreLockedError
-from pipeline.store.group import PathLike, now
+from pipeline.storage import ObjectStoreLock
+from pipeline.store.group import PathLike, now, store_location
 
-__all__ = ["StoreLock"]
+__all__ = ["AnyLock", "StoreLock", "lock_for"]
 
 
 class StoreLock:
@@ -40,14 +49,31 @@ class StoreLock:
     """
 
     def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._fd: int | None = None
+        location = store_location(path)
+        if not location.is_local:
+            raise StoreError(
+                f"{path}: StoreLock (flock) locks a local folder; a store in object storage "
+                "needs ObjectStoreLock (pipeline.store.lock_for chooses)"
+            )
+        self.path = Path(location.path)  # symbolic links resolved: one folder, one lock
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
 
     @property
     def held(self) -> bool:
         """True while this object holds the lock."""
         return self._fd is not None
+
+    @property
+    def lost(self) -> bool:
+        """Always False: the kernel keeps an ``flock`` for as long as its holder lives."""
+        return False
+
+    def check(self) -> None:
+        """Nothing to check: an ``flock`` cannot be lost while it is held."""
+
+    def renew(self) -> None:
+        """Nothing to renew: an ``flock`` has no lease (see :meth:`ObjectStoreLock.renew`)."""
 
     def acquire(self) -> StoreLock:
         """Take the lock or fail at once.
@@ -114,3 +140,31 @@ class StoreLock:
                 os.close(self._fd)
             except OSError:  # pragma: no cover
                 pass
+
+
+AnyLock = StoreLock | ObjectStoreLock
+"""The lock of a store, as :func:`lock_for` returns it."""
+
+
+def lock_for(path: PathLike, **lease: Any) -> AnyLock:
+    """The lock of the store at ``path``: ``flock`` for a local folder, a lease in object storage.
+
+    A local path (symbolic links resolved, so every path to one folder gets one
+    lock) gets :class:`StoreLock`; an object-store URL or location gets
+    :class:`pipeline.storage.ObjectStoreLock` with ``lease`` (``lease_s``,
+    ``heartbeat_s``, ``settle_s``; ``memory://``, which lives in this process,
+    reads back without waiting). The lock is not taken yet.
+
+    Example:
+        >>> import tempfile
+        >>> type(lock_for(tempfile.mkdtemp() + "/ds.zarr")).__name__
+        'StoreLock'
+        >>> type(lock_for("memory://doc/ds.zarr")).__name__
+        'ObjectStoreLock'
+    """
+    location = store_location(path)
+    if location.is_local:
+        return StoreLock(location.path)
+    if location.protocol == "memory":  # one process's dict: nothing to wait for when reading back
+        lease = {"settle_s": 0.0, **lease}
+    return ObjectStoreLock(location, **lease)

@@ -24,7 +24,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 # The contract's defaults, typed out from docs/architecture.md ("Contract: the run
 # config"), independently of the models. Paths are filled in by the tests.
 CONTRACT_DEFAULTS = {
-    "source": {"labels": "folders"},
+    "source": {"labels": "folders", "storage_options": {}},
     "stats": {"method": "exact", "at": "source", "file": None, "update": "freeze"},
     "transform": {
         "size": [224, 224],
@@ -34,6 +34,7 @@ CONTRACT_DEFAULTS = {
         "augment": [],  # default: none
     },
     "output": {
+        "storage_options": {},
         "dtype": "float16",
         "shard_size": 256,
         "compression": {"codec": "blosc", "level": 5, "shuffle": "bit"},  # chosen by measurement
@@ -308,7 +309,7 @@ BAD_CASES = [
         'got "localhost:8786"',
     ),
     ("source.labels=subfolders", "source.labels: expected 'folders' or 'none', got \"subfolders\""),
-    ("source.path=", "source.path: expected a non-empty path, got null"),
+    ("source.path=", "source.path: expected a non-empty path or URL, got null"),
 ]
 
 
