@@ -113,7 +113,7 @@ def _bounds(value: float | tuple[float, float]) -> tuple[float, float]:
 
 def resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base_dir") if isinstance(info.context, dict) else None
-    path = value.expanduser()
+    path = Path(os.path.expanduser(value))  # an unknown ~user stays as written
     if not path.is_absolute():
         path = Path(base if base is not None else os.getcwd()) / path
     return Path(os.path.normpath(path))

@@ -122,7 +122,8 @@ def apply_overrides(
             and value.strip()
             and not is_url(value)
         ):
-            path = Path(value).expanduser()
+            # os.path.expanduser leaves an unknown ~user as written (Path's raises)
+            path = Path(os.path.expanduser(value))
             if not path.is_absolute():
                 value = str(Path(cwd if cwd is not None else os.getcwd()) / path)
         node: Any = out

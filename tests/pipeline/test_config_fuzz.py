@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
@@ -96,6 +96,7 @@ def test_load_config_gives_a_config_or_an_error_naming_a_key_or_the_yaml(text):
 
 @FUZZ
 @given(overrides=st.lists(override_strings(), min_size=1, max_size=3))
+@example(overrides=["source.path=~0"])  # an unknown ~user: Path.expanduser raised RuntimeError
 def test_overrides_give_a_config_or_an_error_naming_a_key(overrides):
     folder = Path(tempfile.mkdtemp(prefix="imageprep-fuzz-"))
     path = folder / "run.yaml"

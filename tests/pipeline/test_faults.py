@@ -119,6 +119,10 @@ def store_content(path: Path) -> dict[str, Any]:
     for key in ("stats", "current_stats"):
         if key in meta:
             meta[key] = {k: v for k, v in meta[key].items() if k != "fingerprint"}
+    if "manifest" in meta:
+        # The recorded config names this store's own paths, so its digest differs
+        # between two stores exactly as the (volatile) config does.
+        meta["manifest"] = {k: v for k, v in meta["manifest"].items() if k != "config"}
     return meta
 
 
