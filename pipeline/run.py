@@ -159,6 +159,8 @@ class ShardJob:
     live: tuple[bool, ...] = ()
     measure: tuple[bool, ...] = ()
     draft: bool = True
+    seen: tuple[tuple[int, int, bytes] | None, ...] = ()
+    """Per row, its file as measured: ``(size, mtime_ns, sha256)``; ``None``: unchecked."""
 
     @property
     def rows(self) -> int:
@@ -1016,6 +1018,9 @@ def shard_jobs(store: str | Path | Location, shards: Sequence[int]) -> list[Shar
     paths = [str(p) for p in read_array(get_array(group, "paths"), slice(0, count))]
     files_live = read_array(get_array(group, "files/live"), slice(0, count))
     measured = read_array(get_array(group, "files/measured"), slice(0, count))
+    sizes = read_array(get_array(group, "files/size"), slice(0, count))
+    mtimes = read_array(get_array(group, "files/mtime_ns"), slice(0, count))
+    digests = read_array(get_array(group, "files/sha256"), slice(0, count))
     drafts = read_attrs(group).get("draft") or [True] * len(layout.segments)
     labels = read_array(get_array(group, "labels"))
     sources = read_array(get_array(group, "source_index"))
@@ -1035,6 +1040,10 @@ def shard_jobs(store: str | Path | Location, shards: Sequence[int]) -> list[Shar
                 live=tuple(bool(files_live[k]) for k in sources[sl]),
                 measure=tuple(not bool(measured[k]) for k in sources[sl]),
                 draft=bool(drafts[_segment_of(layout, rows.start)]),
+                seen=tuple(
+                    (int(sizes[k]), int(mtimes[k]), digests[k].tobytes()) if measured[k] else None
+                    for k in sources[sl]
+                ),
             )
         )
     return jobs
@@ -1081,9 +1090,69 @@ class ShardOutcome:
     rejected: tuple[tuple[int, Failure], ...] = ()
 
 
+class SourceChangedError(Exception):
+    """A file is not what the run measured: it changed after the run planned its rows."""
+
+    def __init__(self, rel: str, what: str) -> None:
+        super().__init__(f"{rel}: {what}")
+        self.rel, self.what = rel, what
+
+
+#: A file as the run measured it: ``(size, mtime_ns, sha256)`` (:attr:`ShardJob.seen`).
+Seen = tuple[int, int, bytes]
+
+
+def _load_checked(
+    root: str | Location, rel: str, seen: Seen | None
+) -> tuple[str | Any, bytes | None]:
+    """What to decode for ``rel``: its local path, or its bytes read once (and their digest).
+
+    ``seen`` is the file as the run measured it (``None``: the file is measured
+    in this task, so whatever is read now is what the statistics get). A
+    local file of the same size and mtime is taken as unchanged (one
+    ``stat``); a different mtime reads and hashes it (a ``touch`` changes
+    nothing); an object is always read whole and hashed (one GET).
+
+    Raises:
+        SourceChangedError: the size or the content is not what was measured.
+        DecodeError: the file cannot be read (gone, refused, empty).
+    """
+    from pipeline.sources import read_source, source_path
+    from pipeline.storage import Location
+
+    local = not isinstance(root, Location) or root.is_local
+    if local and seen is not None:
+        path = source_path(root.path if isinstance(root, Location) else root, rel)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return path, None  # gone: the decoder's rejection names it
+        if st.st_size != seen[0]:
+            raise SourceChangedError(rel, f"its size is {st.st_size} bytes, it was {seen[0]}")
+        if st.st_mtime_ns == seen[1]:
+            return path, None
+    elif local:
+        return source_path(root.path if isinstance(root, Location) else root, rel), None
+    data, digest = read_source(root, rel)
+    if seen is not None and digest != seen[2]:
+        size = data.seek(0, os.SEEK_END)
+        data.seek(0)
+        what = (
+            f"its size is {size} bytes, it was {seen[0]}"
+            if size != seen[0]
+            else "same size, but its content is not the one measured"
+        )
+        raise SourceChangedError(rel, what)
+    return data, digest
+
+
 def _load_measured(
-    plan: TransformPlan, root: str | Location, rel: str, generator: Any
+    plan: TransformPlan,
+    root: str | Location,
+    rel: str,
+    generator: Any,
 ) -> tuple[Any, int, Any, bytes]:
+    """:func:`_load`, measured: the file read once, hashed, decoded at full resolution."""
     from pipeline.sources import read_source
 
     source, digest = read_source(root, rel)
@@ -1092,22 +1161,33 @@ def _load_measured(
 
 
 def _load(
-    plan: TransformPlan, root: str | Location, rel: str, generator: Any, draft: bool
+    plan: TransformPlan,
+    root: str | Location,
+    rel: str,
+    generator: Any,
+    draft: bool,
+    seen: Seen | None = None,
 ) -> tuple[Any, int]:
     """:meth:`TransformPlan.load` of the manifest name ``rel`` under ``root`` (a folder or a URL).
 
     A local file is decoded from its path; an object is read whole (one GET,
     :func:`pipeline.sources.read_source`) and decoded from memory: a missing
     or refused object is a :class:`~pipeline.errors.DecodeError`, like a local
-    file that went away; other errors (the network) fail the task.
+    file that went away; other errors (the network) fail the task. A file
+    that is not what the run measured (``seen``, :func:`_load_checked`)
+    raises :class:`SourceChangedError` instead of writing samples of an image
+    the statistics did not measure.
     """
-    from pipeline.sources import read_source, source_path
-    from pipeline.storage import Location
-
-    if not isinstance(root, Location):
-        return plan.load(source_path(root, rel), generator, draft=draft)
-    source, _ = read_source(root, rel)
+    source, _ = _load_checked(root, rel, seen)
     return plan.load(source, generator, draft=draft)
+
+
+def _changed_during_run(job: ShardJob, exc: SourceChangedError) -> ShardWriteError:
+    return ShardWriteError(
+        f"shard {job.index}: {exc.rel} changed during the run ({exc.what}), so the shard "
+        "is not written; the store is resumable, and a rerun updates it: the file's "
+        "rows planned from its old version become holes and its new version is appended"
+    )
 
 
 def write_one_shard(
@@ -1137,8 +1217,10 @@ def write_one_shard(
     returned; the coordinator records both in the file table.
 
     Raises:
-        ShardWriteError: a file measured earlier can no longer be decoded
-            (the source changed during the run).
+        ShardWriteError: the source changed during the run: a file measured
+            earlier has another size or content (:attr:`ShardJob.seen`), or
+            can no longer be decoded. Nothing of the shard is written; a rerun
+            updates the store.
     """
     import torch
 
@@ -1156,6 +1238,7 @@ def write_one_shard(
     pool = decode_pool(decode_threads)
     per_copy = plan.crop is not None
     measure = job.measure or (False,) * job.rows
+    seen = job.seen or (None,) * job.rows
     loads: dict[Any, Any] = {}
     measuring: dict[int, Any] = {}  # file row -> the future that measures it
     futures: list[Any] = []
@@ -1171,7 +1254,7 @@ def write_one_shard(
             if measure[row] and source not in measuring:
                 loads[key] = measuring[source] = pool.submit(_load_measured, plan, root, rel, gen)
             else:
-                loads[key] = pool.submit(_load, plan, root, rel, gen, job.draft)
+                loads[key] = pool.submit(_load, plan, root, rel, gen, job.draft, seen[row])
         futures.append(loads[key])
 
     # the measured files first: a rejected one makes holes of all its rows
@@ -1207,6 +1290,8 @@ def write_one_shard(
                 continue
             try:
                 p, b, *_ = future.result()
+            except SourceChangedError as exc:
+                raise _changed_during_run(job, exc) from None
             except DecodeError as exc:
                 raise ShardWriteError(
                     f"shard {job.index}: {job.paths[row]} can no longer be decoded "

@@ -280,6 +280,37 @@ def test_a_run_on_memory_equals_a_local_run_and_resumes_and_updates(source: Path
     assert verify(out).ok
 
 
+@pytest.mark.parametrize("same_size", [False, True])
+def test_an_object_changed_during_the_run_is_named_and_the_rerun_updates(
+    source: Path, monkeypatch, same_size
+):
+    import pipeline.run as run_module
+    from pipeline.errors import ShardWriteError
+
+    src = resolve_location(_memory("src"), key="source.path")
+    upload(source, src)
+    out = _memory("out") + "/ds.zarr"
+    key = f"{src.path}/cat/003.png"
+    old = src.fs.cat_file(key)
+    new = old[:-13] + bytes([old[-13] ^ 1]) + old[-12:] if same_size else old + b"\0" * 7
+    real_open_output = run_module.open_output
+
+    def open_then_change(*args, **kwargs):
+        state = real_open_output(*args, **kwargs)  # every object measured by now
+        src.fs.pipe_file(key, new)
+        return state
+
+    monkeypatch.setattr(run_module, "open_output", open_then_change)
+    what = "same size, but its content" if same_size else f"its size is {len(new)} bytes"
+    with pytest.raises(ShardWriteError, match=f"cat/003.png changed during the run \\({what}"):
+        prepare(_config(src.url, out))
+    monkeypatch.undo()
+    again = prepare(_config(src.url, out))
+    assert again.diff is not None
+    assert again.diff.changed == ("cat/003.png",)
+    assert verify(out).ok
+
+
 def test_iter_shards_reads_a_store_in_object_storage(source: Path, tmp_path: Path):
     out = _memory("iter") + "/ds.zarr"
     prepare(_config(source, out))

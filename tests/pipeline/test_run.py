@@ -291,7 +291,7 @@ def test_source_changed_during_the_run_fails_the_shard_and_stays_resumable(
         return state
 
     monkeypatch.setattr(run_module, "open_output", open_then_break)
-    with pytest.raises(ShardWriteError, match=rf"shard 1: {victim} can no longer be decoded"):
+    with pytest.raises(ShardWriteError, match=rf"shard 1: {victim} changed during the run"):
         prepare(cfg)
     done = done_shards(out)
     assert 1 not in done

@@ -237,6 +237,62 @@ def test_changed_and_removed_files_are_retired_and_the_new_content_served(
     assert verify(out).ok
 
 
+@pytest.mark.parametrize("change", ["other size", "same size", "touched", "removed"])
+def test_a_file_changed_during_the_run_is_named_and_the_rerun_updates(
+    source, tmp_path, monkeypatch, change
+):
+    """Between the statistics pass and the shard that decodes it, one file changes."""
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out)
+    victim = source / "cat" / "003.png"
+    size = victim.stat().st_size
+    real_open_output = run_module.open_output
+
+    def open_then_change(*args, **kwargs):
+        state = real_open_output(*args, **kwargs)  # every file measured by now
+        if change == "other size":
+            _image(victim, 1000)
+        elif change == "same size":
+            img = np.asarray(Image.open(victim)).copy()
+            img[3, 4] = 255 - img[3, 4]
+            Image.fromarray(img).save(victim)
+            assert victim.stat().st_size == size  # noise compresses to the same size
+        elif change == "touched":
+            os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+        else:
+            victim.unlink()
+        return state
+
+    monkeypatch.setattr(run_module, "open_output", open_then_change)
+    expected = {
+        "other size": rf"cat/003.png changed during the run \(its size is \d+ bytes, it was {size}",
+        "same size": r"cat/003.png changed during the run \(same size, but its content is not",
+        "removed": r"cat/003.png can no longer be decoded \(file not found\)",
+    }
+    if change == "touched":  # the same content: nothing to say, the run finishes
+        prepare(cfg)
+    else:
+        with pytest.raises(ShardWriteError, match=expected[change]) as info:
+            prepare(cfg)
+        assert "resumable, and a rerun updates it" in str(info.value)
+    monkeypatch.undo()
+
+    prepare(cfg)  # the rerun: what the message promised
+    samples = _by_path(out)
+    if change == "removed":
+        assert not any(name == "cat/003.png" for name, _ in samples)
+    else:
+        stats = read_attrs(out)["stats"]
+        ref = _reference(victim, stats["mean"], stats["std"])
+        tol = 1.0 / 255.0 / min(stats["std"]) + np.spacing(np.float16(np.abs(ref).max())) * 2
+        for k in range(2):
+            got = samples[("cat/003.png", k)].astype(np.float64)
+            np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+    assert len(samples) == (14 if change == "removed" else 15) * 2
+    _current_equals_stats(out, source)
+    assert verify(out).ok
+
+
 def test_refresh_renormalizes_every_live_row_with_the_current_statistics(source, tmp_path):
     out = tmp_path / "o.zarr"
     cfg = _config(source, out, stats={"update": "refresh"})
