@@ -44,7 +44,11 @@ def _check_resizable(x: object, name: str = "image") -> torch.Tensor:
 
 
 def resize(
-    image: torch.Tensor, size: int | tuple[int, int], *, antialias: bool = True
+    image: torch.Tensor,
+    size: int | tuple[int, int],
+    *,
+    antialias: bool = True,
+    contiguous: bool = True,
 ) -> torch.Tensor:
     """Resize images to ``size`` with (antialiased) bilinear interpolation, keeping the dtype.
 
@@ -69,6 +73,9 @@ def resize(
         image: ``(*, C, H, W)``, floating point or integer, ``H, W >= 1``.
         size: output ``(h, w)`` or one int for a square.
         antialias: widen the filter when shrinking.
+        contiguous: return a contiguous tensor (default); ``False`` keeps the
+            memory format the kernel produced (channels-last for ``uint8``),
+            which saves a copy when the caller stores it elsewhere anyway.
 
     Returns:
         ``(*, C, h, w)``, dtype and device of ``image``; ``image`` itself when
@@ -86,6 +93,8 @@ def resize(
     h, w = check_size(size)
     if not isinstance(antialias, bool):
         raise InvalidArgumentError(f"antialias must be a bool, got {antialias!r}")
+    if not isinstance(contiguous, bool):
+        raise InvalidArgumentError(f"contiguous must be a bool, got {contiguous!r}")
     if tuple(x.shape[-2:]) == (h, w):
         return x
     lead = x.shape[:-3]
@@ -113,7 +122,8 @@ def resize(
         )
         info = torch.iinfo(x.dtype)
         out = out.round_().clamp_(info.min, info.max).to(x.dtype)
-    return out.reshape(*lead, x.shape[-3], h, w).contiguous()
+    out = out.reshape(*lead, x.shape[-3], h, w)
+    return out.contiguous() if contiguous else out
 
 
 def resized_shape(height: int, width: int, size: tuple[int, int], mode: str) -> tuple[int, int]:

@@ -861,7 +861,8 @@ def _region_resized(
     # fragment the heap (measured: +1 MB per band on a 9000x9000 16-bit PNG).
     rows: torch.Tensor | None = None
     wide: torch.Tensor | None = None
-    for b0, b1 in _bands(y1 - y0, width, 3):
+    bands = list(_bands(y1 - y0, width, 3))
+    for b0, b1 in bands:
         block = _displayed_block(im, orientation, (x0, y0 + b0, x1, y0 + b1), bits)
         if bits == 16:  # gray, in float64 as the 16-bit resize is done
             if wide is None:
@@ -870,7 +871,10 @@ def _region_resized(
             x.copy_(torch.from_numpy(block)[None, None])
         else:  # (1, 3, h, w) in channels-last memory: torch's vectorized uint8 path
             x = torch.from_numpy(block).permute(2, 0, 1)[None]
-        band = resize(x, (b1 - b0, ow))  # the horizontal pass
+        band = resize(x, (b1 - b0, ow), contiguous=False)  # the horizontal pass
+        if len(bands) == 1 and bits == 8:  # one band: it is all the rows (no copy)
+            rows = band.contiguous(memory_format=torch.channels_last)
+            break
         if rows is None:
             rows = torch.empty((1, channels, y1 - y0, ow), dtype=band.dtype)
             if bits == 8:

@@ -465,3 +465,18 @@ def test_float_resize_matches_float64_reference():
     for shape in [(10, 10), (80, 60), (41, 7)]:
         ref = np.stack([_reference_resize(np.transpose(im.numpy(), (1, 2, 0)), shape) for im in x])
         np.testing.assert_allclose(resize(x, shape).numpy(), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.int32])
+def test_resize_contiguous_false_keeps_the_values_and_skips_only_the_layout_copy(dtype):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (2, 3, 37, 53), generator=g).to(dtype)
+    ref = resize(x, (20, 29))
+    got = resize(x, (20, 29), contiguous=False)
+    assert torch.equal(got, ref)
+    assert ref.is_contiguous()
+    if dtype == torch.uint8:  # torch's uint8 kernel writes channels-last
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert not got.is_contiguous()
+    with pytest.raises(InvalidArgumentError, match="contiguous"):
+        resize(x, (20, 29), contiguous=1)
