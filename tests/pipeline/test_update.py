@@ -135,11 +135,12 @@ def _by_path(store: Path) -> dict[tuple[str, int], np.ndarray]:
     g = zarr.open_group(store, mode="r")
     paths = g["paths"][:]
     live = g["live"][:]
+    images, sources, copies = g["images"][:], g["source_index"][:], g["copy_index"][:]
     out = {}
     for row in np.flatnonzero(live):
-        key = (str(paths[g["source_index"][row]]), int(g["copy_index"][row]))
+        key = (str(paths[sources[row]]), int(copies[row]))
         assert key not in out, key
-        out[key] = np.asarray(g["images"][row])
+        out[key] = images[row]
     return out
 
 
@@ -307,9 +308,10 @@ def test_refresh_renormalizes_every_live_row_with_the_current_statistics(source,
     # every live row equals what a new store of the changed source holds, bit for bit
     fresh = tmp_path / "fresh.zarr"
     prepare(_config(source, fresh))
-    assert _by_path(out).keys() == _by_path(fresh).keys()
-    for key, value in _by_path(fresh).items():
-        assert np.array_equal(_by_path(out)[key], value), key
+    got, expected = _by_path(out), _by_path(fresh)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert np.array_equal(got[key], value), key
     assert verify(out).ok
 
 
@@ -489,9 +491,10 @@ def test_compact_drops_retired_rows_and_keeps_every_live_sample(source, tmp_path
     assert result.rows_before == n_before
     assert result.rows_after == len(before)
     assert read_layout(out).n_samples == len(before)
-    assert _by_path(out).keys() == before.keys()
+    after = _by_path(out)
+    assert after.keys() == before.keys()
     for key, value in before.items():
-        assert np.array_equal(_by_path(out)[key], value)
+        assert np.array_equal(after[key], value)
     assert verify(out).ok
     assert compact(out).dropped == 0  # nothing left to drop
     # the store goes on updating after a compaction
