@@ -24,20 +24,19 @@ CPU on the same cores) on loopback, not S3's latency or bandwidth.
     python benchmarks/bench_s3.py                         # 400 images, 64x64 samples, 2 workers
     python benchmarks/bench_s3.py --images 100 --repeat 1 # quick
 
-Latest result (``python benchmarks/bench_s3.py``; zarr 3.1.6, s3fs, moto 5; 2 cores
-shared with other jobs, load ~5, so the seconds are noisy, three runs gave 4.4x to
-5.4x; the requests are exact):
+Latest result (``python benchmarks/bench_s3.py``; zarr 3.1.6, s3fs, moto 5; 2 cores,
+quiet machine, 2026-12-02; on a loaded machine three runs gave 4.4x to 5.4x; the
+requests are exact):
 
-    400 JPEGs (23.2 MiB) -> 64x64 float16, shards of 64, 2 workers
-              total s   scan  stats   open  write  verify   cpu s  moto cpu
-    local        2.54   0.01   0.84   0.13   1.28    0.24    2.46      0.00  157 images/s
-    s3          13.84   0.13   4.51   1.71   5.67    1.07    8.03      6.09   29 images/s
-    s3 / local: 5.44x the wall time of the whole run, 4.42x the write step
+    400 JPEGs -> 64x64 float16, shards of 64, 2 workers
+              total s   scan  compute   open  write  verify   cpu s  moto cpu
+    local        2.23   0.01   0.56    0.16   1.14    0.24    2.90      0.00  179 images/s
+    s3          10.73   0.15   3.12    1.58   4.00    0.81    7.61      5.96   37 images/s
+    s3 / local: 4.81x the wall time of the whole run, 3.53x the write step
 
     requests (s3 run; 7 shards, 400 images):
-      scan 1 (one LIST), statistics 401 (a LIST, then one GET per image),
-      open 171 (creating the store's 25 arrays and groups), write 581, verify 99
-      per shard, to the store:  25.9 (GET 15.9, POST 3, PUT 7); per image, to the source: 1 GET
+      scan 1, statistics 401 (one GET per image), open 178, write 592, verify 100
+      per shard, to the store:  27.4 (GET 17.4, POST 3, PUT 7); per image, to the source: 1 GET
 
 A shard costs a constant number of requests to the store, whatever its number of
 samples (tests/pipeline/test_object_store.py checks 4 against 16 samples): 20 in
