@@ -892,7 +892,8 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     diff = run_stats.diff
     copies = config.transform.copies
     moments = run_stats.moments
-    accepted = [f for f in diff.new if f.path in set(run_stats.accepted)]
+    kept = set(run_stats.accepted)
+    accepted = [f for f in diff.new if f.path in kept]
     if not diff.is_update:
         if store_token(path) is not None and not diff.replaces:
             if _made_from(path, accepted):  # this very step ran before (a retry): resume
@@ -931,7 +932,8 @@ def open_output(config: RunConfig, manifest: Manifest, run_stats: RunStats) -> S
     classes = list(meta.get("classes") or [])
     extra = sorted(set(manifest.classes) - set(classes))
     classes += extra
-    labels = [classes.index(manifest.classes[f.label]) if f.label >= 0 else -1 for f in accepted]
+    position = {name: i for i, name in enumerate(classes)}
+    labels = [position[manifest.classes[f.label]] if f.label >= 0 else -1 for f in accepted]
     count = int(meta["files"])
     if diff.touched:
         mtimes = get_array(group, "files/mtime_ns")

@@ -48,11 +48,19 @@ def fixed_point(x: float) -> int:
 
 
 def _dot(counts: np.ndarray, values: np.ndarray) -> int:
-    """``sum(counts * values)`` exactly (Python ints)."""
+    """``sum(counts * values)`` exactly (Python ints).
+
+    In int64 when no partial sum can overflow (``sum(counts) * max(values)``
+    below ``2**63``: every 8-bit image, and 16-bit ones up to ~2 Gpx for the
+    first moment), else with Python integers.
+    """
     nz = np.flatnonzero(counts)
     if nz.size == 0:
         return 0
-    return int(np.dot(counts[nz].astype(object), values[nz].astype(object)))
+    c, v = counts[nz], values[nz]
+    if int(c.sum()) * int(v.max()) < _INT64_SAFE:
+        return int(np.dot(c.astype(np.int64), v.astype(np.int64)))
+    return int(np.dot(c.astype(object), v.astype(object)))
 
 
 def image_values(h: ImageHistogram) -> tuple[list[float], list[float]]:

@@ -511,3 +511,32 @@ def test_stats_module_reads_files_it_is_given(tmp_path: Path):
     s = compute_stats(m, workers=1)
     assert s.images == 1
     assert s.fingerprint == m.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("bits", "scale"),
+    # up to ~4e9 pixels (the most 64-bit moments hold); 16-bit images above ~1e9
+    # pixels take the Python-int path for sum(x * x)
+    [(8, 1), (8, 6 * 10**5), (16, 1), (16, 1300)],
+)
+def test_file_moments_equal_python_integer_sums(bits, scale):
+    from pipeline.decode import ImageHistogram
+    from pipeline.stats.files import FileMoments
+
+    rng = np.random.default_rng(bits + scale)
+    levels = 2**bits
+    first = rng.integers(0, 50, levels).astype(np.int64) * scale
+    first[: levels // 4] = 0  # a gap at the bottom
+    # every channel holds the same pixels, in other values
+    counts = np.stack([first, first[::-1], rng.permutation(first)])
+    h = ImageHistogram(bits=bits, counts=counts)
+    m = FileMoments.of_histograms(["a.png"], [h], [bytes(32)])
+    up = 257 if bits == 8 else 1
+    for c in range(3):
+        row = [int(x) for x in counts[c]]
+        assert int(m.n[0]) == sum(row)
+        assert int(m.s1[0, c]) == up * sum(k * v for v, k in enumerate(row))
+        assert int(m.s2[0, c]) == up * up * sum(k * v * v for v, k in enumerate(row))
+        nonzero = [v for v, k in enumerate(row) if k]
+        assert int(m.min[0, c]) == up * nonzero[0]
+        assert int(m.max[0, c]) == up * nonzero[-1]
