@@ -871,10 +871,12 @@ def _region_resized(
             x.copy_(torch.from_numpy(block)[None, None])
         else:  # (1, 3, h, w) in channels-last memory: torch's vectorized uint8 path
             x = torch.from_numpy(block).permute(2, 0, 1)[None]
+        if len(bands) == 1 and bits == 8:
+            # one band holds every row: one call does both passes (torch's kernel
+            # is separable in the same way), ~4x cheaper than two calls, each of
+            # which also runs an identity pass over the other axis
+            return resize(x, (oh, ow))[0]
         band = resize(x, (b1 - b0, ow), contiguous=False)  # the horizontal pass
-        if len(bands) == 1 and bits == 8:  # one band: it is all the rows (no copy)
-            rows = band.contiguous(memory_format=torch.channels_last)
-            break
         if rows is None:
             rows = torch.empty((1, channels, y1 - y0, ow), dtype=band.dtype)
             if bits == 8:

@@ -487,15 +487,17 @@ FOR_SIZE_CASES = [
 ]
 
 
-@pytest.fixture
-def many_bands(monkeypatch):
-    """Bands of a few rows, so every test image is resized in many pieces."""
+@pytest.fixture(params=["one band", "many bands"])
+def bands(request, monkeypatch):
+    """Images resized whole (one call), or in bands of a few rows (as huge images are)."""
     import pipeline.decode as decode_module
 
-    monkeypatch.setattr(decode_module, "_BAND_VALUES", 3 * 40 * 3)
+    if request.param == "many bands":
+        monkeypatch.setattr(decode_module, "_BAND_VALUES", 3 * 40 * 3)
+    return request.param
 
 
-@pytest.mark.usefixtures("many_bands")
+@pytest.mark.usefixtures("bands")
 @pytest.mark.parametrize(("mode", "fmt"), FOR_SIZE_CASES)
 @pytest.mark.parametrize("orientation", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_decode_for_size_equals_decode_then_resize(tmp_path, mode, fmt, orientation):
