@@ -46,11 +46,12 @@ def cluster() -> Iterator[Any]:
         yield c
 
 
-def run_log_lines(*, flow_run_id: Any = None, expect: str) -> list[str]:
-    """The messages of the run logs stored on the server, once one of them contains ``expect``.
+def run_log_lines(*, flow_run_id: Any = None, expect: str, count: int = 1) -> list[str]:
+    """The messages of the run logs stored on the server, once ``count`` contain ``expect``.
 
     The logs of the flow run ``flow_run_id`` and its task runs, or of every run.
-    Logs reach the API in batches, shortly after they are written: poll.
+    Logs reach the API in batches, shortly after they are written (the lines
+    of one run may arrive in different batches): poll until all are there.
     """
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -67,9 +68,9 @@ def run_log_lines(*, flow_run_id: Any = None, expect: str) -> list[str]:
                 log_filter=log_filter, limit=200, offset=0, sort=LogSort.TIMESTAMP_ASC
             )
         lines[:] = [log.message for log in logs]
-        return any(expect in line for line in lines)
+        return sum(expect in line for line in lines) >= count
 
-    wait_for(found, timeout=60, what=f"a run log line with {expect!r}")
+    wait_for(found, timeout=60, what=f"{count} run log line(s) with {expect!r}")
     return lines
 
 
@@ -112,9 +113,9 @@ def test_the_flow_run_log_has_the_dashboard_link(cluster, source, tmp_path: Path
     assert state.is_completed(), state
     assert verify(tmp_path / "cluster.zarr").ok
     expected = f"Dask cluster {cluster.scheduler_address}"
-    lines = run_log_lines(flow_run_id=state.state_details.flow_run_id, expect=expected)
-    linked = [line for line in lines if line.startswith(expected)]
     # the statistics (one task per 64 files) and the shard writes each ran on the cluster
+    lines = run_log_lines(flow_run_id=state.state_details.flow_run_id, expect=expected, count=2)
+    linked = [line for line in lines if line.startswith(expected)]
     assert len(linked) == 2, lines
     assert all(line.endswith(f"dashboard: {cluster.dashboard_link}") for line in linked)
     assert LOCAL_DASHBOARD_HINT not in lines
