@@ -165,7 +165,9 @@ def test_run_dry_run_of_any_config_exits_0_or_2_without_a_traceback(images, text
 def _parses(text: str) -> bool:
     try:
         yaml.safe_load(text)
-    except yaml.YAMLError:
+    # PyYAML's constructors also raise these on some scalars (e.g. a timestamp with a
+    # line break: AttributeError), as pipeline.config.yamlsafe.load_yaml knows
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError, AttributeError, TypeError):
         return False
     return True
 
