@@ -9,7 +9,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
@@ -97,7 +97,36 @@ _STORAGE_OPTIONS_HELP = (
 )
 
 
-class SourceConfig(Model):
+class _Located(Model):
+    """A section with a ``path`` (folder or URL) and its ``storage_options``.
+
+    The two validators and :attr:`location` of :class:`SourceConfig` and
+    :class:`OutputConfig`; ``_key`` names the path's key in messages.
+    """
+
+    _key: ClassVar[str]
+
+    @field_validator("path", check_fields=False)
+    @classmethod
+    def _resolve(cls, value: Path | str, info: ValidationInfo) -> Path | str:
+        return resolve_location_value(value, info, key=cls._key)
+
+    @field_validator("storage_options", check_fields=False)
+    @classmethod
+    def _check_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return check_storage_options(value, info)
+
+    @property
+    def location(self) -> Location:
+        """Where this section points, as :mod:`pipeline.storage` opens it (path and options)."""
+        from pipeline.storage import resolve_location
+
+        path: Path | str = getattr(self, "path")  # noqa: B009 (declared by each subclass)
+        options: dict[str, Any] = getattr(self, "storage_options")  # noqa: B009
+        return resolve_location(path, key=self._key, storage_options=options)
+
+
+class SourceConfig(_Located):
     """Where the images come from and how they are labelled.
 
     ``path`` is a local folder (a ``Path``: absolute, symbolic links resolved)
@@ -105,29 +134,14 @@ class SourceConfig(Model):
     :attr:`location` is what the pipeline opens.
     """
 
+    _key: ClassVar[str] = "source.path"
+
     path: LocationValue = Field(description="Folder of images, scanned recursively. Required.")
     labels: Literal["folders", "none"] = Field(
         default="folders",
         description="folders: the first-level subfolder is the class; none: every label is -1.",
     )
     storage_options: dict[str, Any] = Field(default_factory=dict, description=_STORAGE_OPTIONS_HELP)
-
-    @field_validator("path")
-    @classmethod
-    def _resolve(cls, value: Path | str, info: ValidationInfo) -> Path | str:
-        return resolve_location_value(value, info, key="source.path")
-
-    @field_validator("storage_options")
-    @classmethod
-    def _check_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return check_storage_options(value, info)
-
-    @property
-    def location(self) -> Location:
-        """The source as :mod:`pipeline.storage` opens it (path and storage options)."""
-        from pipeline.storage import resolve_location
-
-        return resolve_location(self.path, key="source.path", storage_options=self.storage_options)
 
 
 class StatsConfig(Model):
@@ -248,8 +262,10 @@ class CompressionConfig(Model):
         return Compression(self.codec, self.level, self.shuffle)
 
 
-class OutputConfig(Model):
+class OutputConfig(_Located):
     """The Zarr store written by the run (``path`` as in :class:`SourceConfig`)."""
+
+    _key: ClassVar[str] = "output.path"
 
     path: LocationValue = Field(description="The Zarr v3 store (a folder). Required.")
     storage_options: dict[str, Any] = Field(default_factory=dict, description=_STORAGE_OPTIONS_HELP)
@@ -267,23 +283,6 @@ class OutputConfig(Model):
     overwrite: Bool = Field(
         default=False, description="Replace an existing store made with another config or source."
     )
-
-    @field_validator("path")
-    @classmethod
-    def _resolve(cls, value: Path | str, info: ValidationInfo) -> Path | str:
-        return resolve_location_value(value, info, key="output.path")
-
-    @field_validator("storage_options")
-    @classmethod
-    def _check_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        return check_storage_options(value, info)
-
-    @property
-    def location(self) -> Location:
-        """The store as :mod:`pipeline.storage` opens it (path and storage options)."""
-        from pipeline.storage import resolve_location
-
-        return resolve_location(self.path, key="output.path", storage_options=self.storage_options)
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d+")
