@@ -409,6 +409,9 @@ def check_runtime(config: RunConfig) -> None:
     from pipeline.errors import ConfigError, InvalidArgumentError
     from pipeline.transforms import resolve_device
 
+    source = config.source.location
+    if source.is_local and not os.path.isdir(source.path):  # before the lock: nothing left behind
+        raise ConfigError(f"source.path: root must be an existing folder, got {source.path!r}")
     check_output_path(config)
     check_memory(config)
     if config.stats.file is not None:

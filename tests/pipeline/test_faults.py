@@ -615,6 +615,18 @@ def test_run_without_source_path_names_the_key(tmp_path):
     assert not (tmp_path / "o.zarr").exists()
 
 
+def test_run_with_a_missing_source_folder_leaves_nothing_behind(tmp_path):
+    config = tmp_path / "run.yaml"
+    data = {
+        "source": {"path": str(tmp_path / "gone")},
+        "output": {"path": str(tmp_path / "o.zarr")},
+    }
+    config.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["run", str(config), "--no-prefect"])
+    _one_error_line(result, 2, "source.path", "root must be an existing folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml"]  # no store, no lock file
+
+
 def test_overwrite_keeps_a_foreign_file_and_the_store(base, tmp_path):
     out = tmp_path / "o.zarr"
     shutil.copytree(base["new"], out)
