@@ -143,9 +143,9 @@ _ACCOUNT_STAGES = {
     "resize": "resize (torch)",
     "finish": "normalize + cast to float16 (TransformPlan.finish)",
     "sha_write": "SHA-256 of each shard (write_shard)",
-    "encode": "codec compress (zarr codec _encode_sync, zarr's thread pool)",
-    "verify": "verify: SHA-256 + Python side (pipeline.store.verify._check_shard)",
-    "decode_codec": "verify: codec decompress (zarr codec _decode_sync)",
+    "encode": "encode the shard object (ShardFormat.encode: compress, index)",
+    "verify": "verify: read the shards back, SHA-256, Python side (verify._check_shard)",
+    "decode_codec": "verify: decode the shard object (ShardFormat.decode: decompress)",
 }
 
 
@@ -161,7 +161,7 @@ def _account(argv: list[str]) -> None:
     totals: dict[str, float] = defaultdict(float)
     lock = threading.Lock()
     tls = threading.local()
-    sticky = {"stats", "verify", "imports"}
+    sticky = {"stats", "imports"}
 
     def add(stage: str, dt: float) -> None:
         with lock:
@@ -200,6 +200,7 @@ def _account(argv: list[str]) -> None:
     import pipeline.run
     import pipeline.stats.compute
     import pipeline.store
+    import pipeline.store.shardio
     import pipeline.transforms
 
     writer = sys.modules["pipeline.store.writer"]
@@ -213,9 +214,12 @@ def _account(argv: list[str]) -> None:
     plan.finish = wrap("finish", plan.finish)  # type: ignore[method-assign]
     writer.shard_digest = wrap("sha_write", writer.shard_digest)
     verifier._check_shard = wrap("verify", verifier._check_shard)
-    for codec in (BloscCodec, GzipCodec, ZstdCodec):
+    for codec in (BloscCodec, GzipCodec, ZstdCodec):  # stores whose shards zarr writes
         codec._encode_sync = wrap("encode", codec._encode_sync)  # type: ignore[method-assign]
         codec._decode_sync = wrap("decode_codec", codec._decode_sync)  # type: ignore[method-assign]
+    shard_format = pipeline.store.shardio.ShardFormat
+    shard_format.encode = wrap("encode", shard_format.encode)  # type: ignore[method-assign]
+    shard_format.decode = wrap("decode_codec", shard_format.decode)  # type: ignore[method-assign]
 
     def loop_thread_cpu() -> float:
         """CPU seconds of zarr's event loop thread (from /proc; it is alive at exit)."""
@@ -275,8 +279,8 @@ def account(run_args: list[str]) -> str:
     stages: dict[str, float] = data["stages"]
     rows = [(label, stages.get(key, 0.0)) for key, label in _ACCOUNT_STAGES.items()]
     loop, loop_verify = data["loop"], data["loop_verify"]
-    rows.append(("zarr event loop thread while writing (per-chunk pipeline)", loop - loop_verify))
-    rows.append(("verify: zarr event loop thread (per-chunk read pipeline)", loop_verify))
+    rows.append(("zarr event loop thread while writing (store I/O, small arrays)", loop - loop_verify))
+    rows.append(("verify: zarr event loop thread (store reads)", loop_verify))
     rows.append(("interpreter exit (after atexit: GC, module teardown)", total - data["cpu"]))
     rest = total - sum(v for _, v in rows)
     rows.append(("everything else (dask, zarr calls in workers, scan, store, Python)", rest))

@@ -20,6 +20,7 @@ from pipeline.store.group import (
 )
 from pipeline.store.layout import StoreLayout
 from pipeline.store.manifest import manifest_problems
+from pipeline.store.shardio import read_images
 from pipeline.store.writer import ShardRecord, read_records, shard_digest
 
 __all__ = ["ShardProblem", "VerifyReport", "verify"]
@@ -81,8 +82,9 @@ def _check_shard(group: zarr.Group, layout: StoreLayout, record: ShardRecord) ->
         return f"record says {record.rows} rows, the layout has {len(rows)}"
     sl = slice(rows.start, rows.stop)
     try:
+        images = get_array(group, "images")
         digest = shard_digest(
-            read_array(get_array(group, "images"), sl),
+            read_images(images, record.index, len(rows)),
             read_array(get_array(group, "labels"), sl),
             read_array(get_array(group, "source_index"), sl),
             read_array(get_array(group, "copy_index"), sl),

@@ -35,6 +35,7 @@ from pipeline.store.group import (
     read_layout,
 )
 from pipeline.store.layout import StoreLayout
+from pipeline.store.shardio import write_images
 
 __all__ = [
     "FROZEN_KEYS",
@@ -183,8 +184,8 @@ def write_shard(
     done[index] = False
     live_array = get_array(group, "live")
     live_array[sl] = False  # nothing of a shard being (re)written is served
-    # every chunk is written, so zarr need not scan each one for "all fill value"
-    get_array(group, "images").with_config({"write_empty_chunks": True})[sl] = imgs
+    # the shard's one object, encoded here in one pass (pipeline.store.shardio)
+    write_images(get_array(group, "images"), index, imgs)
     get_array(group, "labels")[sl] = lab
     get_array(group, "source_index")[sl] = src
     get_array(group, "copy_index")[sl] = cpy

@@ -1,0 +1,238 @@
+"""Whole-shard I/O of ``images``: one shard object encoded or decoded in one pass.
+
+A shard of ``images`` is one object holding its 1-sample chunks, each through
+the array's inner codecs (``bytes``, then the compressor), then the index of
+``(offset, length)`` ``uint64`` pairs and the index's CRC32C (the Zarr v3
+sharding codec, index at the end). zarr-python writes such a shard through
+its per-chunk async pipeline: for every chunk a fill-value buffer, a merge,
+the codec through ``asyncio.to_thread``, and a final copy of the whole shard;
+the read runs the same way back. A shard task already holds the whole shard,
+so this module encodes it directly with the same codecs (the ``numcodecs``
+objects that zarr's codecs wrap, built from the same configuration) and
+writes it with one ``store.set``, and reads it with one ``store.get``.
+
+The bytes are exactly zarr-python's (the tests compare the objects written
+both ways for every codec and for a last, partial shard), so a store is the
+same whichever wrote it, and any Zarr v3 implementation reads it. An array
+whose codecs are not the ones a store is created with (:func:`shard_format`
+returns ``None``) is read and written through zarr.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+__all__ = ["ShardFormat", "get_shard_object", "read_images", "shard_format", "write_images"]
+
+#: An index entry of a chunk that is not in the shard (offset and length).
+_MISSING = np.uint64(2**64 - 1)
+
+
+@dataclass(frozen=True)
+class ShardFormat:
+    """How the shards of one ``images`` array are encoded.
+
+    Attributes:
+        sample_shape: ``(C, H, W)``, one inner chunk.
+        dtype: the array's dtype (little-endian bytes in the chunks).
+        per_shard: chunks (rows) per shard.
+        compressor: the ``numcodecs`` codec of the inner chain, ``None`` for raw bytes.
+        fill_value: the value of rows whose chunk is not in the shard.
+    """
+
+    sample_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    per_shard: int
+    compressor: Any
+    fill_value: Any
+
+    def encode(self, data: np.ndarray) -> bytes:
+        """The shard object of ``data`` (``(rows, C, H, W)``, ``rows <= per_shard``).
+
+        Rows past ``rows`` are absent from the shard (a last, partial shard),
+        as zarr-python leaves the chunks outside the array.
+        """
+        import google_crc32c
+
+        rows = len(data)
+        flat = np.ascontiguousarray(data, dtype=self.dtype.newbyteorder("<")).reshape(rows, -1)
+        comp = self.compressor
+        parts: list[Any] = [
+            memoryview(flat[i]).cast("B") if comp is None else comp.encode(flat[i].view(np.uint8))
+            for i in range(rows)
+        ]
+        index = np.full((self.per_shard, 2), _MISSING, dtype="<u8")
+        lengths = np.fromiter((memoryview(p).nbytes for p in parts), dtype=np.uint64, count=rows)
+        index[:rows, 1] = lengths
+        index[:rows, 0] = np.cumsum(lengths) - lengths
+        index_bytes = index.tobytes()
+        crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
+        return b"".join([*parts, index_bytes, crc])
+
+    def decode(self, blob: bytes | memoryview | None, rows: int) -> np.ndarray:
+        """The first ``rows`` samples of a shard object (``None``: no object, all fill value).
+
+        Raises:
+            ValueError: the object is shorter than its index, the index fails
+                its CRC32C, an entry points outside the object, or a chunk
+                does not decode to one sample (the caller names the shard).
+        """
+        import google_crc32c
+
+        little = self.dtype.newbyteorder("<")  # the chunks' byte order
+        out = np.empty((rows, *self.sample_shape), dtype=little)
+        if blob is None:
+            out[...] = self.fill_value
+            return out.astype(self.dtype, copy=False)
+        view = memoryview(blob).cast("B")
+        size = self.per_shard * 16
+        if view.nbytes < size + 4:
+            raise ValueError(f"the shard object has {view.nbytes} bytes, fewer than its index")
+        index_bytes = bytes(view[view.nbytes - size - 4 : view.nbytes - 4])
+        crc = int(np.frombuffer(view[view.nbytes - 4 :], dtype="<u4")[0])
+        if google_crc32c.value(index_bytes) != crc:
+            raise ValueError("the shard index fails its CRC32C checksum")
+        index = np.frombuffer(index_bytes, dtype="<u8").reshape(self.per_shard, 2)
+        body = view.nbytes - size - 4
+        flat = out.reshape(rows, -1)
+        nbytes = flat.shape[1] * little.itemsize
+        for i in range(rows):
+            offset, length = int(index[i, 0]), int(index[i, 1])
+            if offset == int(_MISSING) and length == int(_MISSING):
+                flat[i] = self.fill_value
+                continue
+            if offset + length > body:
+                raise ValueError(f"the shard index points chunk {i} past the end of the object")
+            chunk = view[offset : offset + length]
+            target = flat[i].view(np.uint8)
+            if self.compressor is None:
+                if length != nbytes:
+                    raise ValueError(f"chunk {i} has {length} bytes, expected {nbytes}")
+                target[:] = np.frombuffer(chunk, dtype=np.uint8)
+            else:
+                self.compressor.decode(chunk, out=target)
+        return out.astype(self.dtype, copy=False)  # a no-op on little-endian machines
+
+
+def _numcodec(codec: Any) -> Any:
+    """The ``numcodecs`` object behind a zarr-python compressor, configured as zarr configures it.
+
+    Returns ``False`` for a codec this module does not know.
+    """
+    from numcodecs import Blosc, GZip, Zstd
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    if isinstance(codec, BloscCodec):
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]
+        return Blosc.from_config(
+            {
+                "cname": codec.cname.value,
+                "clevel": codec.clevel,
+                "shuffle": shuffle,
+                "blocksize": codec.blocksize,
+                "typesize": codec.typesize,
+            }
+        )
+    if isinstance(codec, ZstdCodec):
+        return Zstd.from_config({"level": codec.level, "checksum": codec.checksum})
+    if isinstance(codec, GzipCodec):
+        return GZip(codec.level)
+    return False
+
+
+def shard_format(array: zarr.Array) -> ShardFormat | None:
+    """The :class:`ShardFormat` of an ``images`` array, or ``None`` when zarr must do the I/O.
+
+    ``None`` unless the array is sharded along its first axis only, with
+    1-sample inner chunks of ``bytes`` (little-endian) and at most one known
+    compressor (Blosc, Zstd, Gzip), and the index (``bytes``, CRC32C) at the end.
+    """
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+    from zarr.codecs.sharding import ShardingCodecIndexLocation
+
+    meta = array.metadata
+    codecs: tuple[Any, ...] = tuple(getattr(meta, "codecs", ()))
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sharding = codecs[0]
+    shape = tuple(array.shape)
+    shard = tuple(meta.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+    sample = tuple(shape[1:])
+    if tuple(sharding.chunk_shape) != (1, *sample) or shard[1:] != sample:
+        return None
+    if sharding.index_location != ShardingCodecIndexLocation.end:
+        return None
+    index_codecs = tuple(sharding.index_codecs)
+    if len(index_codecs) != 2 or not isinstance(index_codecs[1], Crc32cCodec):
+        return None
+    if not isinstance(index_codecs[0], BytesCodec) or index_codecs[0].endian is None:
+        return None
+    if index_codecs[0].endian.value != "little":
+        return None
+    inner = tuple(sharding.codecs)
+    if not inner or not isinstance(inner[0], BytesCodec) or len(inner) > 2:
+        return None
+    dtype = np.dtype(array.dtype)
+    endian = inner[0].endian
+    if dtype.itemsize > 1 and (endian is None or endian.value != "little"):
+        return None
+    compressor = _numcodec(inner[1]) if len(inner) == 2 else None
+    if compressor is False:
+        return None
+    return ShardFormat(sample, dtype, int(shard[0]), compressor, array.fill_value)
+
+
+def _key(array: zarr.Array, index: int) -> str:
+    key = array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
+    return f"{array.path}/{key}" if array.path else key
+
+
+def write_images(array: zarr.Array, index: int, data: np.ndarray) -> None:
+    """Write ``data`` as shard ``index`` of ``array``: one object, one ``store.set``.
+
+    Falls back to ``array[rows] = data`` (every chunk written) when
+    :func:`shard_format` is ``None``. The local store writes the object to a
+    temporary file and renames it, so it is never half-written.
+    """
+    fmt = shard_format(array)
+    if fmt is None:
+        shard_rows = int(array.metadata.chunk_grid.chunk_shape[0])  # type: ignore[attr-defined]
+        sl = slice(index * shard_rows, index * shard_rows + len(data))
+        array.with_config({"write_empty_chunks": True})[sl] = data
+        return
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    blob = fmt.encode(data)
+    buf = default_buffer_prototype().buffer.from_bytes(blob)
+    sync(array.store_path.store.set(_key(array, index), buf))
+
+
+async def get_shard_object(array: zarr.Array, index: int) -> Any:
+    """The stored bytes of shard ``index`` of ``array`` (``None`` when there is no object)."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    buf = await array.store_path.store.get(_key(array, index), prototype=default_buffer_prototype())
+    return None if buf is None else buf.as_numpy_array()
+
+
+def read_images(array: zarr.Array, index: int, rows: int) -> np.ndarray:
+    """The first ``rows`` samples of shard ``index`` of ``array``, read whole.
+
+    Through zarr when :func:`shard_format` is ``None``.
+
+    Raises:
+        ValueError: the shard object is damaged (see :meth:`ShardFormat.decode`).
+    """
+    fmt = shard_format(array)
+    shard_rows = int(array.metadata.chunk_grid.chunk_shape[0])  # type: ignore[attr-defined]
+    if fmt is None:
+        return np.asarray(array[index * shard_rows : index * shard_rows + rows])
+    from zarr.core.sync import sync
+
+    blob = sync(get_shard_object(array, index))
+    return fmt.decode(blob, rows)

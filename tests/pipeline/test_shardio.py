@@ -1,0 +1,166 @@
+"""Whole-shard I/O (pipeline.store.shardio) against zarr-python on the same arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from pipeline.store.codecs import Compression
+from pipeline.store.shardio import read_images, shard_format, write_images
+
+SAMPLE = (3, 6, 5)
+PER_SHARD = 4
+COMPRESSIONS = [
+    Compression("blosc"),
+    Compression("blosc", 3, "byte"),
+    Compression("blosc", 9, "none"),
+    Compression("zstd"),
+    Compression("zstd", 19),
+    Compression("gzip", 1),
+    Compression("none"),
+]
+
+
+def _array(path: Path, n: int, dtype: str, compression: Compression) -> zarr.Array:
+    group = zarr.open_group(path, mode="w")
+    return group.create_array(
+        "images",
+        shape=(n, *SAMPLE),
+        dtype=dtype,
+        chunks=(1, *SAMPLE),
+        shards=(PER_SHARD, *SAMPLE),
+        compressors=compression.compressors(),
+        fill_value=0,
+    )
+
+
+def _samples(n: int, dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "uint8":
+        data = rng.integers(0, 256, (n, *SAMPLE), dtype=np.uint8)
+    else:
+        data = (rng.normal(size=(n, *SAMPLE)) * 3).astype(dtype)
+    data[1] = 0  # an all-fill sample is still written
+    return data
+
+
+def _object(path: Path, index: int) -> bytes:
+    return (path / "images" / "c" / str(index) / "0" / "0" / "0").read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "uint8"])
+@pytest.mark.parametrize(
+    "compression", COMPRESSIONS, ids=lambda c: f"{c.codec}-{c.level}-{c.shuffle}"
+)
+@pytest.mark.parametrize("n", [8, 10], ids=["whole-shards", "partial-last-shard"])
+def test_the_shard_object_is_zarrs_byte_for_byte(tmp_path, dtype, compression, n):
+    data = _samples(n, dtype)
+    by_zarr = _array(tmp_path / "zarr.zarr", n, dtype, compression)
+    by_us = _array(tmp_path / "ours.zarr", n, dtype, compression)
+    assert shard_format(by_us) is not None
+    for index in range(-(-n // PER_SHARD)):
+        rows = slice(index * PER_SHARD, min(n, (index + 1) * PER_SHARD))
+        by_zarr.with_config({"write_empty_chunks": True})[rows] = data[rows]
+        write_images(by_us, index, data[rows])
+        assert _object(tmp_path / "ours.zarr", index) == _object(tmp_path / "zarr.zarr", index)
+        # each reads what the other wrote
+        np.testing.assert_array_equal(read_images(by_zarr, index, len(data[rows])), data[rows])
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(tmp_path / "ours.zarr/images")), data)
+
+
+def test_a_shard_cut_short_by_its_segment_leaves_its_last_rows_absent(tmp_path):
+    # an update's segment can end inside a shard: its rows past the end are holes
+    array = _array(tmp_path / "s.zarr", 8, "float16", Compression("blosc"))
+    data = _samples(3, "float16")
+    write_images(array, 1, data)
+    np.testing.assert_array_equal(np.asarray(array[4:7]), data)
+    np.testing.assert_array_equal(np.asarray(array[7]), np.zeros(SAMPLE, np.float16))
+    np.testing.assert_array_equal(read_images(array, 1, 3), data)
+    index = np.frombuffer(_object(tmp_path / "s.zarr", 1)[-4 - 16 * PER_SHARD : -4], dtype="<u8")
+    assert (index.reshape(PER_SHARD, 2)[3] == 2**64 - 1).all()
+
+
+def test_a_shard_with_no_object_reads_as_the_fill_value(tmp_path):
+    array = _array(tmp_path / "s.zarr", 8, "uint8", Compression("zstd"))
+    np.testing.assert_array_equal(read_images(array, 1, 4), np.zeros((4, *SAMPLE), np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[:50], "fewer than its index"),
+        (lambda b: b[:-1] + bytes([b[-1] ^ 1]), "fails its CRC32C"),
+        (lambda b: b[:10] + b[-4 - 16 * PER_SHARD :], "past the end of the object"),
+    ],
+    ids=["truncated", "index-bit-flip", "chunks-cut-out"],
+)
+def test_a_damaged_shard_object_is_refused_saying_how(tmp_path, damage, message):
+    array = _array(tmp_path / "s.zarr", 8, "float16", Compression("zstd"))
+    write_images(array, 0, _samples(4, "float16"))
+    f = tmp_path / "s.zarr" / "images" / "c" / "0" / "0" / "0" / "0"
+    f.write_bytes(damage(f.read_bytes()))
+    with pytest.raises(ValueError, match=message):
+        read_images(array, 0, 4)
+
+
+def test_a_damaged_chunk_fails_to_decode(tmp_path):
+    array = _array(tmp_path / "s.zarr", 8, "float16", Compression("zstd"))
+    write_images(array, 0, _samples(4, "float16"))
+    f = tmp_path / "s.zarr" / "images" / "c" / "0" / "0" / "0" / "0"
+    blob = bytearray(f.read_bytes())
+    blob[:8] = b"\0" * 8  # the first chunk's zstd frame header
+    f.write_bytes(bytes(blob))
+    with pytest.raises(RuntimeError, match="[Zz]std"):
+        read_images(array, 0, 4)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # two samples per inner chunk
+        lambda g: g.create_array(
+            "images", shape=(8, *SAMPLE), dtype="uint8", chunks=(2, *SAMPLE), shards=(4, *SAMPLE)
+        ),
+        # no sharding
+        lambda g: g.create_array("images", shape=(8, *SAMPLE), dtype="uint8", chunks=(4, *SAMPLE)),
+        # two compressors
+        lambda g: g.create_array(
+            "images",
+            shape=(8, *SAMPLE),
+            dtype="uint8",
+            chunks=(1, *SAMPLE),
+            shards=(4, *SAMPLE),
+            compressors=(BloscCodec(), ZstdCodec()),
+        ),
+    ],
+    ids=["2-sample-chunks", "unsharded", "two-compressors"],
+)
+def test_other_layouts_go_through_zarr(tmp_path, make):
+    array = make(zarr.open_group(tmp_path / "s.zarr", mode="w"))
+    assert shard_format(array) is None
+    data = _samples(4, "uint8")
+    write_images(array, 1, data)
+    np.testing.assert_array_equal(np.asarray(array[4:8]), data)
+    np.testing.assert_array_equal(read_images(array, 1, 4), data)
+
+
+def test_a_memory_store_takes_the_same_path(tmp_path):
+    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    array = group.create_array(
+        "images",
+        shape=(6, *SAMPLE),
+        dtype="float16",
+        chunks=(1, *SAMPLE),
+        shards=(PER_SHARD, *SAMPLE),
+        compressors=Compression("blosc").compressors(),
+    )
+    assert shard_format(array) is not None
+    data = _samples(6, "float16")
+    write_images(array, 0, data[:4])
+    write_images(array, 1, data[4:])
+    np.testing.assert_array_equal(np.asarray(array[:]), data)
+    np.testing.assert_array_equal(read_images(array, 1, 2), data[4:])
