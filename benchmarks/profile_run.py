@@ -279,7 +279,9 @@ def account(run_args: list[str]) -> str:
     stages: dict[str, float] = data["stages"]
     rows = [(label, stages.get(key, 0.0)) for key, label in _ACCOUNT_STAGES.items()]
     loop, loop_verify = data["loop"], data["loop_verify"]
-    rows.append(("zarr event loop thread while writing (store I/O, small arrays)", loop - loop_verify))
+    rows.append(
+        ("zarr event loop thread while writing (store I/O, small arrays)", loop - loop_verify)
+    )
     rows.append(("verify: zarr event loop thread (store reads)", loop_verify))
     rows.append(("interpreter exit (after atexit: GC, module teardown)", total - data["cpu"]))
     rest = total - sum(v for _, v in rows)
