@@ -824,7 +824,8 @@ def _displayed_block(
     to_raw = _RAW_XY[orientation]
     ax, ay = to_raw(x0, y0, w, h)
     bx, by = to_raw(x1 - 1, y1 - 1, w, h)
-    raw = im.crop((min(ax, bx), min(ay, by), max(ax, bx) + 1, max(ay, by) + 1))
+    crop = (min(ax, bx), min(ay, by), max(ax, bx) + 1, max(ay, by) + 1)
+    raw = im if crop == (0, 0, w, h) else im.crop(crop)  # the whole image: no copy first
     if bits == 16:
         a = _gray16(raw)
     else:
