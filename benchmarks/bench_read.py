@@ -3,7 +3,7 @@
 ``--images`` JPEGs (300-640 x 240-480, quality 90: the set of bench_stats and
 bench_prepare, cached in benchmarks/_data/) are prepared by ``imageprep``'s
 run into 224x224 stores: float16 normalized and uint8 pixels, each with zstd 3,
-blosc (LZ4, level 5, zarr's shuffle for the dtype) and no compression
+blosc (LZ4, level 5, bitshuffle: the default codec) and no compression
 (``--shard-size`` rows per shard). Then, each in its
 own process, timed over the work only (wall, and CPU = user + system of the
 process, its threads and its worker processes):
@@ -97,8 +97,10 @@ LOADS = {
     "ds/u8/blosc": "ShardDataset u8 blosc lz4 normalize=True + sampler",
     "ds/u8/none": "ShardDataset u8 none normalize=True + sampler",
     "loader/f16/zstd": "ShardLoader f16 zstd 3",
+    "loader/f16/blosc": "ShardLoader f16 blosc lz4 (the default store)",
     "loader/f16/none": "ShardLoader f16 none",
     "loader/u8/zstd": "ShardLoader u8 zstd 3 normalize=True",
+    "loader/u8/blosc": "ShardLoader u8 blosc lz4 normalize=True",
     "loader/u8/none": "ShardLoader u8 none normalize=True",
 }
 AUGS = {

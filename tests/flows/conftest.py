@@ -69,6 +69,53 @@ def prefect_api() -> Iterator[str]:
         yield str(PREFECT_API_URL.value())
 
 
+@pytest.fixture(scope="package")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME: the API URL.
+
+    A real server (its scheduler and other services run, unlike the test
+    harness's): package scope, so the serve, schedule and deploy tests share
+    one start (~15 s on 2 cores) instead of one each.
+    """
+    import httpx
+
+    home = tmp_path_factory.mktemp("server-home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    log.close()
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=120, what="prefect server", proc=proc)
+        yield url
+    finally:
+        stop(proc, grace=20)
+
+
 @dataclass
 class Source:
     """A generated ImageFolder source: 4 classes, mixed sizes and modes, 6 broken files."""

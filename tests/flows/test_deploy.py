@@ -26,7 +26,6 @@ from pipeline.errors import ConfigError
 from pipeline.store import read_attrs, verify
 from tests.flows.conftest import BIN, make_source, stop, wait_for
 from tests.flows.test_dashboard import run_log_lines
-from tests.flows.test_serve import prefect_server  # noqa: F401  (module-scoped fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "imageprep-prepare-file/demo"
@@ -133,7 +132,7 @@ def _prefect(args: list[str], *, env: dict[str, str], cwd: Path, timeout: float 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_deploy_to_a_process_work_pool_and_run_on_a_worker(
-    prefect_server: str,  # noqa: F811
+    prefect_server: str,
     tmp_path: Path,
 ):
     from prefect import get_client

@@ -20,7 +20,6 @@ import pytest
 
 from pipeline.store import read_attrs, verify
 from tests.flows.conftest import BIN, CONFIGS, make_source, stop, wait_for
-from tests.flows.test_serve import prefect_server  # noqa: F401  (module-scoped fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,7 @@ FIRES_WITHIN_S = 420
 
 
 def test_cron_schedule_creates_and_completes_a_run(
-    prefect_server: str,  # noqa: F811
+    prefect_server: str,
     tmp_path: Path,
 ):
     from prefect import get_client

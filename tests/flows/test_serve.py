@@ -4,58 +4,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pipeline.store import read_attrs, verify
-from tests.flows.conftest import BIN, CONFIGS, free_port, make_source, stop, wait_for
+from tests.flows.conftest import BIN, CONFIGS, make_source, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
 DEPLOYMENT = "imageprep-prepare/nightly"
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME: the API URL."""
-    home = tmp_path_factory.mktemp("server-home")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home)}
-    env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "prefect"),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-ui",
-            "--analytics-off",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    log.close()
-    url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, timeout=120, what="prefect server", proc=proc)
-        yield url
-    finally:
-        stop(proc, grace=20)
 
 
 def test_served_deployment_runs_on_trigger(prefect_server: str, tmp_path: Path):
