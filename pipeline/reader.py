@@ -192,7 +192,7 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         self._rows = _readable_rows(group, self.layout, records, allow_partial=allow_partial)
         self._labels = read_array(get_array(group, "labels"))[self._rows].astype(np.int64)
         self.epoch = 0
-        self._scattered: int | None = None  # shard of the last scattered read
+        self._last_row: int | None = None  # the last row of the last row-by-row read
 
     # -- metadata
 
@@ -292,7 +292,9 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         ``rows`` (store rows) ``(B,)`` int64. Each shard involved is read whole
         (verified on its first read in this process) and cached, unless it is
         verified, not cached, and the batch wants fewer than a ``1/4`` of its
-        rows for the second time in a row: those rows are read one by one.
+        rows and does not continue where the last row-by-row read stopped
+        (sequential access): those rows are read one by one, one byte-range
+        read each (random access).
         ``whole=True`` always reads whole shards (shard-ordered batches).
 
         Args:
@@ -327,11 +329,11 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
                     whole
                     or not self._source.is_verified(shard)
                     or len(rows[sel]) * WHOLE >= len(span)
-                    or self._scattered == shard
+                    or self._last_row == int(np.min(rows[sel])) - 1  # sequential access
                 ):
                     block = self._whole(shard)
                 else:
-                    self._scattered = shard
+                    self._last_row = int(np.max(rows[sel]))
                     wanted, inverse = np.unique(rows[sel], return_inverse=True)
                     out[sel] = self._source.read_rows(shard, wanted)[inverse.reshape(-1)]
                     continue

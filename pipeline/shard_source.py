@@ -61,9 +61,18 @@ from pipeline.store import (
     read_records,
     shard_digest,
 )
-from pipeline.store.shardio import ShardFormat, get_shard_object, shard_format
+from pipeline.store.shardio import (
+    ShardFormat,
+    get_shard_index,
+    get_shard_object,
+    read_shard_ranges,
+    shard_format,
+)
 
 __all__ = ["Shard", "ShardSource", "store_name"]
+
+#: Shard indexes kept per process for single-row reads (16 bytes per row each).
+_INDEXES_KEPT = 8192
 
 
 def store_name(path: Any) -> str:
@@ -142,11 +151,12 @@ class ShardSource:
         self._arrays: dict[str, zarr.Array] = {}
         self._verified: set[int] = set()
         self._cache: OrderedDict[int, Shard] = OrderedDict()
+        self._indexes: dict[int, np.ndarray] = {}  # shard -> its object's chunk index
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_group", "_arrays", "_verified", "_cache", "_lock", "_pid"):
+        for key in ("_group", "_arrays", "_verified", "_cache", "_indexes", "_lock", "_pid"):
             state.pop(key, None)
         return state
 
@@ -256,10 +266,21 @@ class ShardSource:
 
         raw = zarr_sync(gather())
         rows = sl.stop - sl.start
-        return [
-            np.asarray(x) if fmt is None else fmt.decode(x, rows)
-            for x, fmt in zip(raw, formats, strict=True)
-        ]
+        out = []
+        for x, fmt in zip(raw, formats, strict=True):
+            if fmt is None:
+                out.append(np.asarray(x))
+                continue
+            if x is not None and shard is not None:  # kept for single-row reads of this shard
+                self._keep_index(shard, fmt.parse_index(x))
+            out.append(fmt.decode(x, rows))
+        return out
+
+    def _keep_index(self, shard: int, index: np.ndarray) -> None:
+        with self._lock:
+            if len(self._indexes) >= _INDEXES_KEPT:
+                self._indexes.clear()
+            self._indexes[shard] = index
 
     def _check(
         self,
@@ -339,13 +360,42 @@ class ShardSource:
         if not self.is_verified(index):
             raise StoreError(f"{self._where(index)} must be read whole (verified) first")
         array = self._array("images")
-
-        async def gather() -> list[Any]:
-            return list(await asyncio.gather(*(array.async_array.getitem((int(r),)) for r in rows)))
-
+        fmt = shard_format(array)
         try:
+            if fmt is not None:
+                return self._read_chunks(array, fmt, index, rows)
+
+            async def gather() -> list[Any]:
+                return list(
+                    await asyncio.gather(*(array.async_array.getitem((int(r),)) for r in rows))
+                )
+
             return np.stack([np.asarray(x) for x in zarr_sync(gather())])
         except Exception as exc:
             raise StoreError(
                 f"{self._where(index)} cannot be read: {type(exc).__name__}: {exc}"
             ) from exc
+
+    def _read_chunks(
+        self, array: zarr.Array, fmt: ShardFormat, index: int, rows: np.ndarray
+    ) -> np.ndarray:
+        """``images[rows]`` of shard ``index``: one byte-range read per row, decoded here.
+
+        The shard's chunk index comes from its whole read in this process (or
+        one suffix read), so a row costs one ranged read and one decode
+        (:func:`pipeline.store.shardio.read_shard_ranges`).
+        """
+        start = index * self.layout.shard_size
+        chunk_index = self._indexes.get(index)
+        if chunk_index is None:
+            chunk_index = zarr_sync(get_shard_index(array, index, fmt))
+            if chunk_index is not None:
+                self._keep_index(index, chunk_index)
+        where = [
+            None if chunk_index is None else fmt.chunk_range(chunk_index, int(r) - start)
+            for r in rows
+        ]
+        out = fmt.empty(len(rows))
+        for k, chunk in enumerate(read_shard_ranges(array, index, where)):
+            fmt.decode_into(chunk, out[k], int(rows[k]) - start)
+        return out.astype(self.layout.dtype, copy=False)

@@ -20,16 +20,28 @@ returns ``None``) is read and written through zarr.
 
 from __future__ import annotations
 
+import asyncio
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
 
-__all__ = ["ShardFormat", "get_shard_object", "read_images", "shard_format", "write_images"]
+__all__ = [
+    "ShardFormat",
+    "get_shard_index",
+    "get_shard_object",
+    "get_shard_range",
+    "read_images",
+    "read_shard_ranges",
+    "shard_format",
+    "write_images",
+]
 
 #: An index entry of a chunk that is not in the shard (offset and length).
 _MISSING = np.uint64(2**64 - 1)
+_MISSING_INT = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,64 @@ class ShardFormat:
         crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
         return b"".join([*parts, index_bytes, crc])
 
-    def decode(self, blob: bytes | memoryview | None, rows: int) -> np.ndarray:
+    @property
+    def index_nbytes(self) -> int:
+        """Bytes of the index at the end of a shard object, its CRC32C included."""
+        return self.per_shard * 16 + 4
+
+    def parse_index(self, tail: Any) -> np.ndarray:
+        """The ``(per_shard, 2)`` ``(offset, length)`` index from a shard object's last bytes.
+
+        Raises:
+            ValueError: too few bytes, or the index fails its CRC32C.
+        """
+        import google_crc32c
+
+        view = memoryview(tail).cast("B")
+        if view.nbytes < self.index_nbytes:
+            raise ValueError(f"the shard object has {view.nbytes} bytes, fewer than its index")
+        index_bytes = bytes(view[view.nbytes - self.index_nbytes : view.nbytes - 4])
+        crc = int(np.frombuffer(view[view.nbytes - 4 :], dtype="<u4")[0])
+        if google_crc32c.value(index_bytes) != crc:
+            raise ValueError("the shard index fails its CRC32C checksum")
+        return np.frombuffer(index_bytes, dtype="<u8").reshape(self.per_shard, 2)
+
+    def chunk_range(self, index: np.ndarray, row: int, body: int | None = None) -> range | None:
+        """The bytes of row ``row``'s chunk in the shard object (``None``: not in the shard).
+
+        Raises:
+            ValueError: the entry points past ``body`` (the bytes before the index).
+        """
+        offset, length = int(index[row, 0]), int(index[row, 1])
+        if offset == _MISSING_INT and length == _MISSING_INT:
+            return None
+        if body is not None and offset + length > body:
+            raise ValueError(f"the shard index points chunk {row} past the end of the object")
+        return range(offset, offset + length)
+
+    def decode_into(self, chunk: Any, out: np.ndarray, row: int) -> None:
+        """Decode one chunk into ``out`` (one sample, C-contiguous; ``None``: the fill value).
+
+        Raises:
+            ValueError: an uncompressed chunk of the wrong size.
+        """
+        if chunk is None:
+            out[...] = self.fill_value
+            return
+        target = out.reshape(-1).view(np.uint8)
+        if self.compressor is None:
+            view = memoryview(chunk).cast("B")
+            if view.nbytes != target.nbytes:
+                raise ValueError(f"chunk {row} has {view.nbytes} bytes, expected {target.nbytes}")
+            target[:] = np.frombuffer(view, dtype=np.uint8)
+        else:
+            self.compressor.decode(chunk, out=target)
+
+    def empty(self, rows: int) -> np.ndarray:
+        """An uninitialized ``(rows, C, H, W)`` array in the chunks' (little-endian) dtype."""
+        return np.empty((rows, *self.sample_shape), dtype=self.dtype.newbyteorder("<"))
+
+    def decode(self, blob: Any, rows: int) -> np.ndarray:
         """The first ``rows`` samples of a shard object (``None``: no object, all fill value).
 
         Raises:
@@ -81,40 +150,16 @@ class ShardFormat:
                 its CRC32C, an entry points outside the object, or a chunk
                 does not decode to one sample (the caller names the shard).
         """
-        import google_crc32c
-
-        little = self.dtype.newbyteorder("<")  # the chunks' byte order
-        out = np.empty((rows, *self.sample_shape), dtype=little)
+        out = self.empty(rows)
         if blob is None:
             out[...] = self.fill_value
             return out.astype(self.dtype, copy=False)
         view = memoryview(blob).cast("B")
-        size = self.per_shard * 16
-        if view.nbytes < size + 4:
-            raise ValueError(f"the shard object has {view.nbytes} bytes, fewer than its index")
-        index_bytes = bytes(view[view.nbytes - size - 4 : view.nbytes - 4])
-        crc = int(np.frombuffer(view[view.nbytes - 4 :], dtype="<u4")[0])
-        if google_crc32c.value(index_bytes) != crc:
-            raise ValueError("the shard index fails its CRC32C checksum")
-        index = np.frombuffer(index_bytes, dtype="<u8").reshape(self.per_shard, 2)
-        body = view.nbytes - size - 4
-        flat = out.reshape(rows, -1)
-        nbytes = flat.shape[1] * little.itemsize
+        index = self.parse_index(view)
+        body = view.nbytes - self.index_nbytes
         for i in range(rows):
-            offset, length = int(index[i, 0]), int(index[i, 1])
-            if offset == int(_MISSING) and length == int(_MISSING):
-                flat[i] = self.fill_value
-                continue
-            if offset + length > body:
-                raise ValueError(f"the shard index points chunk {i} past the end of the object")
-            chunk = view[offset : offset + length]
-            target = flat[i].view(np.uint8)
-            if self.compressor is None:
-                if length != nbytes:
-                    raise ValueError(f"chunk {i} has {length} bytes, expected {nbytes}")
-                target[:] = np.frombuffer(chunk, dtype=np.uint8)
-            else:
-                self.compressor.decode(chunk, out=target)
+            where = self.chunk_range(index, i, body)
+            self.decode_into(None if where is None else view[where.start : where.stop], out[i], i)
         return out.astype(self.dtype, copy=False)  # a no-op on little-endian machines
 
 
@@ -218,6 +263,69 @@ async def get_shard_object(array: zarr.Array, index: int) -> Any:
 
     buf = await array.store_path.store.get(_key(array, index), prototype=default_buffer_prototype())
     return None if buf is None else buf.as_numpy_array()
+
+
+async def get_shard_range(array: zarr.Array, index: int, start: int, stop: int) -> Any:
+    """Bytes ``[start, stop)`` of shard ``index``'s object (``None`` when there is no object)."""
+    from zarr.abc.store import RangeByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+
+    buf = await array.store_path.store.get(
+        _key(array, index),
+        prototype=default_buffer_prototype(),
+        byte_range=RangeByteRequest(start, stop),
+    )
+    return None if buf is None else buf.as_numpy_array()
+
+
+def read_shard_ranges(array: zarr.Array, index: int, spans: list[range | None]) -> list[Any]:
+    """The bytes of each span of shard ``index``'s object (``None`` for ``None`` or no object).
+
+    A local store's object is read with one ``open`` and a ``pread`` per span,
+    in this thread (a byte-range GET through zarr's event loop costs two
+    thread hops, more than reading a chunk); other stores get concurrent
+    byte-range GETs.
+    """
+    from zarr.core.sync import sync
+    from zarr.storage import LocalStore
+
+    store = array.store_path.store
+    if isinstance(store, LocalStore):
+        try:
+            fd = os.open(os.path.join(store.root, _key(array, index)), os.O_RDONLY)
+        except FileNotFoundError:
+            return [None] * len(spans)
+        try:
+            return [None if w is None else os.pread(fd, len(w), w.start) for w in spans]
+        finally:
+            os.close(fd)
+
+    async def gather() -> list[Any]:
+        async def one(span: range | None) -> Any:
+            if span is None:
+                return None
+            return await get_shard_range(array, index, span.start, span.stop)
+
+        return list(await asyncio.gather(*(one(w) for w in spans)))
+
+    return sync(gather())
+
+
+async def get_shard_index(array: zarr.Array, index: int, fmt: ShardFormat) -> np.ndarray | None:
+    """The index of shard ``index`` (one suffix read; ``None`` when there is no object).
+
+    Raises:
+        ValueError: the index is damaged (:meth:`ShardFormat.parse_index`).
+    """
+    from zarr.abc.store import SuffixByteRequest
+    from zarr.core.buffer import default_buffer_prototype
+
+    buf = await array.store_path.store.get(
+        _key(array, index),
+        prototype=default_buffer_prototype(),
+        byte_range=SuffixByteRequest(fmt.index_nbytes),
+    )
+    return None if buf is None else fmt.parse_index(buf.as_numpy_array())
 
 
 def read_images(array: zarr.Array, index: int, rows: int) -> np.ndarray:

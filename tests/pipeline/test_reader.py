@@ -240,15 +240,16 @@ def test_scattered_rows_of_a_verified_shard_are_read_row_by_row(tmp_path, monkey
     rows_read: list[int] = []
     real = ds._source.read_rows
     ds._source.read_rows = lambda index, rows: rows_read.extend(rows) or real(index, rows)
-    picks = [3, 17, 25, 38, 1, 12]  # a different shard each time, one row each
+    picks = [3, 17, 25, 38, 1, 12, 16, 14]  # random rows, twice the same shard in a row too
     for i in picks:
         np.testing.assert_array_equal(ds[i][0].numpy(), made.stored[i].astype(np.float32))
     assert reads == [0, 1, 2, 3]  # no whole-shard read again
     assert rows_read == picks
-    # the same shard twice in a row: read whole (sequential access)
+    # the row after the last one read: sequential access, the shard is read whole
     ds[4]
     ds[5]
     assert reads == [0, 1, 2, 3, 0]
+    assert rows_read == [*picks, 4]
 
 
 def test_retired_rows_are_skipped_everywhere(tmp_path):

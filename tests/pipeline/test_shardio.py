@@ -164,3 +164,37 @@ def test_a_memory_store_takes_the_same_path(tmp_path):
     write_images(array, 1, data[4:])
     np.testing.assert_array_equal(np.asarray(array[:]), data)
     np.testing.assert_array_equal(read_images(array, 1, 2), data[4:])
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_single_rows_are_read_by_byte_range_with_the_shards_index(tmp_path, where):
+    from zarr.core.sync import sync
+
+    from pipeline.store.shardio import get_shard_index, read_shard_ranges
+
+    target = tmp_path / "s.zarr" if where == "local" else zarr.storage.MemoryStore()
+    group = zarr.open_group(target, mode="w")
+    array = group.create_array(
+        "images",
+        shape=(12, *SAMPLE),
+        dtype="float16",
+        chunks=(1, *SAMPLE),
+        shards=(PER_SHARD, *SAMPLE),
+        compressors=Compression("zstd").compressors(),
+    )
+    fmt = shard_format(array)
+    assert fmt is not None
+    data = _samples(7, "float16")
+    write_images(array, 0, data[:4])
+    write_images(array, 1, data[4:])  # rows 4-6; row 7 is absent
+    index = sync(get_shard_index(array, 1, fmt))
+    assert index is not None
+    spans = [fmt.chunk_range(index, row) for row in (2, 0, 3)]
+    assert spans[2] is None  # not in the shard
+    out = fmt.empty(3)
+    for k, chunk in enumerate(read_shard_ranges(array, 1, spans)):
+        fmt.decode_into(chunk, out[k], k)
+    np.testing.assert_array_equal(out, np.stack([data[6], data[4], np.zeros(SAMPLE, np.float16)]))
+    # shard 2 has no object: no index, and a read gives nothing
+    assert sync(get_shard_index(array, 2, fmt)) is None
+    assert read_shard_ranges(array, 2, [range(0, 4), None]) == [None, None]
