@@ -152,11 +152,21 @@ class ShardSource:
         self._verified: set[int] = set()
         self._cache: OrderedDict[int, Shard] = OrderedDict()
         self._indexes: dict[int, np.ndarray] = {}  # shard -> its object's chunk index
+        self._formats: dict[str, ShardFormat | None] = {}
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_group", "_arrays", "_verified", "_cache", "_indexes", "_lock", "_pid"):
+        for key in (
+            "_group",
+            "_arrays",
+            "_verified",
+            "_cache",
+            "_indexes",
+            "_formats",
+            "_lock",
+            "_pid",
+        ):
             state.pop(key, None)
         return state
 
@@ -250,8 +260,7 @@ class ShardSource:
         """
         arrays = [self._array(name) for name in names]
         formats = [
-            shard_format(a) if name == "images" and shard is not None else None
-            for name, a in zip(names, arrays, strict=True)
+            self._format(name) if name == "images" and shard is not None else None for name in names
         ]
 
         async def read(array: zarr.Array, fmt: ShardFormat | None) -> Any:
@@ -275,6 +284,13 @@ class ShardSource:
                 self._keep_index(shard, fmt.parse_index(x))
             out.append(fmt.decode(x, rows))
         return out
+
+    def _format(self, name: str) -> ShardFormat | None:
+        """The array's :class:`ShardFormat` (``None``: zarr reads it), worked out once."""
+        array = self._array(name)  # first: a forked child resets its state here
+        if name not in self._formats:
+            self._formats[name] = shard_format(array)
+        return self._formats[name]
 
     def _keep_index(self, shard: int, index: np.ndarray) -> None:
         with self._lock:
@@ -360,7 +376,7 @@ class ShardSource:
         if not self.is_verified(index):
             raise StoreError(f"{self._where(index)} must be read whole (verified) first")
         array = self._array("images")
-        fmt = shard_format(array)
+        fmt = self._format("images")
         try:
             if fmt is not None:
                 return self._read_chunks(array, fmt, index, rows)
