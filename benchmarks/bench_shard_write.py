@@ -17,9 +17,9 @@ same run:
 - ``no sharding``: a plain array whose chunk is the whole shard (one object);
 - ``hand-built``: the store's layout (1-sample chunks, shard index with
   CRC32C at the end, exactly what zarr writes) built without zarr's codec
-  pipeline: each sample compressed with the same numcodecs codec, offsets
-  and lengths put in the index, the shard stored with one ``store.set``; on
-  1 thread and on ``--threads`` threads (encode only);
+  pipeline, as a run now writes it: :func:`pipeline.store.shardio.write_images`
+  (each sample compressed with the numcodecs codec zarr's codec wraps, the
+  index, one ``store.set``);
 - reads of the whole shard (``images[0:S]``) for each layout.
 
 CPU time (user + system, all threads) is printed beside wall time.
@@ -37,7 +37,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,28 +48,6 @@ sys.path.insert(0, str(HERE))
 from bench_codecs import CODECS, normalized, photo_samples  # noqa: E402
 
 MB = 1e6
-
-
-def _numcodec(name: str) -> Any:
-    """The numcodecs object zarr's codec of ``name`` runs (same configuration)."""
-    import numcodecs
-
-    if name == "none":
-        return None
-    (codec,) = CODECS[name].make(2)
-    cfg = codec.to_dict()["configuration"]
-    if cfg.get("cname") is not None:  # blosc
-        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[cfg["shuffle"]]
-        return numcodecs.Blosc(
-            cname=cfg["cname"],
-            clevel=cfg["clevel"],
-            shuffle=shuffle,
-            blocksize=cfg["blocksize"],
-            typesize=cfg["typesize"],
-        )
-    if "checksum" in cfg:
-        return numcodecs.Zstd(level=cfg["level"], checksum=cfg["checksum"])
-    return numcodecs.GZip(level=cfg["level"])
 
 
 def _array(path: Path, data: np.ndarray, codec: str, *, chunk: int | None, sharded: bool) -> Any:
@@ -90,32 +67,11 @@ def _array(path: Path, data: np.ndarray, codec: str, *, chunk: int | None, shard
     )
 
 
-def hand_built(arr: Any, data: np.ndarray, codec: str, threads: int = 1) -> None:
-    """Write ``data`` as shard 0 of ``arr`` (1-sample inner chunks) without zarr's pipeline."""
-    import google_crc32c
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+def hand_built(arr: Any, data: np.ndarray) -> None:
+    """Write ``data`` as shard 0 of ``arr`` the way a run does, without zarr's pipeline."""
+    from pipeline.store.shardio import write_images
 
-    comp = _numcodec(codec)
-    n = data.shape[0]
-    rows = np.ascontiguousarray(data).reshape(n, -1)
-
-    def encode(i: int) -> bytes | memoryview:
-        return memoryview(rows[i]).cast("B") if comp is None else comp.encode(rows[i])
-
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as ex:
-            parts = list(ex.map(encode, range(n)))
-    else:
-        parts = [encode(i) for i in range(n)]
-    lengths = np.fromiter((memoryview(p).nbytes for p in parts), dtype=np.uint64, count=n)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.uint64)
-    index = np.stack([offsets, lengths], axis=-1).astype("<u8").tobytes()
-    crc = np.uint32(google_crc32c.value(index)).astype("<u4").tobytes()
-    blob = b"".join([*parts, index, crc])
-    key = arr.metadata.encode_chunk_key((0,) * data.ndim)
-    buf = default_buffer_prototype().buffer.from_bytes(blob)
-    sync(arr.store_path.store.set(f"{arr.path}/{key}" if arr.path else key, buf))
+    write_images(arr, 0, data)
 
 
 def _cpu() -> float:
@@ -132,7 +88,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2, help="threads of the hand-built x T row")
     ap.add_argument(
         "--codecs",
         nargs="+",
@@ -228,19 +183,11 @@ def main() -> None:
                     with zarr.config.set(cfg):
                         rwc = timed(lambda arr=arr: arr[0:n])
                     results.setdefault((codec, f"read: {name}"), []).append(rwc)
-            for threads in sorted({1, args.threads}):
-                path = fresh("h.zarr")
-                arr = _array(path, data, codec, chunk=1, sharded=True)
-                label = "hand-built shard, 1-sample chunks" + (
-                    f", encode in {threads} threads" if threads > 1 else ""
-                )
-                wc = timed(
-                    lambda arr=arr, threads=threads, codec=codec: hand_built(
-                        arr, data, codec, threads
-                    )
-                )
-                record(codec, label, path, wc)
-                check(arr)
+            path = fresh("h.zarr")
+            arr = _array(path, data, codec, chunk=1, sharded=True)
+            wc = timed(lambda arr=arr: hand_built(arr, data))
+            record(codec, "hand-built shard, 1-sample chunks (shardio)", path, wc)
+            check(arr)
         print(f"  round {rep + 1} done", flush=True)
 
     print()

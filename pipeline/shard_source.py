@@ -280,9 +280,10 @@ class ShardSource:
             if fmt is None:
                 out.append(np.asarray(x))
                 continue
-            if x is not None and shard is not None:  # kept for single-row reads of this shard
-                self._keep_index(shard, fmt.parse_index(x))
-            out.append(fmt.decode(x, rows))
+            index = None if x is None else fmt.parse_index(x)
+            if index is not None and shard is not None:  # kept for single-row reads
+                self._keep_index(shard, index)
+            out.append(fmt.decode(x, rows, index))
         return out
 
     def _format(self, name: str) -> ShardFormat | None:

@@ -40,8 +40,7 @@ __all__ = [
 ]
 
 #: An index entry of a chunk that is not in the shard (offset and length).
-_MISSING = np.uint64(2**64 - 1)
-_MISSING_INT = 2**64 - 1
+_MISSING = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ class ShardFormat:
             ValueError: the entry points past ``body`` (the bytes before the index).
         """
         offset, length = int(index[row, 0]), int(index[row, 1])
-        if offset == _MISSING_INT and length == _MISSING_INT:
+        if offset == _MISSING and length == _MISSING:
             return None
         if body is not None and offset + length > body:
             raise ValueError(f"the shard index points chunk {row} past the end of the object")
@@ -142,8 +141,11 @@ class ShardFormat:
         """An uninitialized ``(rows, C, H, W)`` array in the chunks' (little-endian) dtype."""
         return np.empty((rows, *self.sample_shape), dtype=self.dtype.newbyteorder("<"))
 
-    def decode(self, blob: Any, rows: int) -> np.ndarray:
+    def decode(self, blob: Any, rows: int, index: np.ndarray | None = None) -> np.ndarray:
         """The first ``rows`` samples of a shard object (``None``: no object, all fill value).
+
+        ``index`` is the object's index when the caller parsed it already
+        (:meth:`parse_index`).
 
         Raises:
             ValueError: the object is shorter than its index, the index fails
@@ -155,7 +157,8 @@ class ShardFormat:
             out[...] = self.fill_value
             return out.astype(self.dtype, copy=False)
         view = memoryview(blob).cast("B")
-        index = self.parse_index(view)
+        if index is None:
+            index = self.parse_index(view)
         body = view.nbytes - self.index_nbytes
         for i in range(rows):
             where = self.chunk_range(index, i, body)
@@ -257,25 +260,26 @@ def write_images(array: zarr.Array, index: int, data: np.ndarray) -> None:
     sync(array.store_path.store.set(_key(array, index), buf))
 
 
-async def get_shard_object(array: zarr.Array, index: int) -> Any:
-    """The stored bytes of shard ``index`` of ``array`` (``None`` when there is no object)."""
+async def _get(array: zarr.Array, index: int, byte_range: Any = None) -> Any:
+    """Bytes of shard ``index``'s object (all, or ``byte_range``); ``None`` when there is none."""
     from zarr.core.buffer import default_buffer_prototype
 
-    buf = await array.store_path.store.get(_key(array, index), prototype=default_buffer_prototype())
+    buf = await array.store_path.store.get(
+        _key(array, index), prototype=default_buffer_prototype(), byte_range=byte_range
+    )
     return None if buf is None else buf.as_numpy_array()
+
+
+async def get_shard_object(array: zarr.Array, index: int) -> Any:
+    """The stored bytes of shard ``index`` of ``array`` (``None`` when there is no object)."""
+    return await _get(array, index)
 
 
 async def get_shard_range(array: zarr.Array, index: int, start: int, stop: int) -> Any:
     """Bytes ``[start, stop)`` of shard ``index``'s object (``None`` when there is no object)."""
     from zarr.abc.store import RangeByteRequest
-    from zarr.core.buffer import default_buffer_prototype
 
-    buf = await array.store_path.store.get(
-        _key(array, index),
-        prototype=default_buffer_prototype(),
-        byte_range=RangeByteRequest(start, stop),
-    )
-    return None if buf is None else buf.as_numpy_array()
+    return await _get(array, index, RangeByteRequest(start, stop))
 
 
 def read_shard_ranges(array: zarr.Array, index: int, spans: list[range | None]) -> list[Any]:
@@ -318,14 +322,9 @@ async def get_shard_index(array: zarr.Array, index: int, fmt: ShardFormat) -> np
         ValueError: the index is damaged (:meth:`ShardFormat.parse_index`).
     """
     from zarr.abc.store import SuffixByteRequest
-    from zarr.core.buffer import default_buffer_prototype
 
-    buf = await array.store_path.store.get(
-        _key(array, index),
-        prototype=default_buffer_prototype(),
-        byte_range=SuffixByteRequest(fmt.index_nbytes),
-    )
-    return None if buf is None else fmt.parse_index(buf.as_numpy_array())
+    tail = await _get(array, index, SuffixByteRequest(fmt.index_nbytes))
+    return None if tail is None else fmt.parse_index(tail)
 
 
 def read_images(array: zarr.Array, index: int, rows: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,8 +26,9 @@ COMPRESSIONS = [
 ]
 
 
-def _array(path: Path, n: int, dtype: str, compression: Compression) -> zarr.Array:
-    group = zarr.open_group(path, mode="w")
+def _array(target: Path | Any, n: int, dtype: str, compression: Compression) -> zarr.Array:
+    """``images`` as a store lays it out, in a new group at ``target`` (a folder or a store)."""
+    group = zarr.open_group(target, mode="w")
     return group.create_array(
         "images",
         shape=(n, *SAMPLE),
@@ -149,15 +151,7 @@ def test_other_layouts_go_through_zarr(tmp_path, make):
 
 
 def test_a_memory_store_takes_the_same_path(tmp_path):
-    group = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    array = group.create_array(
-        "images",
-        shape=(6, *SAMPLE),
-        dtype="float16",
-        chunks=(1, *SAMPLE),
-        shards=(PER_SHARD, *SAMPLE),
-        compressors=Compression("blosc").compressors(),
-    )
+    array = _array(zarr.storage.MemoryStore(), 6, "float16", Compression("blosc"))
     assert shard_format(array) is not None
     data = _samples(6, "float16")
     write_images(array, 0, data[:4])
@@ -173,15 +167,7 @@ def test_single_rows_are_read_by_byte_range_with_the_shards_index(tmp_path, wher
     from pipeline.store.shardio import get_shard_index, read_shard_ranges
 
     target = tmp_path / "s.zarr" if where == "local" else zarr.storage.MemoryStore()
-    group = zarr.open_group(target, mode="w")
-    array = group.create_array(
-        "images",
-        shape=(12, *SAMPLE),
-        dtype="float16",
-        chunks=(1, *SAMPLE),
-        shards=(PER_SHARD, *SAMPLE),
-        compressors=Compression("zstd").compressors(),
-    )
+    array = _array(target, 12, "float16", Compression("zstd"))
     fmt = shard_format(array)
     assert fmt is not None
     data = _samples(7, "float16")
