@@ -292,7 +292,7 @@ def _summary(step: Callable[..., Any], result: Any, cached: bool) -> str | None:
             f"{result.samples_per_second:.1f} samples/s); {result.skipped} were already done"
         )
     if step is run.verify_output:
-        return f"verified {len(result.verified)}/{result.n_shards} shards against their SHA-256"
+        return f"verified {len(result.verified)}/{result.n_shards} shards against their records"
     return None
 
 

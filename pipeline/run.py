@@ -13,7 +13,7 @@ Prefect flow alike; each step is a plain function of this module:
 4. :func:`write_shards`: one Dask task per missing shard; each task decodes its
    files in threads, runs the transform plan in batches on the configured
    device, and writes exactly that shard with its checksummed record.
-5. :func:`verify_output`: every shard's checksum recomputed (optional).
+5. :func:`verify_output`: every new shard checked against its record (optional).
 6. :func:`finish`: the final record (failures, timings) marks the store complete.
 
 The store is complete only after it verified. :func:`prepare` calls each step
@@ -247,7 +247,8 @@ def prepare(
         config: the validated run config.
         progress: receives ``update(phase, done, total)`` for the phases
             ``"stats"`` (files decoded) and ``"shards"`` (shards written).
-        verify: recompute every shard's checksum before the store is marked
+        verify: check every shard this run wrote against its record (its
+            stored bytes against their CRC32C) before the store is marked
             complete.
         refresh_stats: do not take the statistics from the runner's cache (the
             flow's); the plain run has no cache.
@@ -285,7 +286,13 @@ def prepare(
             )
         if verify:
             with _timed(timings, "verify"):
-                runner(verify_output, store, workers=config.runtime.workers, incremental=True)
+                runner(
+                    verify_output,
+                    store,
+                    workers=config.runtime.workers,
+                    incremental=True,
+                    deep=False,
+                )
         lock.renew()  # still ours, checked with the store, before it is marked complete
         result: RunResult = runner(
             finish,
@@ -1474,14 +1481,22 @@ def write_shards(
 
 
 def verify_output(
-    store: str | Path | Location, *, workers: int | None = None, incremental: bool = False
+    store: str | Path | Location,
+    *,
+    workers: int | None = None,
+    incremental: bool = False,
+    deep: bool = True,
 ) -> VerifyReport:
-    """Recompute the shards' SHA-256 and compare with their records (:func:`pipeline.store.verify`).
+    """Check the shards against their records (:func:`pipeline.store.verify`).
 
     Shards never change once written (an update appends new ones), so a run
     checks only what it wrote and what an interrupted run left unverified
     (``incremental``: the shards from the store's ``verified`` count on);
-    otherwise every shard is checked, as ``imageprep verify`` does.
+    otherwise every shard is checked, as ``imageprep verify`` does. A run
+    checks its shards' stored bytes against the CRC32C recorded as they were
+    written (``deep=False``: no decode); a shard without one, or whose bytes
+    differ, is decoded and its SHA-256 recomputed, as ``imageprep verify``
+    does for every shard.
 
     Raises:
         StoreVerificationError: a shard is missing or does not match its record.
@@ -1489,7 +1504,7 @@ def verify_output(
     from pipeline.store import read_attrs, verify
 
     start = int(read_attrs(store).get("verified", 0)) if incremental else 0
-    report = verify(store, workers=workers, start=start)
+    report = verify(store, workers=workers, start=start, deep=deep)
     if not report.ok:
         raise StoreVerificationError(f"verification failed: {report.summary()}")
     return report

@@ -1,15 +1,20 @@
-"""Whole-shard reads of a store, each shard's SHA-256 checked on its first read in a process.
+"""Whole-shard reads of a store, each shard checked against its record on its first read.
 
 :class:`ShardSource` is the read side's one way into a store's samples. It
 reads a shard as one unit (every written row of ``images``, ``labels``,
 ``source_index`` and ``copy_index``: one object and one decode per array),
-and the first time a process reads a shard it recomputes
-:func:`pipeline.store.shard_digest` over those rows and compares it with the
+and the first time a process reads a shard it checks those bytes against the
 shard's record, so a flipped bit, a missing shard file (Zarr reads it as fill
 values), a shard file swapped with another or edited labels raise
 :class:`~pipeline.errors.StoreError` naming the store and the shard instead
-of coming back as silently wrong data. ``verify=False`` skips the check (for
-a store just checked with ``imageprep verify``).
+of coming back as silently wrong data. The check is the CRC32C of the
+``images`` object as read and of the row arrays
+(:attr:`pipeline.store.ShardRecord.crc32c`, recorded as the shard was
+written: no hash of the decoded values); a store without them, or a shard
+whose bytes differ, gets :func:`pipeline.store.shard_digest` over the
+decoded rows compared with the record's SHA-256, which decides and says what
+the mismatch looks like. ``verify=False`` skips the check (for a store just
+checked with ``imageprep verify``).
 
 A small LRU cache keeps the last ``cache_shards`` shards read, so rows of the
 same shard asked for one batch at a time are decoded once. The source opens
@@ -59,10 +64,12 @@ from pipeline.store import (
     open_group,
     read_array,
     read_records,
+    rows_crc32c,
     shard_digest,
 )
 from pipeline.store.shardio import (
     ShardFormat,
+    crc32c,
     get_shard_index,
     get_shard_object,
     read_shard_ranges,
@@ -106,7 +113,7 @@ class ShardSource:
     Args:
         path: the store (a folder or anything :func:`pipeline.store.open_group` opens).
         layout: its layout.
-        verify: check each shard's SHA-256 on its first read in a process.
+        verify: check each shard against its record on its first read in a process.
         cache_shards: shards kept decoded (``>= 0``).
         records: the store's shard records, when already read
             (:func:`pipeline.store.read_records`).
@@ -139,6 +146,7 @@ class ShardSource:
         if records is None:
             records = read_records(open_group(path))
         self._sha256 = [r.sha256 for r in records]
+        self._crc32c = [r.crc32c for r in records]
         self._rows = [r.rows for r in records]
         self._done = [r.done for r in records]
         self._reset()
@@ -233,9 +241,11 @@ class ShardSource:
         sl = slice(span.start, span.stop)
         check = not self.is_verified(index)
         names = ("images", "labels", "source_index", "copy_index")
+        # the CRC32C of the images object, when the record has one to compare it with
+        crcs: list[int] | None = [] if check and self._crc32c[index] is not None else None
         try:
             images, labels, *rest = self._read_arrays(
-                sl, names if check else names[:2], shard=index
+                sl, names if check else names[:2], shard=index, object_crcs=crcs
             )
         except StoreError:
             raise
@@ -244,19 +254,25 @@ class ShardSource:
                 f"{self._where(index)} cannot be read: {type(exc).__name__}: {exc}"
             ) from exc
         if check:
-            self._check(index, images, labels, *rest)
+            if not (crcs and self._bytes_match(index, crcs[0], labels, *rest)):
+                self._check(index, images, labels, *rest)  # the SHA-256 decides, and explains
             with self._lock:
                 self._verified.add(index)
         return Shard(index, span.start, images, labels.astype(np.int64, copy=False))
 
     def _read_arrays(
-        self, sl: slice, names: Sequence[str], shard: int | None = None
+        self,
+        sl: slice,
+        names: Sequence[str],
+        shard: int | None = None,
+        object_crcs: list[int] | None = None,
     ) -> list[np.ndarray]:
         """Rows ``sl`` of the arrays ``names``, read concurrently.
 
         With ``shard`` (whose rows ``sl`` are), ``images`` is read as the one
         shard object and decoded here (:mod:`pipeline.store.shardio`) when its
-        format allows, instead of through zarr's per-chunk pipeline.
+        format allows, instead of through zarr's per-chunk pipeline; the
+        object's CRC32C is appended to ``object_crcs`` when given.
         """
         arrays = [self._array(name) for name in names]
         formats = [
@@ -280,6 +296,8 @@ class ShardSource:
             if fmt is None:
                 out.append(np.asarray(x))
                 continue
+            if object_crcs is not None and x is not None:
+                object_crcs.append(crc32c(x))
             index = None if x is None else fmt.parse_index(x)
             if index is not None and shard is not None:  # kept for single-row reads
                 self._keep_index(shard, index)
@@ -299,6 +317,30 @@ class ShardSource:
                 self._indexes.clear()
             self._indexes[shard] = index
 
+    def _check_rows(self, index: int) -> None:
+        span = self.layout.shard_rows(index)
+        if self._rows[index] != len(span):
+            raise StoreError(
+                f"{self._where(index)} does not match its record: the record says "
+                f"{self._rows[index]} rows were written, the layout has {len(span)}"
+            )
+
+    def _bytes_match(
+        self, index: int, object_crc: int, labels: np.ndarray, source: np.ndarray, copy: np.ndarray
+    ) -> bool:
+        """Whether the shard's stored bytes are those its record's CRC32C were taken of.
+
+        The fast check: no hash of the decoded values. Any difference sends
+        the shard to :meth:`_check` (the SHA-256 of its values decides).
+        """
+        self._check_rows(index)
+        record = self._crc32c[index]
+        return (
+            record is not None
+            and object_crc == record[0]
+            and rows_crc32c(labels, source, copy) == record[1]
+        )
+
     def _check(
         self,
         index: int,
@@ -307,12 +349,7 @@ class ShardSource:
         source: np.ndarray,
         copy: np.ndarray,
     ) -> None:
-        span = self.layout.shard_rows(index)
-        if self._rows[index] != len(span):
-            raise StoreError(
-                f"{self._where(index)} does not match its record: the record says "
-                f"{self._rows[index]} rows were written, the layout has {len(span)}"
-            )
+        self._check_rows(index)
         digest = shard_digest(images, labels, source, copy)
         expected = self._sha256[index]
         if digest == expected:

@@ -14,6 +14,9 @@ Layout (a Zarr v3 group in a local folder or under an object-store prefix;
     records/rows    (n_shards,)   int64, chunk (1,)   rows written by shard i
     records/sha256  (n_shards, 32) uint8, chunk (1, 32)  SHA-256 of shard i (see shard_digest)
     records/done    (n_shards,)   bool, chunk (1,)    True once shard i is completely written
+    records/crc32c  (n_shards, 2) int64, chunk (1, 2)  CRC32C of shard i's images object and
+                                  of its rows (see ShardRecord.crc32c); -1: not recorded
+                                  (absent from stores made before imageprep recorded it)
     attribute ``imageprep``: format version, layout (with its segments), ``files``
                              (rows of the file table in use), and what the
                              caller records (resolved config, config identity,
@@ -59,6 +62,7 @@ from pipeline.store.group import (
     CREATING,
     FORMAT_VERSION,
     PathLike,
+    find_array,
     get_array,
     now,
     open_zarr_group,
@@ -161,8 +165,7 @@ def grow_store(
     for name, _ in (("images", ""), *_ROW_ARRAYS, ("live", "")):
         array = get_array(group, name)
         array.resize((grown.n_samples, *array.shape[1:]))
-    for name in ("rows", "sha256", "done"):
-        array = get_array(group, f"records/{name}")
+    for array in _record_arrays(group):
         array.resize((grown.n_shards, *array.shape[1:]))
     rows.write(group, grown.segments[-1][0])
     update = json.loads(json.dumps(dict(attrs_update)))
@@ -198,14 +201,24 @@ def reset_rows(
     for name, _ in (("images", ""), *_ROW_ARRAYS, ("live", "")):
         array = get_array(group, name)
         array.resize((layout.n_samples, *array.shape[1:]))
-    for name in ("rows", "sha256", "done"):
-        array = get_array(group, f"records/{name}")
+    for array in _record_arrays(group):
         array.resize((layout.n_shards, *array.shape[1:]))
-        array[:] = False if name == "done" else 0
+        array[:] = array.fill_value
     if len(rows):
         rows.write(group, 0)
     update = json.loads(json.dumps(dict(attrs_update)))
     group.attrs[ATTRIBUTE] = {**meta, **update, "layout": layout.to_json(), "verified": 0}
+
+
+_RECORDS = ("rows", "sha256", "done")
+"""The ``records/`` arrays of every store; ``crc32c`` is optional (older stores lack it)."""
+
+
+def _record_arrays(group: zarr.Group) -> list[zarr.Array]:
+    """The store's ``records/`` arrays (``crc32c`` when it has one)."""
+    arrays = [get_array(group, f"records/{name}") for name in _RECORDS]
+    crc = find_array(group, "records/crc32c")
+    return arrays if crc is None else [*arrays, crc]
 
 
 def restore_layout(group: zarr.Group) -> bool:
@@ -223,10 +236,10 @@ def restore_layout(group: zarr.Group) -> bool:
     """
     layout = StoreLayout.from_json(read_attrs(group)["layout"])
     lengths = {name: layout.n_samples for name in ("images", *dict(_ROW_ARRAYS), "live")}
-    lengths |= {f"records/{name}": layout.n_shards for name in ("rows", "sha256", "done")}
+    arrays = [(get_array(group, name), length) for name, length in lengths.items()]
+    arrays += [(array, layout.n_shards) for array in _record_arrays(group)]
     changed = False
-    for name, length in lengths.items():
-        array = get_array(group, name)
+    for array, length in arrays:
         if array.shape[0] != length:
             array.resize((length, *array.shape[1:]))
             changed = True
@@ -351,6 +364,7 @@ def create_store(
         "sha256", shape=(n_shards, 32), dtype="uint8", chunks=(1, 32), fill_value=0
     )
     records.create_array("done", shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
+    records.create_array("crc32c", shape=(n_shards, 2), dtype="int64", chunks=(1, 2), fill_value=-1)
     meta = {
         **json.loads(json.dumps(dict(attrs))),
         "format_version": FORMAT_VERSION,

@@ -33,6 +33,7 @@ __all__ = [
     "CREATING",
     "FORMAT_VERSION",
     "PathLike",
+    "find_array",
     "format_ranges",
     "get_array",
     "group_of",
@@ -173,6 +174,21 @@ def get_array(group: zarr.Group, name: str) -> zarr.Array:
         node = group[name]
     except KeyError as exc:
         raise StoreError(f"{group.store}: array '{name}' is missing") from exc
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.store}: '{name}' must be an array, got a group")
+    return node
+
+
+def find_array(group: zarr.Group, name: str) -> zarr.Array | None:
+    """The array ``name`` of ``group``, or ``None`` when the store has none (an optional array).
+
+    Raises:
+        StoreError: ``name`` is a group.
+    """
+    try:
+        node = group[name]
+    except KeyError:
+        return None
     if not isinstance(node, zarr.Array):
         raise StoreError(f"{group.store}: '{name}' must be an array, got a group")
     return node

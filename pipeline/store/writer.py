@@ -26,6 +26,7 @@ from pipeline.errors import InvalidArgumentError, StoreError
 from pipeline.store.group import (
     ATTRIBUTE,
     PathLike,
+    find_array,
     format_ranges,
     get_array,
     group_of,
@@ -35,7 +36,7 @@ from pipeline.store.group import (
     read_layout,
 )
 from pipeline.store.layout import StoreLayout
-from pipeline.store.shardio import write_images
+from pipeline.store.shardio import crc32c, write_images
 
 __all__ = [
     "FROZEN_KEYS",
@@ -44,6 +45,7 @@ __all__ = [
     "done_shards",
     "finalize",
     "read_records",
+    "rows_crc32c",
     "shard_digest",
     "unmark_shards",
     "write_shard",
@@ -64,12 +66,19 @@ class ShardRecord:
         rows: rows written (0 when never written).
         sha256: hex digest of :func:`shard_digest` ("" when never written).
         done: True once the shard is completely written.
+        crc32c: ``(images, rows)``: the CRC32C of the shard's ``images``
+            object as written, and :func:`rows_crc32c` of its rows; ``None``
+            when not recorded (a store made before imageprep recorded them,
+            or an ``images`` array zarr writes itself). A fast check of the
+            stored bytes; the SHA-256 stays the authority (a mismatch is
+            settled by it).
     """
 
     index: int
     rows: int
     sha256: str
     done: bool
+    crc32c: tuple[int, int] | None = None
 
 
 def shard_digest(
@@ -96,6 +105,22 @@ def shard_digest(
     h.update(np.ascontiguousarray(source_index, dtype="<i8").data)
     h.update(np.ascontiguousarray(copy_index, dtype="<i4").data)
     return h.hexdigest()
+
+
+def rows_crc32c(labels: np.ndarray, source_index: np.ndarray, copy_index: np.ndarray) -> int:
+    """The CRC32C of one shard's row arrays, in :func:`shard_digest`'s byte order.
+
+    ``labels`` (int64 LE), then ``source_index`` (int64 LE) and
+    ``copy_index`` (int32 LE): with the ``images`` object's CRC32C, the
+    record's fast check of every stored byte a shard's digest covers.
+    """
+    crc = crc32c(np.ascontiguousarray(labels, dtype="<i8"))
+    crc = crc32c(np.ascontiguousarray(source_index, dtype="<i8"), crc)
+    return crc32c(np.ascontiguousarray(copy_index, dtype="<i4"), crc)
+
+
+#: ``records/crc32c`` value of a shard whose checksums are not recorded.
+_NO_CRC = -1
 
 
 def _as_int_array(value: Any, name: str, rows: int, dtype: str) -> np.ndarray:
@@ -185,15 +210,21 @@ def write_shard(
     live_array = get_array(group, "live")
     live_array[sl] = False  # nothing of a shard being (re)written is served
     # the shard's one object, encoded here in one pass (pipeline.store.shardio)
-    write_images(get_array(group, "images"), index, imgs)
+    object_crc = write_images(get_array(group, "images"), index, imgs)
     get_array(group, "labels")[sl] = lab
     get_array(group, "source_index")[sl] = src
     get_array(group, "copy_index")[sl] = cpy
     get_array(group, "records/rows")[index] = n
     get_array(group, "records/sha256")[index] = np.frombuffer(bytes.fromhex(digest), dtype=np.uint8)
+    crc: tuple[int, int] | None = None
+    crc_array = find_array(group, "records/crc32c")  # absent from stores made before it
+    if crc_array is not None:
+        if object_crc is not None:
+            crc = (object_crc, rows_crc32c(lab, src, cpy))
+        crc_array[index] = crc if crc is not None else (_NO_CRC, _NO_CRC)
     done[index] = True
     live_array[sl] = live_rows  # served only once the shard is done
-    return ShardRecord(index=int(index), rows=n, sha256=digest, done=True)
+    return ShardRecord(index=int(index), rows=n, sha256=digest, done=True, crc32c=crc)
 
 
 def read_records(store: PathLike | zarr.Group) -> list[ShardRecord]:
@@ -202,12 +233,21 @@ def read_records(store: PathLike | zarr.Group) -> list[ShardRecord]:
     rows = read_array(get_array(group, "records/rows"))
     sha = read_array(get_array(group, "records/sha256"))
     done = read_array(get_array(group, "records/done"))
+    crc_array = find_array(group, "records/crc32c")
+    crc = read_array(crc_array) if crc_array is not None else None
     out = []
     for i in range(len(rows)):
         n = int(rows[i])
+        checks = None
+        if crc is not None and i < len(crc) and n and crc[i, 0] != _NO_CRC:
+            checks = (int(crc[i, 0]), int(crc[i, 1]))
         out.append(
             ShardRecord(
-                index=i, rows=n, sha256=bytes(sha[i]).hex() if n else "", done=bool(done[i])
+                index=i,
+                rows=n,
+                sha256=bytes(sha[i]).hex() if n else "",
+                done=bool(done[i]),
+                crc32c=checks,
             )
         )
     return out

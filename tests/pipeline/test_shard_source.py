@@ -159,25 +159,70 @@ def test_verify_false_skips_the_check(tmp_path):
     assert float(blocks[1][0].abs().sum()) == 0.0
 
 
-def test_each_shard_is_hashed_once_per_process(tmp_path, monkeypatch):
+def _counting(monkeypatch, module, name: str) -> list[int]:
+    """Calls of ``module.name`` from now on, one entry each."""
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def counted(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_each_shard_is_checked_once_per_process_by_its_crc32c(tmp_path, monkeypatch):
     import pipeline.shard_source as module
 
     made = make_store(tmp_path, n=20, shard=5)
-    hashed: list[int] = []
-    real = module.shard_digest
-
-    def counted(images, *args):
-        hashed.append(len(images))
-        return real(images, *args)
-
-    monkeypatch.setattr(module, "shard_digest", counted)
+    checked = _counting(monkeypatch, module, "rows_crc32c")
+    hashed = _counting(monkeypatch, module, "shard_digest")
     ds = ShardDataset(made.path, cache_shards=0)
     for _ in range(2):
         for i in range(len(ds)):
             ds[i]
-    assert len(hashed) == 4  # one digest per shard, whatever the re-reads
+    assert len(checked) == 4  # one check per shard, whatever the re-reads
+    assert hashed == []  # the bytes matched their CRC32C: the values were not hashed
     list(iter_shards(made.path))  # another reader: its own checks
-    assert len(hashed) == 8
+    assert len(checked) == 8
+
+
+def test_the_corruptions_fail_the_crc32c_check_too(corrupted):
+    made, _ = corrupted
+    quick = verify(made.path, deep=False)  # what a run checks after writing: no decode
+    assert 1 in [p.index for p in quick.mismatched]
+    assert quick.mismatched == verify(made.path).mismatched  # the same findings, the same reasons
+
+
+def test_a_store_without_crc32c_records_is_checked_by_sha256(tmp_path, monkeypatch):
+    """A store made before the CRC32C records: every shard is hashed, corruption still found."""
+    import pipeline.shard_source as module
+
+    made = make_store(tmp_path, n=20, shard=5, codec="none")
+    shutil.rmtree(made.path / "records" / "crc32c")
+    hashed = _counting(monkeypatch, module, "shard_digest")
+    assert len(list(iter_shards(made.path))) == 4
+    assert len(hashed) == 4
+    assert verify(made.path, deep=False).ok
+    _flip_bit(made)
+    with pytest.raises(StoreError, match=SHARD + ".*does not match its SHA-256 record"):
+        ShardDataset(made.path)[5]
+    assert [p.index for p in verify(made.path, deep=False).mismatched] == [1]
+
+
+def test_a_wrong_crc32c_record_defers_to_the_sha256(tmp_path, monkeypatch):
+    """The SHA-256 of the values is the authority: bytes that differ but decode right pass."""
+    import pipeline.shard_source as module
+
+    made = make_store(tmp_path, n=20, shard=5)
+    crc = zarr.open_group(made.path, mode="r+")["records/crc32c"]
+    crc[1] = [int(crc[1, 0]) ^ 1, int(crc[1, 1])]
+    hashed = _counting(monkeypatch, module, "shard_digest")
+    blocks = list(iter_shards(made.path))
+    assert len(hashed) == 1  # shard 1 only, and it matched
+    np.testing.assert_array_equal(blocks[1][0].numpy(), made.stored[5:10].astype(np.float32))
+    assert verify(made.path, deep=False).ok
 
 
 def test_a_shard_rewritten_after_opening_is_refused(tmp_path):

@@ -234,6 +234,59 @@ def test_concurrent_shards_in_random_order_read_back_exactly(store, layout):
     assert report.mismatched == ()
 
 
+def _reference_crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit: independent of the code."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def test_the_record_holds_the_crc32c_of_the_stored_bytes(store, layout):
+    assert _reference_crc32c(b"123456789") == 0xE3069283  # the reference's own check value
+    data = _data(layout)
+    _write_all(store, layout, data)
+    for record in read_records(store):
+        rows = _rows(data, layout.shard_rows(record.index))
+        stored = (store / "images" / "c" / str(record.index) / "0" / "0" / "0").read_bytes()
+        assert record.crc32c is not None
+        assert record.crc32c[0] == _reference_crc32c(stored)
+        canonical = b"".join(
+            [
+                rows["labels"].astype("<i8").tobytes(),
+                rows["source_index"].astype("<i8").tobytes(),
+                rows["copy_index"].astype("<i4").tobytes(),
+            ]
+        )
+        assert record.crc32c[1] == _reference_crc32c(canonical)
+
+
+def test_a_quick_verify_reads_bytes_without_decoding(store, layout, monkeypatch):
+    from pipeline.store import shardio
+
+    data = _data(layout)
+    _write_all(store, layout, data)
+    decoded: list[int] = []
+    real = shardio.ShardFormat.decode
+    monkeypatch.setattr(
+        shardio.ShardFormat, "decode", lambda self, *a, **k: decoded.append(1) or real(self, *a, **k)
+    )
+    assert verify(store, deep=False).verified == tuple(range(layout.n_shards))
+    assert decoded == []
+    assert verify(store).ok  # the deep check decodes every shard
+    assert len(decoded) == layout.n_shards
+    # a byte of shard 2 changed on disk: the quick check finds it, and the SHA-256 explains it
+    f = store / "images" / "c" / "2" / "0" / "0" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[3] ^= 0x40
+    f.write_bytes(bytes(raw))
+    report = verify(store, deep=False)
+    assert [p.index for p in report.mismatched] == [2]
+    assert "sha256" in report.mismatched[0].reason or "cannot read" in report.mismatched[0].reason
+
+
 def test_write_shard_casts_floats_to_the_store_dtype(store, layout):
     data = _data(layout)
     rows = layout.shard_rows(1)

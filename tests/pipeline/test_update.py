@@ -186,6 +186,32 @@ def test_new_files_become_new_shards_and_only_they_are_decoded(source, tmp_path,
     assert labels == {"cat", "dog", "eel"}
 
 
+@pytest.mark.parametrize("update", ["freeze", "refresh"])
+def test_a_store_without_crc32c_records_is_updated_and_checked_by_sha256(
+    source, tmp_path, update
+):
+    """A store made before the CRC32C records were kept grows (or is rewritten) without them."""
+    out = tmp_path / "o.zarr"
+    cfg = _config(source, out, stats={"update": update})
+    prepare(cfg)
+    shutil.rmtree(out / "records" / "crc32c")  # as such a store is
+    for i in range(300, 309):
+        _image(source / "cat" / f"{i}.png", i)
+    result = prepare(cfg)  # its verify step hashes every new shard's values
+    assert result.shards_written >= 2
+    assert not (out / "records" / "crc32c").exists()
+    assert read_layout(out).n_shards == result.shards
+    assert verify(out).ok and verify(out, deep=False).ok
+    if update == "refresh":  # every row written again: the same bytes as a new store
+        fresh = tmp_path / "fresh.zarr"
+        prepare(_config(source, fresh, stats={"update": update}))
+        got, expected = _by_path(out), _by_path(fresh)
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert np.array_equal(got[key], value), key
+    assert len(list(iter_shards(out))) == result.shards
+
+
 def test_touch_changes_nothing(source, tmp_path, decoded):
     out = tmp_path / "o.zarr"
     cfg = _config(source, out)
