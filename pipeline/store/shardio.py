@@ -59,7 +59,9 @@ def crc32c(data: Any, value: int = 0) -> int:
     """
     import google_crc32c
 
-    raw = data if isinstance(data, bytes) else memoryview(data).cast("B").tobytes()
+    # bytes as they are, anything else as a flat uint8 array: google-crc32c takes both
+    # without a copy (a memoryview it refuses)
+    raw = data if isinstance(data, bytes) else np.frombuffer(memoryview(data).cast("B"), np.uint8)
     return int(google_crc32c.extend(value, raw))
 
 
