@@ -143,8 +143,9 @@ _ACCOUNT_STAGES = {
     "resize": "resize (torch)",
     "finish": "normalize + cast to float16 (TransformPlan.finish)",
     "sha_write": "SHA-256 of each shard (write_shard)",
+    "crc_write": "CRC32C of each shard's object and rows (write_shard: the record's byte checks)",
     "encode": "encode the shard object (ShardFormat.encode: compress, index)",
-    "verify": "verify: read the shards back, SHA-256, Python side (verify._check_shard)",
+    "verify": "verify: read the shards back, CRC32C of the bytes (verify._check_shard)",
     "decode_codec": "verify: decode the shard object (ShardFormat.decode: decompress)",
 }
 
@@ -213,6 +214,8 @@ def _account(argv: list[str]) -> None:
     plan = pipeline.transforms.TransformPlan
     plan.finish = wrap("finish", plan.finish)  # type: ignore[method-assign]
     writer.shard_digest = wrap("sha_write", writer.shard_digest)
+    writer.rows_crc32c = wrap("crc_write", writer.rows_crc32c)
+    pipeline.store.shardio.crc32c = wrap("crc_write", pipeline.store.shardio.crc32c)
     verifier._check_shard = wrap("verify", verifier._check_shard)
     for codec in (BloscCodec, GzipCodec, ZstdCodec):  # stores whose shards zarr writes
         codec._encode_sync = wrap("encode", codec._encode_sync)  # type: ignore[method-assign]
