@@ -626,14 +626,25 @@ def verify(
             "with the store's own config (the source must still be there).",
         ),
     ] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Compare each shard's stored bytes with the CRC32C recorded when they were "
+            "written, without decoding them; a shard without one, or whose bytes differ, "
+            "gets the SHA-256 check.",
+        ),
+    ] = False,
     storage_option: StorageOptions = None,
 ) -> None:
     """Recompute every shard's SHA-256 and the manifest's, compare with the records (exit 1).
 
     The manifest covers what gives the rows their meaning: the source paths,
     the file table, the live mask, the classes, the statistics, the config
-    and the layout. With --repair, corrupt shards are rewritten (exit 0 when
-    the store verifies afterwards).
+    and the layout. With --quick, the shards' stored bytes are checked
+    against their CRC32C instead (what a run does after writing). With
+    --repair, corrupt shards are rewritten (exit 0 when the store verifies
+    afterwards).
     """
     from pipeline.store import store_ref
     from pipeline.store import verify as verify_store
@@ -641,7 +652,7 @@ def verify(
     target = store_ref(cli_location(store, storage_option, what="STORE"))
     console = make_console()
     if not repair:
-        report = verify_store(target, workers=workers)
+        report = verify_store(target, workers=workers, deep=not quick)
         console.print(report.summary(), markup=False, soft_wrap=True)
         if not report.ok:
             raise typer.Exit(EXIT_REJECTED)

@@ -54,6 +54,37 @@ def test_verify_passes_then_names_a_corrupted_shard(store, tmp_path):
     assert "shard 1" in bad.output
 
 
+def test_a_quick_verify_checks_the_bytes_and_names_a_corrupted_shard(
+    store, tmp_path, monkeypatch
+):
+    import shutil
+
+    from pipeline.store import shardio
+
+    decoded: list[int] = []
+    real = shardio.ShardFormat.decode
+
+    def counted(self, *a, **k):
+        decoded.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(shardio.ShardFormat, "decode", counted)
+    ok = runner.invoke(app, ["verify", str(store), "--quick"])
+    assert ok.exit_code == 0, ok.output
+    assert "0 mismatched" in ok.output
+    assert decoded == []  # bytes against their CRC32C: nothing decoded
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    f = copy / "images" / "c" / "1" / "0" / "0" / "0"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x04  # inside a chunk of shard 1
+    f.write_bytes(bytes(raw))
+    bad = runner.invoke(app, ["verify", str(copy), "--quick"])
+    assert bad.exit_code == 1
+    assert "1 mismatched" in bad.output
+    assert "shard 1:" in bad.output
+
+
 def test_verify_of_a_missing_store_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["verify", str(tmp_path / "nothing.zarr")])
     assert result.exit_code == 2
