@@ -54,9 +54,7 @@ def test_verify_passes_then_names_a_corrupted_shard(store, tmp_path):
     assert "shard 1" in bad.output
 
 
-def test_a_quick_verify_checks_the_bytes_and_names_a_corrupted_shard(
-    store, tmp_path, monkeypatch
-):
+def test_a_quick_verify_checks_the_bytes_and_names_a_corrupted_shard(store, tmp_path, monkeypatch):
     import shutil
 
     from pipeline.store import shardio
