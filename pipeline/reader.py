@@ -27,8 +27,9 @@ Conventions:
   :func:`ops.normalize_`, the run's own kernel); ``normalize=False`` or
   ``denormalize=True`` returns [0, 1] pixels (``x * std + mean`` for a
   normalized store). Computed in float32 or wider, then cast to ``dtype``.
-- Integrity. Each shard's SHA-256 (:func:`pipeline.store.shard_digest`) is
-  recomputed the first time a process reads it and compared with its record;
+- Integrity. The first time a process reads a shard, the bytes read are
+  checked against the shard's record (their CRC32C; where there is none, or
+  they differ, the SHA-256 of the values, :func:`pipeline.store.shard_digest`);
   a mismatch raises :class:`~pipeline.errors.StoreError` naming the store,
   the shard and what mismatched (:mod:`pipeline.shard_source`).
   ``verify=False`` skips the check.
@@ -140,7 +141,7 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         dtype: floating dtype of the returned images (float32 by default).
         allow_partial: open a store with unwritten shards, exposing the done
             shards' rows only.
-        verify: check each shard's SHA-256 on its first read in a process.
+        verify: check each shard against its record on its first read in a process.
         augment: read-time augmentation steps, as in ``transform.augment``.
         seed: the augmentation seed (also the default seed of :meth:`loader`).
         device: where conversion and augmentation run (``"cpu"``, ``"cuda"``,
@@ -216,7 +217,7 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
         """Labels of every sample, in dataset order (a copy).
 
         Read when the dataset was opened; a shard's labels are checked
-        against its SHA-256 when the shard is first read.
+        against its record when the shard is first read.
         """
         return self._labels.copy()
 
@@ -232,7 +233,7 @@ class ShardDataset(Dataset[tuple[torch.Tensor, int]]):
 
     @property
     def verify(self) -> bool:
-        """Whether shards are checked against their SHA-256 on first read."""
+        """Whether shards are checked against their records on first read."""
         return self._source.verify
 
     @property
@@ -641,7 +642,7 @@ def iter_shards(
     ``images`` is ``(rows, C, H, W)`` on ``device`` (converted and augmented
     as :class:`ShardDataset` does), ``labels`` is ``(rows,)`` int64 on the CPU:
     the shard's live rows (:func:`readable_rows`). Each shard is read once
-    (one Zarr read per array), checked against its SHA-256 unless
+    (one Zarr read per array), checked against its record unless
     ``verify=False``; a background thread reads up to ``prefetch`` shards
     ahead while the caller works on the current one (``prefetch=0`` reads in
     the caller's thread). The arguments are checked when it is called, the
