@@ -15,7 +15,7 @@ augment):
   they run in the workers instead, in parallel). Yields ``(images, labels)``
   batches on the device; :meth:`ShardLoader.set_epoch` once per epoch.
 - :func:`iter_shards`: every live row once, one whole shard at a time, with
-  the next shards read in a background thread while the caller works.
+  the next shards read in background threads while the caller works.
 
 Conventions:
 
@@ -643,9 +643,10 @@ def iter_shards(
     as :class:`ShardDataset` does), ``labels`` is ``(rows,)`` int64 on the CPU:
     the shard's live rows (:func:`readable_rows`). Each shard is read once
     (one Zarr read per array), checked against its record unless
-    ``verify=False``; a background thread reads up to ``prefetch`` shards
-    ahead while the caller works on the current one (``prefetch=0`` reads in
-    the caller's thread). The arguments are checked when it is called, the
+    ``verify=False``; background threads (up to one per core) read up to
+    ``prefetch`` shards ahead while the caller works on the current one
+    (``prefetch=0`` reads in the caller's thread); the shards come in row
+    order whichever thread read them. The arguments are checked when it is called, the
     shards are read as it is iterated.
 
     Args:
@@ -715,7 +716,10 @@ def _iterate(
             images, labels, rows = load(index)
             yield transform(images, rows=rows, epoch=epoch), labels
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imageprep-read")
+    # shards read (and decoded) side by side, up to one per core: the codecs release the
+    # GIL (zstd 3 reads 20-30 % faster with two threads than with one, on 2 cores)
+    threads = max(1, min(prefetch, os.cpu_count() or 1))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imageprep-read")
     pending: deque[Future[Any]] = deque()
     todo = iter(shards)
     try:
