@@ -289,9 +289,7 @@ def test_iter_shards_prefetch_gives_the_same_shards(tmp_path, prefetch):
     np.testing.assert_allclose(got, ref64, rtol=0, atol=1e-6)
 
 
-def test_iter_shards_yields_in_row_order_when_a_later_shard_is_read_first(
-    tmp_path, monkeypatch
-):
+def test_iter_shards_yields_in_row_order_when_a_later_shard_is_read_first(tmp_path, monkeypatch):
     import time
 
     from pipeline.shard_source import ShardSource
