@@ -13,7 +13,8 @@ reads of every sample, one shard at a time (consumer does nothing):
   sliced shard by shard into float32 tensors (``mmap/f16``: into float16
   tensors, a copy only);
 - ``iter_shards``: the float16 stores into float32 (as stored: normalized),
-  with and without the SHA-256 check (``verify``), zstd, blosc and none;
+  with and without the check on first read (``verify``), zstd, blosc and
+  none; ``/p1``: ``prefetch=1``, one read-ahead thread instead of two;
   ``/f16``: the stored float16 values, no conversion;
 - ``zarr``: the floor of any reader that goes through zarr-python: a plain
   ``read_array`` of each shard's rows of ``images`` (no checks, no labels);
@@ -34,7 +35,7 @@ augmentation (invert p=0.5 + DoG band-pass noise), producing augmented samples:
   (read, augment, normalize in the 2 workers), one epoch.
 
 Reads and epochs are timed in the steady state: a first pass (cold: the
-process opens the store, forks its workers, and checks each shard's SHA-256
+process opens the store, forks its workers, and checks each shard against its record
 the first time it reads it), then ``PASSES`` passes (persistent workers)
 whose mean is reported; the first pass is reported beside. Runs are
 interleaved over ``--repeat`` rounds; the fastest wall time counts (and the
@@ -76,8 +77,10 @@ READS = {
     "mmap": "NumPy memory map -> float32",
     "iter/zstd": "iter_shards zstd 3, verify",
     "iter/zstd/noverify": "iter_shards zstd 3, verify=False",
+    "iter/zstd/p1": "iter_shards zstd 3, verify, prefetch=1 (one read-ahead thread)",
     "iter/blosc": "iter_shards blosc lz4, verify",
     "iter/blosc/noverify": "iter_shards blosc lz4, verify=False",
+    "iter/blosc/p1": "iter_shards blosc lz4, verify, prefetch=1 (one read-ahead thread)",
     "iter/none": "iter_shards none, verify",
     "iter/none/noverify": "iter_shards none, verify=False",
     "zarr/zstd": "zarr-python read_array per shard, zstd 3 -> float32 (the zarr floor)",
@@ -225,7 +228,12 @@ def _reads(kind: str, stores: dict[str, str], shard: int):
         return zarr_pass
 
     def iter_pass() -> int:
-        blocks = iter_shards(stores[f"f16/{parts[1]}"], verify="noverify" not in parts, dtype=dtype)
+        blocks = iter_shards(
+            stores[f"f16/{parts[1]}"],
+            verify="noverify" not in parts,
+            dtype=dtype,
+            prefetch=1 if "p1" in parts else 2,  # prefetch 2: two read-ahead threads
+        )
         return sum(images.shape[0] for images, _ in blocks)
 
     return iter_pass
