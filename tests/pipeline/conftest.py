@@ -27,6 +27,22 @@ def _restore_pillow_limit():
     Image.MAX_IMAGE_PIXELS = saved
 
 
+@pytest.fixture
+def shard_decodes(monkeypatch) -> list[int]:
+    """One entry per shard object decoded (``ShardFormat.decode``) from now on."""
+    from pipeline.store import shardio
+
+    calls: list[int] = []
+    real = shardio.ShardFormat.decode
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(shardio.ShardFormat, "decode", counted)
+    return calls
+
+
 def png_bytes(a: np.ndarray) -> bytes:
     """A PNG written by hand (any bit depth 8/16, gray/GA/RGB/RGBA), independent of Pillow."""
     h, w = a.shape[:2]

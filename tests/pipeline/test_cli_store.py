@@ -54,23 +54,15 @@ def test_verify_passes_then_names_a_corrupted_shard(store, tmp_path):
     assert "shard 1" in bad.output
 
 
-def test_a_quick_verify_checks_the_bytes_and_names_a_corrupted_shard(store, tmp_path, monkeypatch):
+def test_a_quick_verify_checks_the_bytes_and_names_a_corrupted_shard(
+    store, tmp_path, shard_decodes
+):
     import shutil
 
-    from pipeline.store import shardio
-
-    decoded: list[int] = []
-    real = shardio.ShardFormat.decode
-
-    def counted(self, *a, **k):
-        decoded.append(1)
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(shardio.ShardFormat, "decode", counted)
     ok = runner.invoke(app, ["verify", str(store), "--quick"])
     assert ok.exit_code == 0, ok.output
     assert "0 mismatched" in ok.output
-    assert decoded == []  # bytes against their CRC32C: nothing decoded
+    assert shard_decodes == []  # bytes against their CRC32C: nothing decoded
     copy = tmp_path / "copy.zarr"
     shutil.copytree(store, copy)
     f = copy / "images" / "c" / "1" / "0" / "0" / "0"
