@@ -414,7 +414,6 @@ def check_runtime(config: RunConfig) -> None:
         ConfigError: the device does not exist on this machine.
     """
     from pipeline.errors import ConfigError, InvalidArgumentError
-    from pipeline.transforms import resolve_device
 
     source = config.source.location
     if source.is_local and not os.path.isdir(source.path):  # before the lock: nothing left behind
@@ -425,6 +424,10 @@ def check_runtime(config: RunConfig) -> None:
         load_stats_file(config)
     if config.runtime.dask_address is not None:
         return
+    if not config.runtime.device.startswith("cuda"):
+        return  # "cpu" and "auto" exist everywhere: no torch import (a run with nothing to do)
+    from pipeline.transforms import resolve_device
+
     try:
         resolve_device(config.runtime.device)
     except InvalidArgumentError as exc:
@@ -682,7 +685,6 @@ def compute_run_stats(
     from pipeline.sources import Manifest, fingerprint_of
     from pipeline.stats import FileMoments, Stats, measure
     from pipeline.store import finish_swap
-    from pipeline.transforms import TransformPlan
     from pipeline.update import diff_source
 
     st = config.stats
@@ -707,7 +709,11 @@ def compute_run_stats(
     if known:
         decoded, moments = Stats.empty(method=method), None
     elif todo.files:
-        loader = _resized_loader(TransformPlan.for_stats(config)) if st.at == "resized" else None
+        loader = None
+        if st.at == "resized":  # torch only where it resizes
+            from pipeline.transforms import TransformPlan
+
+            loader = _resized_loader(TransformPlan.for_stats(config))
         decoded, moments = measure(
             todo,
             method=method,
@@ -1407,18 +1413,22 @@ def write_shards(
         ShardWriteError: some shards failed; the message names each with its
             cause. The others are written and the store stays resumable.
     """
-    import dask
-
-    from pipeline.execution import guarded
-    from pipeline.storage import Location
     from pipeline.store import done_shards, open_group, read_layout
-    from pipeline.transforms import TransformPlan
 
-    plan = TransformPlan.from_config(config, run_stats.stats)
     layout = read_layout(state.path)
     done = done_shards(state.path)
     todo = shard_jobs(state.path, [i for i in range(layout.n_shards) if i not in done])
     result = WriteResult(skipped=layout.n_shards - len(todo))
+    if not todo:  # an unchanged source: nothing to decode, and no torch or Dask to import
+        return result
+
+    import dask
+
+    from pipeline.execution import guarded
+    from pipeline.storage import Location
+    from pipeline.transforms import TransformPlan
+
+    plan = TransformPlan.from_config(config, run_stats.stats)
     workers = resolve_workers(config.runtime.workers)
     tasks = [
         dask.delayed(guarded, pure=False)(

@@ -211,6 +211,49 @@ def test_a_store_without_crc32c_records_is_updated_and_checked_by_sha256(source,
     assert len(list(iter_shards(out))) == result.shards
 
 
+def _run_in_a_new_process(config: Path) -> tuple[str, list[str]]:
+    """``imageprep run CONFIG --no-prefect`` in a fresh interpreter: its output, and
+    which of torch and dask it imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from flows.cli import app\n"
+        f"try:\n    app(['run', {str(config)!r}, '--no-prefect'])\n"
+        "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('IMPORTED', [m for m in ('torch', 'dask') if m in sys.modules])\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo
+    ).stdout
+    last = [line for line in out.splitlines() if line.startswith("IMPORTED")][-1]
+    return out, json.loads(last.split(" ", 1)[1].replace("'", '"'))
+
+
+def test_a_rerun_over_an_unchanged_source_imports_neither_torch_nor_dask(source, tmp_path):
+    """The scheduled run over a folder that did not change: a scan and a diff, nothing heavy."""
+    out = tmp_path / "o.zarr"
+    config = tmp_path / "run.json"  # JSON is YAML
+    data = {
+        "source": {"path": str(source)},
+        "transform": {"size": list(SIZE)},
+        "output": {"path": str(out), "shard_size": 6},
+        "runtime": {"workers": 1, "device": "auto"},
+    }
+    config.write_text(json.dumps(data))
+    prepare(validate_config(data))
+    text, imported = _run_in_a_new_process(config)
+    assert "0 written now" in text
+    assert imported == []
+    _image(source / "cat" / "new.png", 77)  # a new file: the run decodes, resizes and writes
+    text, imported = _run_in_a_new_process(config)
+    assert "1 written now" in text
+    assert imported == ["torch", "dask"]
+    assert verify(out).ok
+
+
 def test_touch_changes_nothing(source, tmp_path, decoded):
     out = tmp_path / "o.zarr"
     cfg = _config(source, out)
