@@ -9,7 +9,10 @@ full run of the grown folder into a new store. Every decode of a source file
 is counted, in the statistics pass and in the shard tasks alike (the update
 must decode the new files only, once each: their samples and their exact
 moments come from one decode), and the shard files written before the update
-are checked to be untouched.
+are checked to be untouched. Last, the same config runs once more over the
+unchanged folder (what most scheduled runs are): it must decode and write
+nothing, and it is timed as a whole process too (interpreter start and
+imports included).
 
 Each timed run is its own process (the first run is not timed).
 
@@ -59,6 +62,7 @@ t0 = time.perf_counter()
 result = prepare(cfg)
 print(json.dumps({
     "seconds": time.perf_counter() - t0,
+    "torch": "torch" in sys.modules,
     "decoded": decoded,
     "samples": result.samples,
     "shards_written": result.shards_written,
@@ -114,6 +118,7 @@ def main() -> None:
         update = _run(src, store, args.workers)
         after = _shard_digests(store)
         untouched = all(after.get(k) == v for k, v in before.items())
+        noop = _run(src, store, args.workers)
         full = _run(src, tmp_path / "full.zarr", args.workers)
 
     ratio = update["seconds"] / full["seconds"]
@@ -132,7 +137,17 @@ def main() -> None:
         f"| **incremental rerun** (+{grow}) | {update['seconds']:.2f} | "
         f"{_decodes(update)} | {update['shards_written']} | **{ratio:.3f}** |"
     )
+    print(
+        f"| rerun, source unchanged | {noop['seconds']:.2f} | {_decodes(noop)} | "
+        f"{noop['shards_written']} | {noop['seconds'] / full['seconds']:.3f} |"
+    )
     print()
+    print(
+        "whole processes (interpreter, imports, run): "
+        f"full {full['process_seconds']:.2f} s, update {update['process_seconds']:.2f} s, "
+        f"unchanged {noop['process_seconds']:.2f} s "
+        f"(torch imported: {noop['torch']})"
+    )
     print(
         f"update timings (s): {json.dumps({k: round(v, 2) for k, v in update['timings'].items()})}"
     )
