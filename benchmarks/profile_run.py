@@ -143,7 +143,7 @@ _ACCOUNT_STAGES = {
     "resize": "resize (torch)",
     "finish": "normalize + cast to float16 (TransformPlan.finish)",
     "sha_write": "SHA-256 of each shard (write_shard)",
-    "crc_write": "CRC32C of each shard's object and rows (write_shard: the record's byte checks)",
+    "crc_write": "CRC32C of each shard's object and rows (for the record; the rows' in verify)",
     "encode": "encode the shard object (ShardFormat.encode: compress, index)",
     "verify": "verify: read the shards back, CRC32C of the bytes (verify._check_shard)",
     "decode_codec": "verify: decode the shard object (ShardFormat.decode: decompress)",

@@ -64,7 +64,6 @@ from pipeline.store import (
     open_group,
     read_array,
     read_records,
-    rows_crc32c,
     shard_digest,
 )
 from pipeline.store.shardio import (
@@ -146,7 +145,7 @@ class ShardSource:
         if records is None:
             records = read_records(open_group(path))
         self._sha256 = [r.sha256 for r in records]
-        self._crc32c = [r.crc32c for r in records]
+        self._records = list(records)
         self._rows = [r.rows for r in records]
         self._done = [r.done for r in records]
         self._reset()
@@ -242,7 +241,7 @@ class ShardSource:
         check = not self.is_verified(index)
         names = ("images", "labels", "source_index", "copy_index")
         # the CRC32C of the images object, when the record has one to compare it with
-        crcs: list[int] | None = [] if check and self._crc32c[index] is not None else None
+        crcs: list[int] | None = [] if check and self._records[index].crc32c is not None else None
         try:
             images, labels, *rest = self._read_arrays(
                 sl, names if check else names[:2], shard=index, object_crcs=crcs
@@ -254,7 +253,8 @@ class ShardSource:
                 f"{self._where(index)} cannot be read: {type(exc).__name__}: {exc}"
             ) from exc
         if check:
-            if not (crcs and self._bytes_match(index, crcs[0], labels, *rest)):
+            self._check_rows(index)
+            if not (crcs and self._records[index].bytes_match(crcs[0], labels, *rest)):
                 self._check(index, images, labels, *rest)  # the SHA-256 decides, and explains
             with self._lock:
                 self._verified.add(index)
@@ -325,22 +325,6 @@ class ShardSource:
                 f"{self._rows[index]} rows were written, the layout has {len(span)}"
             )
 
-    def _bytes_match(
-        self, index: int, object_crc: int, labels: np.ndarray, source: np.ndarray, copy: np.ndarray
-    ) -> bool:
-        """Whether the shard's stored bytes are those its record's CRC32C were taken of.
-
-        The fast check: no hash of the decoded values. Any difference sends
-        the shard to :meth:`_check` (the SHA-256 of its values decides).
-        """
-        self._check_rows(index)
-        record = self._crc32c[index]
-        return (
-            record is not None
-            and object_crc == record[0]
-            and rows_crc32c(labels, source, copy) == record[1]
-        )
-
     def _check(
         self,
         index: int,
@@ -349,7 +333,6 @@ class ShardSource:
         source: np.ndarray,
         copy: np.ndarray,
     ) -> None:
-        self._check_rows(index)
         digest = shard_digest(images, labels, source, copy)
         expected = self._sha256[index]
         if digest == expected:

@@ -21,7 +21,7 @@ from pipeline.store.group import (
 from pipeline.store.layout import StoreLayout
 from pipeline.store.manifest import manifest_problems
 from pipeline.store.shardio import crc32c, get_shard_object, read_images, shard_format
-from pipeline.store.writer import ShardRecord, read_records, rows_crc32c, shard_digest
+from pipeline.store.writer import ShardRecord, read_records, shard_digest
 
 __all__ = ["ShardProblem", "VerifyReport", "verify"]
 
@@ -76,11 +76,15 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def _bytes_match(group: zarr.Group, layout: StoreLayout, record: ShardRecord) -> bool:
+def _bytes_match(
+    group: zarr.Group, images: zarr.Array, layout: StoreLayout, record: ShardRecord
+) -> bool:
     """Whether the shard's stored bytes have the CRC32C its record holds (no decode).
 
-    False when they differ, cannot be read, or no CRC32C is recorded: the
-    SHA-256 check then decides (and says why).
+    ``images`` is the store's ``images`` array, whose shards this module can
+    read as objects (:func:`shard_format`). False when the bytes differ,
+    cannot be read, or no CRC32C is recorded: the SHA-256 check then decides
+    (and says why).
     """
     if record.crc32c is None:
         return False
@@ -89,29 +93,30 @@ def _bytes_match(group: zarr.Group, layout: StoreLayout, record: ShardRecord) ->
     rows = layout.shard_rows(record.index)
     sl = slice(rows.start, rows.stop)
     try:
-        images = get_array(group, "images")
-        if shard_format(images) is None:
-            return False
         blob = sync(get_shard_object(images, record.index))
-        if blob is None or crc32c(blob) != record.crc32c[0]:
+        if blob is None:
             return False
         labels, source, copy = (read_array(get_array(group, name), sl) for name in _ROW_NAMES)
-        crc = rows_crc32c(labels, source, copy)
     except Exception:  # unreadable: the full check reports it
         return False
-    return crc == record.crc32c[1]
+    return record.bytes_match(crc32c(blob), labels, source, copy)
 
 
 _ROW_NAMES = ("labels", "source_index", "copy_index")
 
 
 def _check_shard(
-    group: zarr.Group, layout: StoreLayout, record: ShardRecord, *, deep: bool = True
+    group: zarr.Group, layout: StoreLayout, record: ShardRecord, *, quick: zarr.Array | None
 ) -> str | None:
+    """Why shard ``record.index`` does not match its record (``None``: it matches).
+
+    ``quick``: the ``images`` array, when the stored bytes are first compared
+    with the record's CRC32C (:func:`_bytes_match`).
+    """
     rows = layout.shard_rows(record.index)
     if record.rows != len(rows):
         return f"record says {record.rows} rows, the layout has {len(rows)}"
-    if not deep and _bytes_match(group, layout, record):
+    if quick is not None and _bytes_match(group, quick, layout, record):
         return None
     sl = slice(rows.start, rows.stop)
     try:
@@ -166,8 +171,12 @@ def verify(
     n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     if n_workers < 1:
         raise InvalidArgumentError(f"workers must be >= 1, got {n_workers}")
+    quick = None
+    if not deep:  # its shards read as objects (else every shard gets the SHA-256 check)
+        images = get_array(group, "images")
+        quick = images if shard_format(images) is not None else None
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        results = list(pool.map(lambda r: _check_shard(group, layout, r, deep=deep), done))
+        results = list(pool.map(lambda r: _check_shard(group, layout, r, quick=quick), done))
     pairs = list(zip(done, results, strict=True))
     mismatched = tuple(ShardProblem(r.index, why) for r, why in pairs if why)
     verified = tuple(r.index for r, why in pairs if why is None)

@@ -80,6 +80,25 @@ class ShardRecord:
     done: bool
     crc32c: tuple[int, int] | None = None
 
+    def bytes_match(
+        self,
+        object_crc: int,
+        labels: np.ndarray,
+        source_index: np.ndarray,
+        copy_index: np.ndarray,
+    ) -> bool:
+        """Whether the bytes read are those the record's CRC32C were taken of.
+
+        ``object_crc``: the :func:`~pipeline.store.shardio.crc32c` of the
+        ``images`` object as read; the row arrays as read. False when no
+        CRC32C is recorded: the SHA-256 then decides.
+        """
+        return (
+            self.crc32c is not None
+            and object_crc == self.crc32c[0]
+            and rows_crc32c(labels, source_index, copy_index) == self.crc32c[1]
+        )
+
 
 def shard_digest(
     images: np.ndarray, labels: np.ndarray, source_index: np.ndarray, copy_index: np.ndarray

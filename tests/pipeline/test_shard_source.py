@@ -174,9 +174,10 @@ def _counting(monkeypatch, module, name: str) -> list[int]:
 
 def test_each_shard_is_checked_once_per_process_by_its_crc32c(tmp_path, monkeypatch):
     import pipeline.shard_source as module
+    import pipeline.store.writer as records
 
     made = make_store(tmp_path, n=20, shard=5)
-    checked = _counting(monkeypatch, module, "rows_crc32c")
+    checked = _counting(monkeypatch, records, "rows_crc32c")
     hashed = _counting(monkeypatch, module, "shard_digest")
     ds = ShardDataset(made.path, cache_shards=0)
     for _ in range(2):
