@@ -526,6 +526,52 @@ def test_decode_for_size_equals_decode_then_resize(tmp_path, mode, fmt, orientat
         assert torch.equal(got, resized_crop(to_tensor(decode(p)), (x1, y1, x2, y2), (20, 30)))
 
 
+def test_rgb_pixels_are_read_in_place_and_resize_to_the_copys_values(tmp_path, monkeypatch):
+    import gc
+
+    import pipeline.decode as decode_module
+    from ops import resize_to
+    from pipeline.decode import _rgbx_view, decode_for_size, decode_measured
+    from pipeline.transforms import to_tensor
+
+    # the view is Pillow's memory: it outlives the image, and equals a copy
+    im = Image.fromarray(random_rgb(np.random.default_rng(3), 37, 53))
+    expected = np.array(im)
+    view = _rgbx_view(im)
+    assert view is not None
+    assert view.shape == (37, 53, 4)
+    del im
+    gc.collect()
+    filler = [Image.new("RGB", (53, 37), (9, 9, 9)) for _ in range(20)]  # reuse freed memory
+    assert np.array_equal(view[..., :3], expected)
+    del filler
+
+    # not RGB, or rows in several blocks (over 16 MB): no view, the copy is resized
+    assert _rgbx_view(Image.new("L", (8, 8))) is None
+    assert _rgbx_view(Image.new("RGBA", (8, 8))) is None
+    assert _rgbx_view(Image.new("RGB", (3000, 2000))) is None
+
+    views = []
+    monkeypatch.setattr(
+        decode_module, "_rgbx_view", lambda im: views.append(_rgbx_view(im)) or views[-1]
+    )
+    p = tmp_path / "photo.jpg"
+    Image.fromarray(random_rgb(np.random.default_rng(4), 120, 90)).save(p, quality=90)
+    reference = resize_to(to_tensor(decode(p)), (32, 32), mode="shorter-side-crop")
+    got, _ = decode_for_size(p, (32, 32), draft=False)
+    measured, _, _ = decode_measured(p, (32, 32))
+    assert len(views) == 2
+    assert all(v is not None for v in views)
+    assert torch.equal(got, reference)
+    assert torch.equal(measured, reference)
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray(random_rgb(np.random.default_rng(5), 1100, 4000)).save(big, quality=90)
+    got, _ = decode_for_size(big, (32, 32), draft=False)
+    assert len(views) == 2  # 17.6 MB of RGBX: resized band by band, from copies
+    assert torch.equal(got, resize_to(to_tensor(decode(big)), (32, 32)))
+
+
 def test_decode_for_size_box_gets_the_displayed_size(tmp_path):
     from pipeline.decode import decode_for_size
 
