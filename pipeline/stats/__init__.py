@@ -56,6 +56,7 @@ from pipeline.stats.moments import (
     FloatSums,
     float_stats,
     sqrt_fraction,
+    sqrt_ratio,
     two_pass_stats,
 )
 
@@ -74,5 +75,6 @@ __all__ = [
     "float_stats",
     "measure",
     "sqrt_fraction",
+    "sqrt_ratio",
     "two_pass_stats",
 ]

@@ -29,7 +29,7 @@ import numpy as np
 from pipeline.decode import ImageHistogram
 from pipeline.errors import Failure, InvalidArgumentError
 from pipeline.stats.model import CHANNELS, Stats
-from pipeline.stats.moments import sqrt_fraction
+from pipeline.stats.moments import sqrt_fraction, sqrt_ratio
 
 __all__ = ["FIXED_BITS", "FileMoments", "fixed_point", "image_values"]
 
@@ -84,7 +84,7 @@ def image_values(h: ImageHistogram) -> tuple[list[float], list[float]]:
             s1 = _dot(counts, v)
             s2 = _dot(counts, v * v)
         means.append(s1 / (n * scale))
-        stds.append(sqrt_fraction(Fraction(n * s2 - s1 * s1, n * n * scale * scale)))
+        stds.append(sqrt_ratio(n * s2 - s1 * s1, n * n * scale * scale))
     return means, stds
 
 
@@ -161,26 +161,65 @@ class FileMoments:
         out.max = np.zeros((k, 3), np.uint16)
         out.image_mean = np.zeros((k, 3), np.float64)
         out.image_std = np.zeros((k, 3), np.float64)
-        for i, h in enumerate(histograms):
-            n = h.pixels
+        pixels = [h.pixels for h in histograms]
+        for i, n in enumerate(pixels):
             if n * _SCALE * _SCALE >= 1 << 64:
                 raise InvalidArgumentError(
                     f"{paths[i]}: {n} pixels is too many for exact 64-bit moments"
                 )
-            up = 257 if h.bits == 8 else 1
-            values = _V8 if h.bits == 8 else _V16
-            out.n[i] = n
+        eight = [i for i, h in enumerate(histograms) if h.bits == 8]
+        if eight:
+            out._set_eight_bit(eight, [histograms[i] for i in eight], pixels)
+        for i, h in enumerate(histograms):  # 16-bit images: per file, in Python integers
+            if h.bits == 8:
+                continue
+            values = _V16
+            out.n[i] = pixels[i]
             for c in range(3):
                 counts = h.counts[c]
                 nz = np.flatnonzero(counts)
-                out.s1[i, c] = up * _dot(counts, values)
-                out.s2[i, c] = up * up * _dot(counts, values * values)
-                out.min[i, c] = up * int(nz[0]) if nz.size else 0
-                out.max[i, c] = up * int(nz[-1]) if nz.size else 0
+                out.s1[i, c] = _dot(counts, values)
+                out.s2[i, c] = _dot(counts, values * values)
+                out.min[i, c] = int(nz[0]) if nz.size else 0
+                out.max[i, c] = int(nz[-1]) if nz.size else 0
             means, stds = image_values(h)
             out.image_mean[i] = means
             out.image_std[i] = stds
         return out
+
+    def _set_eight_bit(
+        self, rows: Sequence[int], histograms: Sequence[ImageHistogram], pixels: Sequence[int]
+    ) -> None:
+        """Fill ``rows`` from 8-bit histograms: one matrix product for all of them.
+
+        The integers are exact in int64 (``S2 <= n * 255**2``, and ``n`` is
+        below ``2**32`` by :meth:`of_histograms`' check); the means are one
+        correctly rounded float division of two exactly represented
+        integers, as ``int / int`` is; each std is :func:`sqrt_ratio` of
+        Python integers. The values are those of the per-file code of the
+        16-bit case (``tests/pipeline/test_stats.py`` compares them).
+        """
+        counts = np.stack([h.counts for h in histograms])  # (m, 3, 256)
+        n = np.asarray([pixels[i] for i in rows], np.int64)
+        s1 = counts @ _V8  # (m, 3)
+        s2 = counts @ (_V8 * _V8)
+        seen = counts > 0
+        some = seen.any(axis=-1)
+        first = seen.argmax(axis=-1)
+        last = 255 - seen[..., ::-1].argmax(axis=-1)
+        at = np.asarray(rows, np.intp)
+        self.n[at] = n
+        self.s1[at] = 257 * s1
+        self.s2[at] = s2.astype(np.uint64) * np.uint64(257 * 257)
+        self.min[at] = np.where(some, 257 * first, 0)
+        self.max[at] = np.where(some, 257 * last, 0)
+        self.image_mean[at] = s1 / (n[:, None] * 255)
+        for j, row in enumerate(rows):
+            nj = int(n[j])
+            den = nj * nj * 255 * 255
+            for c in range(3):
+                a, b = int(s1[j, c]), int(s2[j, c])
+                self.image_std[row, c] = sqrt_ratio(nj * b - a * a, den)
 
     @classmethod
     def concat(cls, parts: Sequence[FileMoments]) -> FileMoments:

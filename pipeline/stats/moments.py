@@ -37,6 +37,7 @@ __all__ = [
     "chan_merge",
     "float_stats",
     "sqrt_fraction",
+    "sqrt_ratio",
     "two_pass_stats",
 ]
 
@@ -53,14 +54,30 @@ def sqrt_fraction(q: Fraction) -> float:
     """
     if q < 0:
         raise InvalidArgumentError(f"q must be >= 0, got {q}")
-    p, d = q.numerator, q.denominator
+    return sqrt_ratio(q.numerator, q.denominator)
+
+
+def sqrt_ratio(p: int, d: int) -> float:
+    """Return the correctly rounded float square root of ``p / d`` (integers, ``p >= 0 < d``).
+
+    :func:`sqrt_fraction` without making a :class:`~fractions.Fraction` (whose
+    reduction costs a gcd): the ratio need not be in lowest terms. The
+    integer square root keeps at least 65 bits and a sticky bit, and the one
+    rounding is Python's correctly rounded ``int / int``.
+
+    Example:
+        >>> sqrt_ratio(2, 8), sqrt_ratio(4, 2) == math.sqrt(2)
+        (0.5, True)
+    """
+    if p < 0 or d <= 0:
+        raise InvalidArgumentError(f"p / d must have p >= 0 and d > 0, got {p} / {d}")
     if p == 0:
         return 0.0
     k = max(0, (130 - (p.bit_length() - d.bit_length())) // 2)
     num = p << (2 * k)
     r = math.isqrt(num // d)
     exact = r * r * d == num
-    return float(Fraction(2 * r + (0 if exact else 1), 1 << (k + 1)))
+    return (2 * r + (0 if exact else 1)) / (1 << (k + 1))
 
 
 def chan_merge(

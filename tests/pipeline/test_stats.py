@@ -22,6 +22,7 @@ from pipeline.stats import (
     compute_stats,
     float_stats,
     sqrt_fraction,
+    sqrt_ratio,
     two_pass_stats,
 )
 from tests.pipeline.conftest import (
@@ -300,6 +301,20 @@ def test_sqrt_fraction_is_correctly_rounded():
         sqrt_fraction(Fraction(-1, 2))
 
 
+def test_sqrt_ratio_needs_no_lowest_terms():
+    rng = np.random.default_rng(1)
+    for a, b, m in rng.integers(1, 2**40, size=(300, 3)):
+        a, b, m = int(a), int(b), int(m)
+        expected = decimal_sqrt(Fraction(a, b))
+        assert sqrt_ratio(a, b) == expected
+        assert sqrt_ratio(a * m, b * m) == expected  # the same ratio, not reduced
+    assert sqrt_ratio(0, 7) == 0.0
+    assert sqrt_ratio(9 * 10**30, 4 * 10**30) == 1.5
+    for p, d in [(-1, 2), (1, 0), (1, -3)]:
+        with pytest.raises(InvalidArgumentError, match="p >= 0 and d > 0"):
+            sqrt_ratio(p, d)
+
+
 # ------------------------------------------------------------------ float path
 
 
@@ -540,3 +555,41 @@ def test_file_moments_equal_python_integer_sums(bits, scale):
         nonzero = [v for v, k in enumerate(row) if k]
         assert int(m.min[0, c]) == up * nonzero[0]
         assert int(m.max[0, c]) == up * nonzero[-1]
+
+
+def test_file_moments_of_many_histograms_equal_per_file_python_integers():
+    """8-bit tables of many files at once (one matrix product), 16-bit ones per file."""
+    from pipeline.decode import ImageHistogram
+    from pipeline.stats.files import FileMoments
+
+    rng = np.random.default_rng(7)
+    hists = []
+    for i in range(40):
+        bits = 16 if i % 7 == 3 else 8
+        levels = 2**bits
+        if i % 5 == 0:  # gray: one row seen three times (a read-only broadcast view)
+            row = rng.integers(0, 9, levels).astype(np.int64) * (1 + i)
+            counts = np.broadcast_to(row, (3, levels))
+        else:
+            first = np.zeros(levels, np.int64)
+            first[rng.integers(0, levels, 1 + i % 4)] = 10**i % 997 + 1  # few distinct values
+            if i % 3 == 0:  # every value seen: ~6e8 pixels for 8 bits
+                first = rng.integers(0, 50, levels).astype(np.int64) * (10**5 if bits == 8 else 1)
+            counts = np.stack([first, first[::-1], rng.permutation(first)])
+        hists.append(ImageHistogram(bits=bits, counts=counts))
+    m = FileMoments.of_histograms([f"{i}.png" for i in range(40)], hists, [bytes(32)] * 40)
+    for i, h in enumerate(hists):
+        up, top = (257, 255) if h.bits == 8 else (1, 65535)
+        for c in range(3):
+            row = [int(x) for x in h.counts[c]]
+            n = sum(row)
+            s1 = sum(k * v for v, k in enumerate(row))
+            s2 = sum(k * v * v for v, k in enumerate(row))
+            nonzero = [v for v, k in enumerate(row) if k]
+            assert int(m.n[i]) == n
+            assert int(m.s1[i, c]) == up * s1
+            assert int(m.s2[i, c]) == up * up * s2
+            assert int(m.min[i, c]) == up * nonzero[0]
+            assert int(m.max[i, c]) == up * nonzero[-1]
+            assert m.image_mean[i, c] == float(Fraction(s1, n * top)), (i, c)
+            assert m.image_std[i, c] == decimal_sqrt(Fraction(n * s2 - s1 * s1, (n * top) ** 2))
