@@ -1,0 +1,127 @@
+"""Benchmark: a shard's file table from its 8-bit histograms, at once against file by file.
+
+``FileMoments.of_histograms`` on the value histograms of N of the benchmark
+JPEGs (``bench_stats``: 300-640 x 240-480), as a shard task calls it, against
+the per-file code it replaced (copied here line for line as the baseline:
+NumPy dot products per channel, twice, ``np.flatnonzero`` for min and max,
+each std through a ``Fraction``). Both give the same table (checked before timing). Printed:
+milliseconds per call (best of the rounds) and the ratio.
+
+    python benchmarks/bench_file_moments.py               # 256 files (one shard), 20 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_stats import dataset  # noqa: E402
+
+
+def _dot(counts: np.ndarray, values: np.ndarray) -> int:
+    nz = np.flatnonzero(counts)
+    if nz.size == 0:
+        return 0
+    c, v = counts[nz], values[nz]
+    if int(c.sum()) * int(v.max()) < 1 << 62:
+        return int(np.dot(c.astype(np.int64), v.astype(np.int64)))
+    return int(np.dot(c.astype(object), v.astype(object)))
+
+
+def _image_values(h) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    from pipeline.stats import sqrt_fraction
+
+    v = np.arange(256, dtype=np.int64)
+    gray = h.counts.strides[0] == 0
+    means: list[float] = []
+    stds: list[float] = []
+    for c in range(3):
+        if gray and c > 0:
+            means.append(means[0])
+            stds.append(stds[0])
+            continue
+        counts = h.counts[c]
+        n = int(counts.sum())
+        s1 = int(np.dot(counts, v))
+        s2 = int(np.dot(counts, v * v))
+        means.append(s1 / (n * 255))
+        stds.append(sqrt_fraction(Fraction(n * s2 - s1 * s1, n * n * 255 * 255)))
+    return means, stds
+
+
+def per_file(paths, histograms, digests):  # type: ignore[no-untyped-def]
+    """The code before, for 8-bit files (pipeline/stats/files.py at 3cf21f3), line for line."""
+    from pipeline.stats import FileMoments
+
+    k = len(paths)
+    out = FileMoments.empty()
+    out.paths = list(paths)
+    out.sha256 = np.frombuffer(b"".join(digests), np.uint8).reshape(k, 32).copy()
+    out.n = np.zeros(k, np.int64)
+    out.s1 = np.zeros((k, 3), np.int64)
+    out.s2 = np.zeros((k, 3), np.uint64)
+    out.min = np.zeros((k, 3), np.uint16)
+    out.max = np.zeros((k, 3), np.uint16)
+    out.image_mean = np.zeros((k, 3), np.float64)
+    out.image_std = np.zeros((k, 3), np.float64)
+    values = np.arange(256, dtype=np.int64)
+    for i, h in enumerate(histograms):
+        n = h.pixels
+        if n * 65535 * 65535 >= 1 << 64:
+            raise ValueError(f"{paths[i]}: {n} pixels")
+        out.n[i] = n
+        for c in range(3):
+            counts = h.counts[c]
+            nz = np.flatnonzero(counts)
+            out.s1[i, c] = 257 * _dot(counts, values)
+            out.s2[i, c] = 257 * 257 * _dot(counts, values * values)
+            out.min[i, c] = 257 * int(nz[0]) if nz.size else 0
+            out.max[i, c] = 257 * int(nz[-1]) if nz.size else 0
+        means, stds = _image_values(h)
+        out.image_mean[i] = means
+        out.image_std[i] = stds
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=20)
+    args = ap.parse_args()
+
+    from pipeline.decode import decode_histogram
+    from pipeline.stats import FileMoments
+
+    files = sorted(dataset(args.files, max(args.files, 2000)).rglob("*.jpg"))[: args.files]
+    paths = [str(p) for p in files]
+    histograms = [decode_histogram(p) for p in files]
+    digests = [bytes(32)] * len(files)
+    a = FileMoments.of_histograms(paths, histograms, digests)
+    b = per_file(paths, histograms, digests)
+    for field in ("n", "s1", "s2", "min", "max", "image_mean", "image_std"):
+        if not np.array_equal(getattr(a, field), getattr(b, field)):
+            raise SystemExit(f"{field} differs between the two")
+    best = {"at once": float("inf"), "per file": float("inf")}
+    for _ in range(args.rounds):
+        for kind, fn in (("at once", FileMoments.of_histograms), ("per file", per_file)):
+            t0 = time.perf_counter()
+            fn(paths, histograms, digests)
+            best[kind] = min(best[kind], time.perf_counter() - t0)
+    print(f"{len(files)} 8-bit files, the same table both ways")
+    print("| file table | ms per call | ms per file |")
+    print("|---|---:|---:|")
+    for kind, t in best.items():
+        print(f"| {kind} | {1e3 * t:.1f} | {1e3 * t / len(files):.3f} |")
+    print(f"per file / at once: {best['per file'] / best['at once']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
