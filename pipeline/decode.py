@@ -841,9 +841,10 @@ def _rgbx_view(im: Image.Image) -> np.ndarray | None:
     Read through Pillow's Arrow export (``nanoarrow``), without a copy. The
     array keeps the export, and so the image's memory, alive. ``None`` when
     the image is not ``RGB`` or Pillow cannot export it (an image whose rows
-    lie in several blocks, over 16 MB; Pillow before 11.2). ``np.array(im)`` instead copies the
-    pixels through ``Image.tobytes``, holding the GIL: 0.3-0.4 ms for a
-    500x375 photo, and 3-4x that when two threads do it at once.
+    lie in several blocks, over 16 MB; a Pillow before 11.2).
+    ``np.array(im)`` instead copies the pixels through ``Image.tobytes``,
+    holding the GIL: 0.3-0.4 ms for a 500x375 photo, and 3-4x that when two
+    threads do it at once.
     """
     if im.mode != "RGB":
         return None

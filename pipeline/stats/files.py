@@ -196,8 +196,8 @@ class FileMoments:
         below ``2**32`` by :meth:`of_histograms`' check); the means are one
         correctly rounded float division of two exactly represented
         integers, as ``int / int`` is; each std is :func:`sqrt_ratio` of
-        Python integers. The values are those of the per-file code of the
-        16-bit case (``tests/pipeline/test_stats.py`` compares them).
+        Python integers: the values of per-file Python integer sums, field for
+        field (``tests/pipeline/test_stats.py`` compares them).
         """
         counts = np.stack([h.counts for h in histograms])  # (m, 3, 256)
         n = np.asarray([pixels[i] for i in rows], np.int64)

@@ -46,7 +46,8 @@ def sqrt_fraction(q: Fraction) -> float:
     """Return the correctly rounded (to nearest) float square root of ``q >= 0``.
 
     Uses an integer square root with enough guard bits and a sticky bit, so the
-    single rounding happens in ``float(Fraction)``.
+    single rounding happens in one correctly rounded ``int / int``
+    (:func:`sqrt_ratio` of its numerator and denominator).
 
     Example:
         >>> sqrt_fraction(Fraction(1, 4)), sqrt_fraction(Fraction(2)) == math.sqrt(2)
