@@ -3,7 +3,9 @@
 Library steps report progress as ``progress.update(phase, done, total)``
 (:class:`Progress`), possibly from worker threads: ``phase`` is ``"stats"``
 (files decoded) or ``"shards"`` (shards written), ``units`` optionally counts
-the phase's rated unit (images written). Two displays implement it:
+the phase's rated unit (images written). A step sends one update as its phase
+starts, with what was already done (a resumed run's shards), so that rates
+count from then and only what the phase itself did. Two displays implement it:
 
 - :class:`BarProgress`: rich progress bars on a terminal, nothing otherwise
   (the command line);
@@ -52,10 +54,12 @@ def counter(progress: Progress | None, phase: str, total: int) -> Callable[[int]
         >>> advance = counter(Keep(), "stats", 5)
         >>> advance(2); advance(3)
         >>> seen
-        [('stats', 2, 5), ('stats', 5, 5)]
+        [('stats', 0, 5), ('stats', 2, 5), ('stats', 5, 5)]
     """
     lock = threading.Lock()
     done = 0
+    if progress is not None:
+        progress.update(phase, 0, total)  # the phase starts now
 
     def advance(n: int) -> None:
         nonlocal done
@@ -127,9 +131,10 @@ class BarProgress:
 class LogProgress:
     """Progress lines through a logger, at most ``steps`` + 1 per phase, with the rate.
 
-    A line is logged when a phase's count crosses the next ``1/steps`` of its
-    total, and at the end, with the rate of ``units`` (or items) per second
-    since the phase's first update. Thread-safe.
+    A phase's first update starts its clock and is not logged unless it
+    completes the phase. Then a line is logged when the count crosses the
+    next ``1/steps`` of its total, and at the end, with the ``units`` (or
+    items) done since the first update and their rate. Thread-safe.
 
     Example:
         >>> lines = []
@@ -138,7 +143,7 @@ class LogProgress:
         >>> log = logging.getLogger("progress-example"); log.addHandler(Keep())
         >>> log.setLevel(logging.INFO)
         >>> p = LogProgress(log, steps=2)
-        >>> for done in range(1, 5):
+        >>> for done in range(0, 5):
         ...     p.update("shards", done, 4, units=8 * done)
         >>> [line.split(",")[0] for line in lines]
         ['shards: 2/4 (50%)', 'shards: 4/4 (100%)']
@@ -151,31 +156,29 @@ class LogProgress:
     ) -> None:
         self.logger = logger
         self.steps = max(1, steps)
-        self._phases: dict[str, tuple[float, int]] = {}  # phase -> (start, next step)
+        # phase -> (start, next step, units at the start)
+        self._phases: dict[str, tuple[float, int, int]] = {}
         self._lock = threading.Lock()
 
     def update(self, phase: str, done: int, total: int, *, units: int | None = None) -> None:
         """Log a line when ``done`` crosses the next step of ``total``."""
+        n = done if units is None else units
         with self._lock:
-            start, step = self._phases.get(phase, (time.perf_counter(), 1))
-            self._phases[phase] = (start, step)
-            if total <= 0 or (done < total and done * self.steps < step * total):
+            now = time.perf_counter()
+            first = phase not in self._phases
+            if first:
+                self._phases[phase] = (now, 1, n)
+            start, step, n0 = self._phases[phase]
+            if total <= 0 or (done < total and (first or done * self.steps < step * total)):
                 return
             while step * total <= done * self.steps:
                 step += 1
-            self._phases[phase] = (start, step)
-            elapsed = max(time.perf_counter() - start, 1e-9)
-            n = done if units is None else units
+            self._phases[phase] = (start, step, n0)
+            elapsed = now - start
             unit = self.UNITS.get(phase, "items")
-            self.logger.info(
-                "%s: %d/%d (%d%%), %d %s in %.1f s, %.1f %s/s",
-                phase,
-                done,
-                total,
-                100 * done // total,
-                n,
-                unit,
-                elapsed,
-                n / elapsed,
-                unit,
-            )
+            line = "%s: %d/%d (%d%%), %d %s in %.1f s"
+            args: list[Any] = [phase, done, total, 100 * done // total, n - n0, unit, elapsed]
+            if n > n0 and elapsed > 0:
+                line += ", %.1f %s/s"
+                args += [(n - n0) / elapsed, unit]
+            self.logger.info(line, *args)

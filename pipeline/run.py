@@ -1459,6 +1459,8 @@ def write_shards(
         if progress is not None:
             progress.update("shards", result.skipped + finished, layout.n_shards, units=images)
 
+    if progress is not None:  # the phase starts now, with what a previous run wrote
+        progress.update("shards", result.skipped, layout.n_shards, units=images)
     start = time.perf_counter()
     # shard tasks run torch single-threaded (write_one_shard); in this process
     # the setting is restored afterwards
