@@ -144,10 +144,7 @@ class ShardSource:
         self.cache_shards = cache_shards
         if records is None:
             records = read_records(open_group(path))
-        self._sha256 = [r.sha256 for r in records]
         self._records = list(records)
-        self._rows = [r.rows for r in records]
-        self._done = [r.done for r in records]
         self._reset()
 
     # -- per process state (never pickled)
@@ -235,7 +232,7 @@ class ShardSource:
 
     def _read(self, index: int) -> Shard:
         span = self.layout.shard_rows(index)
-        if not self._done[index]:
+        if not self._records[index].done:
             raise StoreError(f"{self._where(index)} is not written (its record is not done)")
         sl = slice(span.start, span.stop)
         check = not self.is_verified(index)
@@ -319,10 +316,10 @@ class ShardSource:
 
     def _check_rows(self, index: int) -> None:
         span = self.layout.shard_rows(index)
-        if self._rows[index] != len(span):
+        if self._records[index].rows != len(span):
             raise StoreError(
                 f"{self._where(index)} does not match its record: the record says "
-                f"{self._rows[index]} rows were written, the layout has {len(span)}"
+                f"{self._records[index].rows} rows were written, the layout has {len(span)}"
             )
 
     def _check(
@@ -334,7 +331,7 @@ class ShardSource:
         copy: np.ndarray,
     ) -> None:
         digest = shard_digest(images, labels, source, copy)
-        expected = self._sha256[index]
+        expected = self._records[index].sha256
         if digest == expected:
             return
         if self._rewritten(index, digest):
@@ -355,13 +352,13 @@ class ShardSource:
             record = read_records(open_group(self.path))[index]
         except Exception:  # a diagnosis only
             return False
-        return bool(record.done and record.sha256 == digest != self._sha256[index])
+        return bool(record.done and record.sha256 == digest != self._records[index].sha256)
 
     def _hint(self, index: int, digest: str, images: np.ndarray) -> str:
         """What the mismatch looks like, where a cheap look tells (only on the failure path)."""
         if images.size and not images.any():
             return " (its images read as all zeros: the images shard file is probably missing)"
-        for other, expected in enumerate(self._sha256):
+        for other, expected in enumerate(r.sha256 for r in self._records):
             if other != index and expected == digest:
                 return f" (its contents match shard {other}'s record: a copied or swapped shard)"
         try:  # the images of another shard with this shard's 1-D arrays?
@@ -371,9 +368,9 @@ class ShardSource:
         except Exception:  # a diagnosis only: never hide the mismatch behind it
             return ""
         prefix = hashlib.sha256(np.ascontiguousarray(images, images.dtype.newbyteorder("<")).data)
-        for other, expected in enumerate(self._sha256):
+        for other, expected in enumerate(r.sha256 for r in self._records):
             span = self.layout.shard_rows(other)
-            if other == index or not self._done[other] or len(span) != len(images):
+            if other == index or not self._records[other].done or len(span) != len(images):
                 continue
             sl = slice(span.start, span.stop)
             h = prefix.copy()
