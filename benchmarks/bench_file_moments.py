@@ -37,17 +37,7 @@ def per_file(paths, histograms, digests):  # type: ignore[no-untyped-def]
     from pipeline.stats import FileMoments
     from pipeline.stats.files import _dot, image_values
 
-    k = len(paths)
-    out = FileMoments.empty()
-    out.paths = list(paths)
-    out.sha256 = np.frombuffer(b"".join(digests), np.uint8).reshape(k, 32).copy()
-    out.n = np.zeros(k, np.int64)
-    out.s1 = np.zeros((k, 3), np.int64)
-    out.s2 = np.zeros((k, 3), np.uint64)
-    out.min = np.zeros((k, 3), np.uint16)
-    out.max = np.zeros((k, 3), np.uint16)
-    out.image_mean = np.zeros((k, 3), np.float64)
-    out.image_std = np.zeros((k, 3), np.float64)
+    out = FileMoments.zeros(paths, digests)
     values = np.arange(256, dtype=np.int64)
     for i, h in enumerate(histograms):
         out.n[i] = h.pixels

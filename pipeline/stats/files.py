@@ -133,6 +133,22 @@ class FileMoments:
         )
 
     @classmethod
+    def zeros(cls, paths: Sequence[str], digests: Sequence[bytes]) -> FileMoments:
+        """A table of ``paths`` with their SHA-256 ``digests`` and every moment 0, to fill."""
+        k = len(paths)
+        return cls(
+            paths=list(paths),
+            sha256=np.frombuffer(b"".join(digests), np.uint8).reshape(k, 32).copy(),
+            n=np.zeros(k, np.int64),
+            s1=np.zeros((k, 3), np.int64),
+            s2=np.zeros((k, 3), np.uint64),
+            min=np.zeros((k, 3), np.uint16),
+            max=np.zeros((k, 3), np.uint16),
+            image_mean=np.zeros((k, 3), np.float64),
+            image_std=np.zeros((k, 3), np.float64),
+        )
+
+    @classmethod
     def of_histograms(
         cls,
         paths: Sequence[str],
@@ -151,16 +167,7 @@ class FileMoments:
                 f"paths, histograms and digests must have one item per file, got {k}, "
                 f"{len(histograms)} and {len(digests)}"
             )
-        out = cls.empty()
-        out.paths = list(paths)
-        out.sha256 = np.frombuffer(b"".join(digests), np.uint8).reshape(k, 32).copy()
-        out.n = np.zeros(k, np.int64)
-        out.s1 = np.zeros((k, 3), np.int64)
-        out.s2 = np.zeros((k, 3), np.uint64)
-        out.min = np.zeros((k, 3), np.uint16)
-        out.max = np.zeros((k, 3), np.uint16)
-        out.image_mean = np.zeros((k, 3), np.float64)
-        out.image_std = np.zeros((k, 3), np.float64)
+        out = cls.zeros(paths, digests)
         pixels = [h.pixels for h in histograms]
         for i, n in enumerate(pixels):
             if n * _SCALE * _SCALE >= 1 << 64:
