@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from pipeline.sources import Manifest, SourceFile
     from pipeline.stats import FileMoments, Stats
     from pipeline.storage import Location
-    from pipeline.store import ShardRecord, StoreLayout, StoreState, VerifyReport
+    from pipeline.store import ShardFormat, ShardRecord, StoreLayout, StoreState, VerifyReport
     from pipeline.transforms import TransformPlan
 
 __all__ = [
@@ -1208,6 +1208,27 @@ def _changed_during_run(job: ShardJob, exc: SourceChangedError) -> ShardWriteErr
     )
 
 
+def _made_in_pool(
+    load: Callable[[], tuple[Any, ...]],
+    plan: TransformPlan,
+    fmt: ShardFormat,
+    rows: Sequence[tuple[int, Any]],
+) -> tuple[tuple[Any, ...], dict[int, tuple[np.ndarray, Any]]]:
+    """Load one file and make its rows' samples: finished and encoded, in this thread.
+
+    Returns what the load returned after the pixels and bit depth (the
+    histogram and digest of a measured file), and for each ``(row,
+    generator)`` of ``rows`` its sample and encoded chunk.
+    """
+    pixels, bits, *measured = load()
+    samples: dict[int, tuple[np.ndarray, Any]] = {}
+    for row, generator in rows:
+        sample = np.empty((1, 3, *plan.size), dtype=plan.out_dtype)
+        plan.finish([pixels], [bits], [generator], out=sample)
+        samples[row] = (sample[0], fmt.encode_chunk(sample[0]))
+    return tuple(measured), samples
+
+
 def write_one_shard(
     job: ShardJob,
     plan: TransformPlan,
@@ -1216,16 +1237,26 @@ def write_one_shard(
     root: str | Location,
     batch_size: int,
     decode_threads: int,
+    fmt: ShardFormat | None = None,
 ) -> ShardOutcome:
-    """Produce and write one whole shard: decode, transform in batches, write, record.
+    """Produce and write one whole shard: decode, transform, encode, write, record.
 
     This is the body of one Dask task. The shard's files are decoded in the
     process-wide decode pool (a file shared by several copies is decoded once,
-    unless ``random_resized_crop`` draws a different box per copy); batches of
-    ``batch_size`` samples go through :meth:`TransformPlan.finish`; the shard
-    and its record are written by :func:`pipeline.store.write_shard`. ``store`` and
-    ``root`` may be locations in object storage: the task then reads each source
-    file with one GET and writes through ``FsspecStore``.
+    unless ``random_resized_crop`` draws a different box per copy). On the
+    CPU, when ``fmt`` is the format of the store's ``images`` array
+    (:func:`pipeline.store.shard_format`), the pool thread that decoded a file
+    also finishes its samples (:meth:`TransformPlan.finish`, one sample at a
+    time) and encodes them (:meth:`~pipeline.store.ShardFormat.encode_chunk`)
+    while they are in its cache, and this task only hashes them in row order
+    and writes the object (:class:`pipeline.store.EncodedImages`): no array of
+    the whole shard is made, and the work is spread over the pool. Otherwise
+    (a GPU, or an array zarr must write) batches of ``batch_size`` samples go
+    through :meth:`TransformPlan.finish` here, into an array of the shard.
+    Both give the same bytes. The shard and its record are written by
+    :func:`pipeline.store.write_shard`. ``store`` and ``root`` may be
+    locations in object storage: the task then reads each source file with
+    one GET and writes through ``FsspecStore``.
 
     A file the job marks to measure (its statistics were known before the
     run) is read once, hashed, and decoded at full resolution: the same decode
@@ -1240,11 +1271,13 @@ def write_one_shard(
             can no longer be decoded. Nothing of the shard is written; a rerun
             updates the store.
     """
+    import functools
+
     import torch
 
     from pipeline.stats import FileMoments
-    from pipeline.store import write_shard
-    from pipeline.transforms import sample_generator
+    from pipeline.store import EncodedImages, write_shard
+    from pipeline.transforms import resolve_device, sample_generator
 
     # parallelism is Dask's; one torch thread keeps results bit-stable (on a cluster
     # worker this stays set; locally write_shards restores the caller's setting)
@@ -1257,77 +1290,105 @@ def write_one_shard(
     per_copy = plan.crop is not None
     measure = job.measure or (False,) * job.rows
     seen = job.seen or (None,) * job.rows
-    loads: dict[Any, Any] = {}
-    measuring: dict[int, Any] = {}  # file row -> the future that measures it
-    futures: list[Any] = []
     live = list(job.live) if job.live else [True] * job.rows
-    for row, rel in enumerate(job.paths):
-        if not live[row]:  # its file was removed or changed since the rows were planned
-            futures.append(None)
-            continue
-        source = job.source_index[row]
-        key = row if per_copy else source
-        if key not in loads:
-            gen = generators[row] if per_copy else None
-            if measure[row] and source not in measuring:
-                loads[key] = measuring[source] = pool.submit(_load_measured, plan, root, rel, gen)
-            else:
-                loads[key] = pool.submit(_load, plan, root, rel, gen, job.draft, seen[row])
-        futures.append(loads[key])
+    in_pool = (
+        fmt is not None
+        and fmt.dtype == np.dtype(plan.out_dtype)
+        and resolve_device(plan.device) == "cpu"
+    )
+    # the rows of each load: a file shared by several copies is decoded once
+    loads: dict[Any, list[int]] = {}
+    for row in range(job.rows):
+        if live[row]:  # else its file was removed or changed since the rows were planned
+            loads.setdefault(row if per_copy else job.source_index[row], []).append(row)
+    futures: list[Any] = [None] * job.rows
+    measured_rows: set[int] = set()  # the row whose load measures its file, one per file
+    measured_sources: set[int] = set()
+    for rows_of in loads.values():
+        first = rows_of[0]
+        source, rel = job.source_index[first], job.paths[first]
+        gen = generators[first] if per_copy else None
+        load: Callable[[], tuple[Any, ...]]
+        future: Any
+        if measure[first] and source not in measured_sources:
+            measured_rows.add(first)
+            measured_sources.add(source)
+            load = functools.partial(_load_measured, plan, root, rel, gen)
+        else:
+            load = functools.partial(_load, plan, root, rel, gen, job.draft, seen[first])
+        if in_pool:
+            assert fmt is not None
+            made = [(r, generators[r]) for r in rows_of]
+            future = pool.submit(_made_in_pool, load, plan, fmt, made)
+        else:
+            future = pool.submit(load)
+        for r in rows_of:
+            futures[r] = future
 
-    # the measured files first: a rejected one makes holes of all its rows
     rows: list[int] = []
     paths: list[str] = []
     histograms: list[Any] = []
     digests: list[bytes] = []
     rejected: dict[int, Failure] = {}
-    for source, future in measuring.items():
-        rel = job.paths[job.source_index.index(source)]
+
+    def loaded(row: int) -> Any:
+        """The row's load (``None``: the row is a hole), its file's moments kept once."""
+        source = job.source_index[row]
+        if futures[row] is None or source in rejected:
+            return None
         try:
-            _, _, histogram, digest = future.result()
+            result = futures[row].result()
+        except SourceChangedError as exc:
+            raise _changed_during_run(job, exc) from None
         except DecodeError as exc:
-            rejected[source] = Failure(rel, exc.reason)
-            continue
-        rows.append(source)
-        paths.append(rel)
-        histograms.append(histogram)
-        digests.append(digest)
+            if row in measured_rows:  # measured now: rejected, its rows are holes
+                rejected[source] = Failure(job.paths[row], exc.reason)
+                return None
+            raise ShardWriteError(
+                f"shard {job.index}: {job.paths[row]} can no longer be decoded "
+                f"({exc.reason}): the source changed during the run; the store is "
+                "resumable, and a rerun updates it (the changed file is compared again)"
+            ) from exc
+        if row in measured_rows:
+            histogram, digest = result[0] if in_pool else result[2:]
+            rows.append(source)
+            paths.append(job.paths[row])
+            histograms.append(histogram)
+            digests.append(digest)
+        return result
+
+    hole = torch.zeros((3, *plan.size), dtype=torch.uint8)  # a retired or rejected row
+    images: np.ndarray | EncodedImages
+    if in_pool:
+        assert fmt is not None
+        images = EncodedImages(fmt)
+        for row in range(job.rows):
+            result = loaded(row)
+            if result is None:
+                sample = plan.finish([hole], [8], [generators[row]])[0]
+                images.add(sample, fmt.encode_chunk(sample))
+            else:
+                images.add(*result[1].pop(row))
+    else:
+        images = np.empty((job.rows, 3, *plan.size), dtype=plan.out_dtype)
+        for start in range(0, job.rows, batch_size):
+            stop = min(job.rows, start + batch_size)
+            pixels, bits = [], []
+            for row in range(start, stop):
+                result = loaded(row)
+                pixels.append(hole if result is None else result[0])
+                bits.append(8 if result is None else result[1])
+            plan.finish(pixels, bits, generators[start:stop], out=images[start:stop])
+    futures.clear()
     for row in range(job.rows):
         if job.source_index[row] in rejected:
-            live[row], futures[row] = False, None
-
-    out = np.empty((job.rows, 3, *plan.size), dtype=plan.out_dtype)
-    for start in range(0, job.rows, batch_size):
-        stop = min(job.rows, start + batch_size)
-        pixels, bits = [], []
-        for row in range(start, stop):
-            future = futures[row]
-            if future is None:  # a retired or rejected row: a hole, never served
-                pixels.append(torch.zeros((3, *plan.size), dtype=torch.uint8))
-                bits.append(8)
-                continue
-            try:
-                p, b, *_ = future.result()
-            except SourceChangedError as exc:
-                raise _changed_during_run(job, exc) from None
-            except DecodeError as exc:
-                raise ShardWriteError(
-                    f"shard {job.index}: {job.paths[row]} can no longer be decoded "
-                    f"({exc.reason}): the source changed during the run; the store is "
-                    "resumable, and a rerun updates it (the changed file is compared again)"
-                ) from exc
-            pixels.append(p)
-            bits.append(b)
-        plan.finish(pixels, bits, generators[start:stop], out=out[start:stop])
-    futures.clear()
-    loads.clear()
-    measuring.clear()
+            live[row] = False
 
     def write() -> ShardRecord:
         return write_shard(
             store,
             job.index,
-            images=out,
+            images=images,
             labels=np.asarray(job.labels, dtype=np.int64),
             source_index=np.asarray(job.source_index, dtype=np.int64),
             copy_index=np.asarray(job.copy_index, dtype=np.int32),
@@ -1413,7 +1474,7 @@ def write_shards(
         ShardWriteError: some shards failed; the message names each with its
             cause. The others are written and the store stays resumable.
     """
-    from pipeline.store import done_shards, open_group, read_layout
+    from pipeline.store import done_shards, get_array, open_group, read_layout, shard_format
 
     layout = read_layout(state.path)
     done = done_shards(state.path)
@@ -1430,6 +1491,8 @@ def write_shards(
 
     plan = TransformPlan.from_config(config, run_stats.stats)
     workers = resolve_workers(config.runtime.workers)
+    group = open_group(state.path, mode="r+")
+    fmt = shard_format(get_array(group, "images"))  # None: zarr writes the images
     tasks = [
         dask.delayed(guarded, pure=False)(
             f"shard {job.index}",
@@ -1440,13 +1503,12 @@ def write_shards(
             root=root if isinstance(root, Location) else str(root),
             batch_size=config.runtime.batch_size,
             decode_threads=workers,
+            fmt=fmt,
         )
         for job in todo
     ]
     images = layout.rows_of(sorted(done))
     finished = 0
-
-    group = open_group(state.path, mode="r+")
 
     def on_done(position: int, outcome: Any) -> None:
         nonlocal images, finished

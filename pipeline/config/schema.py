@@ -299,7 +299,10 @@ class RuntimeConfig(Model):
     workers: PositiveInt | None = Field(
         default=None, description="Local worker threads (null: all cores)."
     )
-    batch_size: PositiveInt = Field(default=64, description="Images per kernel call.")
+    batch_size: PositiveInt = Field(
+        default=64,
+        description="Images per kernel call on a GPU (on the CPU each sample is finished alone).",
+    )
     dask_address: str | None = Field(
         default=None, description="scheme://host:port of an existing Dask scheduler (null: local)."
     )

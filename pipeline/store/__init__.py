@@ -66,8 +66,10 @@ from pipeline.store.group import (
 )
 from pipeline.store.layout import DTYPES, StoreLayout
 from pipeline.store.lock import AnyLock, StoreLock, lock_for
+from pipeline.store.shardio import ShardFormat, shard_format
 from pipeline.store.verify import ShardProblem, VerifyReport, verify
 from pipeline.store.writer import (
+    EncodedImages,
     ShardRecord,
     done_shards,
     finalize,
@@ -81,6 +83,7 @@ from pipeline.store.writer import (
 
 __all__ = [
     "ATTRIBUTE",
+    "EncodedImages",
     "AnyLock",
     "CODECS",
     "CODEC_LEVELS",
@@ -93,6 +96,7 @@ __all__ = [
     "FileTable",
     "SampleRows",
     "ShardProblem",
+    "ShardFormat",
     "ShardRecord",
     "StoreLayout",
     "StoreLock",
@@ -123,6 +127,7 @@ __all__ = [
     "rows_crc32c",
     "set_file_rows",
     "shard_digest",
+    "shard_format",
     "store_location",
     "store_ref",
     "unmark_shards",

@@ -38,6 +38,7 @@ __all__ = [
     "read_shard_ranges",
     "shard_format",
     "write_images",
+    "write_shard_object",
 ]
 
 #: An index entry of a chunk that is not in the shard (offset and length).
@@ -89,22 +90,35 @@ class ShardFormat:
         Rows past ``rows`` are absent from the shard (a last, partial shard),
         as zarr-python leaves the chunks outside the array.
         """
+        return self.assemble([self.encode_chunk(sample) for sample in data])
+
+    def encode_chunk(self, sample: np.ndarray) -> Any:
+        """One sample (``sample_shape``) through the inner codecs: its chunk, bytes-like.
+
+        Safe to call from several threads at once (the codecs keep no state
+        between calls), so chunks can be encoded where the samples are made.
+        """
+        flat = np.ascontiguousarray(sample, dtype=self.dtype.newbyteorder("<")).reshape(-1)
+        if flat.size != int(np.prod(self.sample_shape)):
+            raise ValueError(f"a sample has {flat.size} values, expected shape {self.sample_shape}")
+        if self.compressor is None:
+            return flat.data.cast("B")
+        return self.compressor.encode(flat.view(np.uint8))
+
+    def assemble(self, chunks: list[Any]) -> bytes:
+        """The shard object of the encoded chunks of its first rows (:meth:`encode_chunk`)."""
         import google_crc32c
 
-        rows = len(data)
-        flat = np.ascontiguousarray(data, dtype=self.dtype.newbyteorder("<")).reshape(rows, -1)
-        comp = self.compressor
-        parts: list[Any] = [
-            memoryview(flat[i]).cast("B") if comp is None else comp.encode(flat[i].view(np.uint8))
-            for i in range(rows)
-        ]
+        rows = len(chunks)
+        if rows > self.per_shard:
+            raise ValueError(f"{rows} chunks for a shard of {self.per_shard}")
         index = np.full((self.per_shard, 2), _MISSING, dtype="<u8")
-        lengths = np.fromiter((memoryview(p).nbytes for p in parts), dtype=np.uint64, count=rows)
+        lengths = np.fromiter((memoryview(c).nbytes for c in chunks), dtype=np.uint64, count=rows)
         index[:rows, 1] = lengths
         index[:rows, 0] = np.cumsum(lengths) - lengths
         index_bytes = index.tobytes()
         crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-        return b"".join([*parts, index_bytes, crc])
+        return b"".join([*chunks, index_bytes, crc])
 
     @property
     def index_nbytes(self) -> int:
@@ -277,10 +291,18 @@ def write_images(array: zarr.Array, index: int, data: np.ndarray) -> int | None:
         sl = slice(index * shard_rows, index * shard_rows + len(data))
         array.with_config({"write_empty_chunks": True})[sl] = data
         return None
+    return write_shard_object(array, index, fmt.encode(data))
+
+
+def write_shard_object(array: zarr.Array, index: int, blob: bytes) -> int:
+    """Store ``blob`` as shard ``index``'s object of ``array`` (one ``store.set``); its CRC32C.
+
+    ``blob`` is a whole shard object (:meth:`ShardFormat.encode` or
+    :meth:`ShardFormat.assemble`).
+    """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    blob = fmt.encode(data)
     buf = default_buffer_prototype().buffer.from_bytes(blob)
     sync(array.store_path.store.set(_key(array, index), buf))
     return crc32c(blob)

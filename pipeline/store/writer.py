@@ -36,10 +36,17 @@ from pipeline.store.group import (
     read_layout,
 )
 from pipeline.store.layout import StoreLayout
-from pipeline.store.shardio import crc32c, write_images
+from pipeline.store.shardio import (
+    ShardFormat,
+    crc32c,
+    shard_format,
+    write_images,
+    write_shard_object,
+)
 
 __all__ = [
     "FROZEN_KEYS",
+    "EncodedImages",
     "write_live",
     "ShardRecord",
     "done_shards",
@@ -120,6 +127,13 @@ def shard_digest(
     h = hashlib.sha256()
     # memoryviews of contiguous arrays: hashed in place, no copy of the shard
     h.update(np.ascontiguousarray(images, dtype=images.dtype.newbyteorder("<")).data)
+    return _rows_digest(h, labels, source_index, copy_index)
+
+
+def _rows_digest(
+    h: Any, labels: np.ndarray, source_index: np.ndarray, copy_index: np.ndarray
+) -> str:
+    """:func:`shard_digest` from ``h``, a SHA-256 that has hashed the images."""
     h.update(np.ascontiguousarray(labels, dtype="<i8").data)
     h.update(np.ascontiguousarray(source_index, dtype="<i8").data)
     h.update(np.ascontiguousarray(copy_index, dtype="<i4").data)
@@ -136,6 +150,53 @@ def rows_crc32c(labels: np.ndarray, source_index: np.ndarray, copy_index: np.nda
     crc = crc32c(np.ascontiguousarray(labels, dtype="<i8"))
     crc = crc32c(np.ascontiguousarray(source_index, dtype="<i8"), crc)
     return crc32c(np.ascontiguousarray(copy_index, dtype="<i4"), crc)
+
+
+class EncodedImages:
+    """A shard's ``images`` given sample by sample, each already encoded where it was made.
+
+    A shard task that finishes and encodes each sample in the thread that
+    decoded it (:meth:`~pipeline.store.shardio.ShardFormat.encode_chunk`)
+    passes the samples here in row order: :meth:`add` hashes each sample's
+    values as :func:`shard_digest` does and keeps its chunk, so no
+    ``(rows, C, H, W)`` array of the shard is made. :func:`write_shard` then
+    writes the same object, record and digest as from that array.
+
+    Example:
+        >>> from pipeline.store.shardio import ShardFormat
+        >>> fmt = ShardFormat((1, 2, 2), np.dtype("uint8"), 4, None, 0)
+        >>> images = np.arange(8, dtype=np.uint8).reshape(2, 1, 2, 2)
+        >>> enc = EncodedImages(fmt)
+        >>> for sample in images:
+        ...     enc.add(sample, fmt.encode_chunk(sample))
+        >>> z = np.zeros(2, np.int64)
+        >>> enc.digest(z, z, z) == shard_digest(images, z, z, z)
+        True
+        >>> fmt.assemble(enc.chunks) == fmt.encode(images)
+        True
+    """
+
+    def __init__(self, fmt: ShardFormat) -> None:
+        self.format = fmt
+        self.chunks: list[Any] = []
+        self._sha = hashlib.sha256()
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def add(self, sample: np.ndarray, chunk: Any) -> None:
+        """Append the next row: its values (``sample_shape``) and its encoded chunk."""
+        values = np.ascontiguousarray(sample, dtype=self.format.dtype.newbyteorder("<"))
+        if values.shape != self.format.sample_shape:
+            raise InvalidArgumentError(
+                f"a sample must have shape {self.format.sample_shape}, got {values.shape}"
+            )
+        self._sha.update(values.data)
+        self.chunks.append(chunk)
+
+    def digest(self, labels: np.ndarray, source_index: np.ndarray, copy_index: np.ndarray) -> str:
+        """:func:`shard_digest` of the rows added so far and these row arrays."""
+        return _rows_digest(self._sha.copy(), labels, source_index, copy_index)
 
 
 #: ``records/crc32c`` value of a shard whose checksums are not recorded.
@@ -160,7 +221,7 @@ def write_shard(
     store: PathLike | zarr.Group,
     index: int,
     *,
-    images: np.ndarray,
+    images: np.ndarray | EncodedImages,
     labels: np.ndarray,
     source_index: np.ndarray,
     copy_index: np.ndarray,
@@ -180,7 +241,9 @@ def write_shard(
         store: the store folder or its open root group (``mode="r+"``).
         index: the shard index.
         images: ``(rows, C, H, W)``; float data is cast to the store's float
-            dtype (round to nearest); a uint8 store takes uint8 only.
+            dtype (round to nearest); a uint8 store takes uint8 only. Or the
+            rows already encoded (:class:`EncodedImages`, in the format of
+            the store's ``images`` array).
         labels: ``(rows,)`` integers, -1 for "no class".
         source_index: ``(rows,)`` integers, rows of ``paths``.
         copy_index: ``(rows,)`` integers that fit in int32.
@@ -198,24 +261,21 @@ def write_shard(
     layout = StoreLayout.from_json(read_attrs(group)["layout"])
     rows = layout.shard_rows(index)
     n = len(rows)
-    imgs = np.asarray(images)
-    if imgs.shape != (n, *layout.sample_shape):
-        raise InvalidArgumentError(
-            f"images must have shape {(n, *layout.sample_shape)} for shard {index}, "
-            f"got {imgs.shape}"
-        )
-    if layout.dtype == "uint8":
-        if imgs.dtype != np.uint8:
-            raise InvalidArgumentError(f"images must be uint8 for a uint8 store, got {imgs.dtype}")
-    elif imgs.dtype.kind != "f":
-        raise InvalidArgumentError(
-            f"images must be floating-point for a {layout.dtype} store, got {imgs.dtype}"
-        )
-    imgs = np.ascontiguousarray(imgs, dtype=layout.dtype)
+    images_array = get_array(group, "images")
     lab = _as_int_array(labels, "labels", n, "int64")
     src = _as_int_array(source_index, "source_index", n, "int64")
     cpy = _as_int_array(copy_index, "copy_index", n, "int32")
-    digest = shard_digest(imgs, lab, src, cpy)
+    if isinstance(images, EncodedImages):
+        if len(images) != n:
+            raise InvalidArgumentError(f"shard {index} has {n} rows, got {len(images)} encoded")
+        if images.format != shard_format(images_array):
+            raise InvalidArgumentError(
+                f"the encoded images of shard {index} are not in the format of the store's images"
+            )
+        digest = images.digest(lab, src, cpy)
+    else:
+        imgs = _images_array(images, layout, index)
+        digest = shard_digest(imgs, lab, src, cpy)
 
     done = get_array(group, "records/done")
     sl = slice(rows.start, rows.stop)
@@ -229,7 +289,12 @@ def write_shard(
     live_array = get_array(group, "live")
     live_array[sl] = False  # nothing of a shard being (re)written is served
     # the shard's one object, encoded here in one pass (pipeline.store.shardio)
-    object_crc = write_images(get_array(group, "images"), index, imgs)
+    if isinstance(images, EncodedImages):
+        object_crc: int | None = write_shard_object(
+            images_array, index, images.format.assemble(images.chunks)
+        )
+    else:
+        object_crc = write_images(images_array, index, imgs)
     get_array(group, "labels")[sl] = lab
     get_array(group, "source_index")[sl] = src
     get_array(group, "copy_index")[sl] = cpy
@@ -244,6 +309,25 @@ def write_shard(
     done[index] = True
     live_array[sl] = live_rows  # served only once the shard is done
     return ShardRecord(index=int(index), rows=n, sha256=digest, done=True, crc32c=crc)
+
+
+def _images_array(images: np.ndarray, layout: StoreLayout, index: int) -> np.ndarray:
+    """``images`` checked against the layout, contiguous, in the store's dtype."""
+    imgs = np.asarray(images)
+    n = len(layout.shard_rows(index))
+    if imgs.shape != (n, *layout.sample_shape):
+        raise InvalidArgumentError(
+            f"images must have shape {(n, *layout.sample_shape)} for shard {index}, "
+            f"got {imgs.shape}"
+        )
+    if layout.dtype == "uint8":
+        if imgs.dtype != np.uint8:
+            raise InvalidArgumentError(f"images must be uint8 for a uint8 store, got {imgs.dtype}")
+    elif imgs.dtype.kind != "f":
+        raise InvalidArgumentError(
+            f"images must be floating-point for a {layout.dtype} store, got {imgs.dtype}"
+        )
+    return np.ascontiguousarray(imgs, dtype=layout.dtype)
 
 
 def read_records(store: PathLike | zarr.Group) -> list[ShardRecord]:

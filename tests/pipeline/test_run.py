@@ -178,6 +178,79 @@ def test_augmented_values_do_not_depend_on_workers_shards_or_batches(source, tmp
     assert not np.array_equal(base[0], base[1])
 
 
+def _objects(path: Path) -> dict[str, bytes]:
+    """Every stored object of ``images`` and the records, by key."""
+    root = Path(path)
+    names = ("images", "records/sha256", "records/crc32c", "live", "labels")
+    return {
+        str(f.relative_to(root)): f.read_bytes()
+        for name in names
+        for f in sorted((root / name).rglob("c/**/*"))
+        if f.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    ("transform", "output", "batch_size"),
+    [
+        ({"augment": []}, {"dtype": "float16"}, 4),  # the 8-bit table
+        ({"augment": []}, {"dtype": "uint8"}, 4),
+        ({"augment": AUGMENT, "copies": 2}, {"dtype": "float32"}, 1),  # a box per copy
+        ({"augment": AUGMENT[1:], "copies": 3}, {"dtype": "float16"}, 1),  # one decode, 3 rows
+    ],
+)
+def test_samples_made_in_the_decode_threads_equal_the_batched_path(
+    source, tmp_path, monkeypatch, transform, output, batch_size
+):
+    """On the CPU the decode threads finish and encode each sample; a GPU finishes batches.
+
+    Both ways give the same stored bytes: every shard object, record and row
+    flag, with the statistics given (broken files found by the shard tasks
+    are holes) and with augmentation, copies and per-copy crop boxes. The
+    batched path runs here by hiding the images' format from the shard tasks;
+    its batch of one sample keeps augmentation results bit for bit (larger
+    batches may round an augmented value differently by an ulp).
+    """
+    import pipeline.store as store_module
+
+    stats = compute_stats(source.root).to_json()
+    stats_file = tmp_path / "stats.json"
+    stats_file.write_text(json.dumps(stats))
+
+    def run(name: str) -> Path:
+        out = tmp_path / f"{name}.zarr"
+        cfg = _config(
+            source.root,
+            out,
+            stats={"file": str(stats_file)},
+            transform={**transform, **({"normalize": False} if output["dtype"] == "uint8" else {})},
+            output=output,
+            runtime={"batch_size": batch_size},
+        )
+        prepare(cfg)
+        return out
+
+    in_threads = run("in-threads")
+    calls: list[object] = []
+    with monkeypatch.context() as m:
+
+        def hidden(array: object) -> None:
+            calls.append(array)
+            return None
+
+        m.setattr(store_module, "shard_format", hidden)
+        batched = run("batched")
+    assert calls, "the batched path did not run"
+    a, b = _objects(in_threads), _objects(batched)
+    assert a.keys() == b.keys()
+    assert any(k.startswith("images/") for k in a)
+    for key in a:
+        assert a[key] == b[key], key
+    g = zarr.open_group(in_threads, mode="r")
+    assert not g["live"][:].all(), "the broken files should be holes"
+    assert verify(in_threads).ok
+
+
 def test_resized_stats_make_the_samples_standard(source, tmp_path):
     out = tmp_path / "ds.zarr"
     cfg = _config(source.root, out, stats={"at": "resized"})

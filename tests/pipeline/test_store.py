@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from pipeline.errors import (
 from pipeline.run import store_attrs
 from pipeline.store import (
     Compression,
+    EncodedImages,
     StoreLayout,
     StoreLock,
     create_store,
@@ -35,6 +37,7 @@ from pipeline.store import (
     read_attrs,
     read_layout,
     read_records,
+    shard_format,
     verify,
     write_shard,
     writer,
@@ -291,6 +294,50 @@ def test_write_shard_casts_floats_to_the_store_dtype(store, layout):
         wide.astype(np.float16),
         *(_rows(data, rows)[k] for k in ("labels", "source_index", "copy_index")),
     )
+
+
+def test_write_shard_of_encoded_samples_equals_the_array(tmp_path, layout):
+    """Samples encoded one by one (EncodedImages) give the same objects and records."""
+    data = _data(layout)
+    paths: dict[str, Path] = {}
+    for name in ("array", "encoded"):
+        paths[name] = tmp_path / f"{name}.zarr"
+        create_store(paths[name], layout, attrs=ATTRS, paths=[])
+    fmt = shard_format(zarr.open_array(paths["encoded"] / "images", mode="r"))
+    assert fmt is not None
+    for i in range(layout.n_shards):
+        rows = _rows(data, layout.shard_rows(i))
+        a = write_shard(paths["array"], i, **rows)
+        encoded = EncodedImages(fmt)
+        for sample in rows["images"]:
+            encoded.add(sample, fmt.encode_chunk(sample))
+        b = write_shard(paths["encoded"], i, **{**rows, "images": encoded})
+        assert a == b
+        assert b.sha256 == _reference_digest(
+            *(rows[k] for k in ("images", "labels", "source_index", "copy_index"))
+        )
+    for f in sorted((paths["array"] / "images").rglob("c/**/*")):
+        if f.is_file():
+            assert (paths["encoded"] / f.relative_to(paths["array"])).read_bytes() == f.read_bytes()
+    assert verify(paths["encoded"]).ok
+
+
+def test_write_shard_refuses_encoded_samples_that_do_not_fit(store, layout):
+    data = _rows(_data(layout), layout.shard_rows(0))
+    fmt = shard_format(zarr.open_array(store / "images", mode="r"))
+    assert fmt is not None
+    short = EncodedImages(fmt)
+    short.add(data["images"][0], fmt.encode_chunk(data["images"][0]))
+    with pytest.raises(InvalidArgumentError, match="shard 0 has 4 rows, got 1 encoded"):
+        write_shard(store, 0, **{**data, "images": short})
+    other = EncodedImages(replace(fmt, compressor=None))
+    for sample in data["images"]:
+        other.add(sample, other.format.encode_chunk(sample))
+    with pytest.raises(InvalidArgumentError, match="not in the format of the store's images"):
+        write_shard(store, 0, **{**data, "images": other})
+    with pytest.raises(InvalidArgumentError, match="a sample must have shape"):
+        short.add(data["images"][:2], b"")
+    assert done_shards(store) == set()
 
 
 def test_done_shards_after_partial_write(store, layout):
