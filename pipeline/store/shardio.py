@@ -13,7 +13,9 @@ writes it with one ``store.set``, and reads it with one ``store.get``.
 
 The bytes are exactly zarr-python's (the tests compare the objects written
 both ways for every codec and for a last, partial shard), so a store is the
-same whichever wrote it, and any Zarr v3 implementation reads it. An array
+same whichever wrote it, and any Zarr v3 implementation reads it. One
+exception: zarr-python's gzip stamps each chunk with the current time, and
+this module writes 0 there, so a shard written again is the same object. An array
 whose codecs are not the ones a store is created with (:func:`shard_format`
 returns ``None``) is read and written through zarr.
 """
@@ -21,12 +23,16 @@ returns ``None``) is read and written through zarr.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import io
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
+from numcodecs import GZip
+from numcodecs.compat import ensure_contiguous_ndarray
 
 __all__ = [
     "ShardFormat",
@@ -202,12 +208,29 @@ class ShardFormat:
         return out.astype(self.dtype, copy=False)  # a no-op on little-endian machines
 
 
+class _GZip(GZip):
+    """numcodecs' ``GZip``, with the gzip header's modification time fixed at 0.
+
+    numcodecs stamps each gzip member with the current time, so a shard
+    written again (a resumed or retried run) would differ in those four bytes
+    of every chunk; with 0 the same samples give the same object. Readers
+    ignore the field; the codec's configuration (and so equality) is
+    numcodecs' own.
+    """
+
+    def encode(self, buf: Any) -> bytes:
+        out = io.BytesIO()
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=self.level, mtime=0) as f:
+            f.write(ensure_contiguous_ndarray(buf))
+        return out.getvalue()
+
+
 def _numcodec(codec: Any) -> Any:
     """The ``numcodecs`` object behind a zarr-python compressor, configured as zarr configures it.
 
     Returns ``False`` for a codec this module does not know.
     """
-    from numcodecs import Blosc, GZip, Zstd
+    from numcodecs import Blosc, Zstd
     from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
     if isinstance(codec, BloscCodec):
@@ -224,7 +247,7 @@ def _numcodec(codec: Any) -> Any:
     if isinstance(codec, ZstdCodec):
         return Zstd.from_config({"level": codec.level, "checksum": codec.checksum})
     if isinstance(codec, GzipCodec):
-        return GZip(codec.level)
+        return _GZip(codec.level)
     return False
 
 
