@@ -142,9 +142,9 @@ _ACCOUNT_STAGES = {
     "measure": "moments of each file in the writing decode (value histogram)",
     "resize": "resize (torch)",
     "finish": "normalize + cast to float16 (TransformPlan.finish)",
-    "sha_write": "SHA-256 of each shard (write_shard)",
+    "sha_write": "SHA-256 of each shard (EncodedImages.add, write_shard)",
     "crc_write": "CRC32C of each shard's object and rows (for the record; the rows' in verify)",
-    "encode": "encode the shard object (ShardFormat.encode: compress, index)",
+    "encode": "encode each sample and the shard object (ShardFormat.encode_chunk, assemble)",
     "verify": "verify: read the shards back, CRC32C of the bytes (verify._check_shard)",
     "decode_codec": "verify: decode the shard object (ShardFormat.decode: decompress)",
 }
@@ -220,20 +220,29 @@ def _account(argv: list[str]) -> None:
     for codec in (BloscCodec, GzipCodec, ZstdCodec):  # stores whose shards zarr writes
         codec._encode_sync = wrap("encode", codec._encode_sync)  # type: ignore[method-assign]
         codec._decode_sync = wrap("decode_codec", codec._decode_sync)  # type: ignore[method-assign]
+    writer.EncodedImages.add = wrap("sha_write", writer.EncodedImages.add)  # type: ignore[method-assign]
     shard_format = pipeline.store.shardio.ShardFormat
-    shard_format.encode = wrap("encode", shard_format.encode)  # type: ignore[method-assign]
+    shard_format.encode_chunk = wrap("encode", shard_format.encode_chunk)  # type: ignore[method-assign]
+    shard_format.assemble = wrap("encode", shard_format.assemble)  # type: ignore[method-assign]
     shard_format.decode = wrap("decode_codec", shard_format.decode)  # type: ignore[method-assign]
 
-    def loop_thread_cpu() -> float:
-        """CPU seconds of zarr's event loop thread (from /proc; it is alive at exit)."""
-        from zarr.core import sync
-
-        thread = sync.iothread[0]
+    def thread_cpu(thread: threading.Thread | None) -> float:
+        """CPU seconds of a live thread (from /proc)."""
         if thread is None or thread.native_id is None:
             return 0.0
         stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def loop_thread_cpu() -> float:
+        """CPU seconds of zarr's event loop thread (it is alive at exit)."""
+        from zarr.core import sync
+
+        return thread_cpu(sync.iothread[0])
+
+    def store_io_cpu() -> float:
+        """CPU seconds of the event loop's executor threads (file reads and writes)."""
+        return sum(thread_cpu(t) for t in threading.enumerate() if t.name.startswith("asyncio_"))
 
     loop_in_verify = [0.0]
     real_verify = pipeline.store.verify
@@ -253,6 +262,7 @@ def _account(argv: list[str]) -> None:
             "stages": dict(totals),
             "loop": loop_thread_cpu(),
             "loop_verify": loop_in_verify[0],
+            "store_io": store_io_cpu(),
             "cpu": time.process_time(),
         }
         sys.stdout.write("\nACCOUNT " + json.dumps(data) + "\n")
@@ -286,6 +296,9 @@ def account(run_args: list[str]) -> str:
         ("zarr event loop thread while writing (store I/O, small arrays)", loop - loop_verify)
     )
     rows.append(("verify: zarr event loop thread (store reads)", loop_verify))
+    rows.append(
+        ("store file I/O (zarr's executor threads: write and read the objects)", data["store_io"])
+    )
     rows.append(("interpreter exit (after atexit: GC, module teardown)", total - data["cpu"]))
     rest = total - sum(v for _, v in rows)
     rows.append(("everything else (dask, zarr calls in workers, scan, store, Python)", rest))
