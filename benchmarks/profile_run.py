@@ -262,7 +262,7 @@ def _account(argv: list[str]) -> None:
             "stages": dict(totals),
             "loop": loop_thread_cpu(),
             "loop_verify": loop_in_verify[0],
-            "store_io": store_io_cpu(),
+            "store_io": store_io[0],
             "cpu": time.process_time(),
         }
         sys.stdout.write("\nACCOUNT " + json.dumps(data) + "\n")
@@ -271,8 +271,12 @@ def _account(argv: list[str]) -> None:
     atexit.register(report)
     import flows.cli
 
+    store_io = [0.0]
     sys.argv = ["imageprep", *argv]
-    flows.cli.main()
+    try:
+        flows.cli.main()
+    finally:  # before zarr's exit handler stops its executor threads
+        store_io[0] = store_io_cpu()
 
 
 def account(run_args: list[str]) -> str:
