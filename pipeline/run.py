@@ -450,10 +450,12 @@ def check_memory(
 ) -> None:
     """Refuse sizes this machine cannot hold, before any work, naming the keys.
 
-    A shard task holds its whole shard (``output.shard_size`` samples of
-    ``3 x transform.size`` in ``output.dtype``) while it is made, and about as
-    much again while Zarr encodes it, plus a float32 batch of
-    ``runtime.batch_size`` samples; ``runtime.workers`` tasks run at once. A
+    A shard task on a GPU holds its whole shard (``output.shard_size`` samples
+    of ``3 x transform.size`` in ``output.dtype``) while it is made, and about
+    as much again while it is encoded, plus a float32 batch of
+    ``runtime.batch_size`` samples; on the CPU it holds the encoded samples,
+    no more than that. The check takes the larger; ``runtime.workers`` tasks
+    run at once. A
     new store's row plan holds ``transform.copies`` rows per file. Either
     beyond :data:`MEMORY_FRACTION` of the machine's memory is refused (on a
     Dask cluster the workers' memory is the cluster's business; the row plan
