@@ -1304,17 +1304,15 @@ def write_one_shard(
         if live[row]:  # else its file was removed or changed since the rows were planned
             loads.setdefault(row if per_copy else job.source_index[row], []).append(row)
     futures: list[Any] = [None] * job.rows
-    measured_rows: set[int] = set()  # the row whose load measures its file, one per file
-    measured_sources: set[int] = set()
+    measuring: dict[int, int] = {}  # file (source index) -> the row whose load measures it
     for rows_of in loads.values():
         first = rows_of[0]
         source, rel = job.source_index[first], job.paths[first]
         gen = generators[first] if per_copy else None
         load: Callable[[], tuple[Any, ...]]
         future: Any
-        if measure[first] and source not in measured_sources:
-            measured_rows.add(first)
-            measured_sources.add(source)
+        if measure[first] and source not in measuring:
+            measuring[source] = first
             load = functools.partial(_load_measured, plan, root, rel, gen)
         else:
             load = functools.partial(_load, plan, root, rel, gen, job.draft, seen[first])
@@ -1343,7 +1341,7 @@ def write_one_shard(
         except SourceChangedError as exc:
             raise _changed_during_run(job, exc) from None
         except DecodeError as exc:
-            if row in measured_rows:  # measured now: rejected, its rows are holes
+            if measuring.get(source) == row:  # measured now: rejected, its rows are holes
                 rejected[source] = Failure(job.paths[row], exc.reason)
                 return None
             raise ShardWriteError(
@@ -1351,7 +1349,7 @@ def write_one_shard(
                 f"({exc.reason}): the source changed during the run; the store is "
                 "resumable, and a rerun updates it (the changed file is compared again)"
             ) from exc
-        if row in measured_rows:
+        if measuring.get(source) == row:
             histogram, digest = result[0] if in_pool else result[2:]
             rows.append(source)
             paths.append(job.paths[row])
