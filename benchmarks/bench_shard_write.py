@@ -19,7 +19,7 @@ same run:
   CRC32C at the end, exactly what zarr writes) built without zarr's codec
   pipeline, as a run now writes it: :func:`pipeline.store.shardio.write_images`
   (each sample compressed with the numcodecs codec zarr's codec wraps, the
-  index, one ``store.set``);
+  index, one object written);
 - reads of the whole shard (``images[0:S]``) for each layout.
 
 CPU time (user + system, all threads) is printed beside wall time.
@@ -48,6 +48,10 @@ sys.path.insert(0, str(HERE))
 from bench_codecs import CODECS, normalized, photo_samples  # noqa: E402
 
 MB = 1e6
+WRITEV = "object write of encoded chunks: writev, in this thread (now)"
+JOINED = "object write of encoded chunks: joined, one zarr store.set (before)"
+CRC_NOW = "read: CRC32C of the object, 1 MiB blocks in this thread (verify, now)"
+CRC_BEFORE = "read: CRC32C of the object, one zarr store.get (verify, before)"
 
 
 def _array(path: Path, data: np.ndarray, codec: str, *, chunk: int | None, sharded: bool) -> Any:
@@ -72,6 +76,28 @@ def hand_built(arr: Any, data: np.ndarray) -> None:
     from pipeline.store.shardio import write_images
 
     write_images(arr, 0, data)
+
+
+def joined_set(arr: Any, index: int, parts: list[Any]) -> int:
+    """The object write before ``write_shard_parts``: the parts joined, one zarr ``store.set``."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    from pipeline.store.shardio import _key, crc32c
+
+    blob = b"".join(parts)
+    buf = default_buffer_prototype().buffer.from_bytes(blob)
+    sync(arr.store_path.store.set(_key(arr, index), buf))
+    return crc32c(blob)
+
+
+def whole_crc32c(arr: Any, index: int) -> int:
+    """Verify's object check before ``shard_object_crc32c``: one zarr ``store.get``, one CRC."""
+    from zarr.core.sync import sync
+
+    from pipeline.store.shardio import crc32c, get_shard_object
+
+    return crc32c(sync(get_shard_object(arr, index)))
 
 
 def _cpu() -> float:
@@ -100,6 +126,7 @@ def main() -> None:
     import zarr
 
     from pipeline.store import Compression, StoreLayout, create_store, write_shard
+    from pipeline.store.shardio import shard_format, shard_object_crc32c, write_shard_parts
 
     data = normalized(photo_samples(args.samples))[0]
     n = data.shape[0]
@@ -188,6 +215,23 @@ def main() -> None:
             wc = timed(lambda arr=arr: hand_built(arr, data))
             record(codec, "hand-built shard, 1-sample chunks (shardio)", path, wc)
             check(arr)
+            # the object write alone, of chunks already encoded (a run encodes them in
+            # its decode threads): writev of the parts against the joined bytes through zarr
+            fmt = shard_format(arr)
+            parts = fmt.parts([fmt.encode_chunk(s) for s in data])
+            for name, write in (
+                (WRITEV, write_shard_parts),
+                (JOINED, joined_set),
+            ):
+                path = fresh("p.zarr")
+                arr = _array(path, data, codec, chunk=1, sharded=True)
+                wc = timed(lambda arr=arr, write=write, parts=parts: write(arr, 0, parts))
+                record(codec, name, path, wc)
+                check(arr)
+            # verify's check of that object against its CRC32C: read in blocks against whole
+            for name, crc in ((CRC_NOW, shard_object_crc32c), (CRC_BEFORE, whole_crc32c)):
+                rwc = timed(lambda arr=arr, crc=crc: crc(arr, 0))
+                results.setdefault((codec, name), []).append(rwc)
         print(f"  round {rep + 1} done", flush=True)
 
     print()
@@ -210,6 +254,13 @@ def main() -> None:
                 f"| {codec} | {name} | {wall:.3f} | {cpu:.3f} | {mb / cpu:.0f} | "
                 f"{1e3 * cpu / n:.3f} | {vs} | {ratio} |"
             )
+    for codec in args.codecs:
+        now = min(c for _, c in results[(codec, WRITEV)])
+        before = min(c for _, c in results[(codec, JOINED)])
+        print(f"{codec}: object write, before / now (CPU): {before / now:.2f}x")
+        now = min(c for _, c in results[(codec, CRC_NOW)])
+        before = min(c for _, c in results[(codec, CRC_BEFORE)])
+        print(f"{codec}: verify's read and CRC32C, before / now (CPU): {before / now:.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -144,7 +144,8 @@ _ACCOUNT_STAGES = {
     "finish": "normalize + cast to float16 (TransformPlan.finish)",
     "sha_write": "SHA-256 of each shard (EncodedImages.add, write_shard)",
     "crc_write": "CRC32C of each shard's object and rows (for the record; the rows' in verify)",
-    "encode": "encode each sample and the shard object (ShardFormat.encode_chunk, assemble)",
+    "encode": "encode each sample and the shard object (ShardFormat.encode_chunk, parts)",
+    "put": "write each shard object to its file (local store: writev in the shard task)",
     "verify": "verify: read the shards back, CRC32C of the bytes (verify._check_shard)",
     "decode_codec": "verify: decode the shard object (ShardFormat.decode: decompress)",
 }
@@ -223,7 +224,8 @@ def _account(argv: list[str]) -> None:
     writer.EncodedImages.add = wrap("sha_write", writer.EncodedImages.add)  # type: ignore[method-assign]
     shard_format = pipeline.store.shardio.ShardFormat
     shard_format.encode_chunk = wrap("encode", shard_format.encode_chunk)  # type: ignore[method-assign]
-    shard_format.assemble = wrap("encode", shard_format.assemble)  # type: ignore[method-assign]
+    shard_format.parts = wrap("encode", shard_format.parts)  # type: ignore[method-assign]
+    pipeline.store.shardio._put_parts = wrap("put", pipeline.store.shardio._put_parts)
     shard_format.decode = wrap("decode_codec", shard_format.decode)  # type: ignore[method-assign]
 
     def thread_cpu(thread: threading.Thread | None) -> float:

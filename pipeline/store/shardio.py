@@ -9,7 +9,9 @@ the codec through ``asyncio.to_thread``, and a final copy of the whole shard;
 the read runs the same way back. A shard task already holds the whole shard,
 so this module encodes it directly with the same codecs (the ``numcodecs``
 objects that zarr's codecs wrap, built from the same configuration) and
-writes it with one ``store.set``, and reads it with one ``store.get``.
+writes it as one object (in a local store, one ``writev`` of the encoded
+chunks and the index into a file renamed into place, as zarr's ``LocalStore``
+writes a file; elsewhere one ``store.set``), and reads it with one ``store.get``.
 
 The bytes are exactly zarr-python's (the tests compare the objects written
 both ways for every codec and for a last, partial shard), so a store is the
@@ -26,7 +28,9 @@ import asyncio
 import gzip
 import io
 import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,8 +47,9 @@ __all__ = [
     "read_images",
     "read_shard_ranges",
     "shard_format",
+    "shard_object_crc32c",
     "write_images",
-    "write_shard_object",
+    "write_shard_parts",
 ]
 
 #: An index entry of a chunk that is not in the shard (offset and length).
@@ -113,6 +118,14 @@ class ShardFormat:
 
     def assemble(self, chunks: list[Any]) -> bytes:
         """The shard object of the encoded chunks of its first rows (:meth:`encode_chunk`)."""
+        return b"".join(self.parts(chunks))
+
+    def parts(self, chunks: list[Any]) -> list[Any]:
+        """The shard object of ``chunks`` as the buffers to write in order: the chunks, the index.
+
+        :meth:`assemble` joins them; :func:`write_shard_parts` writes them
+        without the copy.
+        """
         import google_crc32c
 
         rows = len(chunks)
@@ -124,7 +137,7 @@ class ShardFormat:
         index[:rows, 0] = np.cumsum(lengths) - lengths
         index_bytes = index.tobytes()
         crc = np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()
-        return b"".join([*chunks, index_bytes, crc])
+        return [*chunks, index_bytes + crc]
 
     @property
     def index_nbytes(self) -> int:
@@ -299,7 +312,7 @@ def _key(array: zarr.Array, index: int) -> str:
 
 
 def write_images(array: zarr.Array, index: int, data: np.ndarray) -> int | None:
-    """Write ``data`` as shard ``index`` of ``array``: one object, one ``store.set``.
+    """Write ``data`` as shard ``index`` of ``array``: one object (:func:`write_shard_parts`).
 
     Falls back to ``array[rows] = data`` (every chunk written) when
     :func:`shard_format` is ``None``. The local store writes the object to a
@@ -314,21 +327,73 @@ def write_images(array: zarr.Array, index: int, data: np.ndarray) -> int | None:
         sl = slice(index * shard_rows, index * shard_rows + len(data))
         array.with_config({"write_empty_chunks": True})[sl] = data
         return None
-    return write_shard_object(array, index, fmt.encode(data))
+    return write_shard_parts(array, index, fmt.parts([fmt.encode_chunk(s) for s in data]))
 
 
-def write_shard_object(array: zarr.Array, index: int, blob: bytes) -> int:
-    """Store ``blob`` as shard ``index``'s object of ``array`` (one ``store.set``); its CRC32C.
+def write_shard_parts(array: zarr.Array, index: int, parts: list[Any]) -> int:
+    """Store the concatenation of ``parts`` as shard ``index``'s object of ``array``; its CRC32C.
 
-    ``blob`` is a whole shard object (:meth:`ShardFormat.encode` or
-    :meth:`ShardFormat.assemble`).
+    ``parts`` are bytes-like (:meth:`ShardFormat.parts`). A local store's
+    object is written in this thread with ``writev`` (no joined copy of the
+    shard, no hop to zarr's event loop and its executor), to a
+    ``<name>.<uuid>.partial`` file renamed into place, as zarr's
+    ``LocalStore.set`` does (so a killed write leaves only that file, which
+    :func:`pipeline.store.remove_partials` deletes); other stores get one
+    ``store.set`` of the joined bytes.
+
+    Raises:
+        ValueError: the store is read-only.
     """
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
+    from zarr.storage import LocalStore
 
-    buf = default_buffer_prototype().buffer.from_bytes(blob)
-    sync(array.store_path.store.set(_key(array, index), buf))
-    return crc32c(blob)
+    store = array.store_path.store
+    if store.read_only:
+        raise ValueError("store was opened in read-only mode and does not support writing")
+    if isinstance(store, LocalStore):
+        _put_parts(Path(store.root) / _key(array, index), parts)
+    else:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buf = default_buffer_prototype().buffer.from_bytes(b"".join(parts))
+        sync(store.set(_key(array, index), buf))
+    crc = 0
+    for part in parts:
+        crc = crc32c(part, crc)
+    return crc
+
+
+#: Buffers per ``writev`` call (the system's limit; POSIX guarantees at least 16).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
+
+
+def _put_parts(path: Path, parts: list[Any]) -> None:
+    """Write ``parts`` one after the other as the file ``path``: a temporary file, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")  # zarr's LocalStore's naming
+    views = [m for m in (memoryview(p).cast("B") for p in parts) if m.nbytes]
+    try:
+        with open(tmp, "xb") as f:
+            if hasattr(os, "writev"):
+                fd, i = f.fileno(), 0
+                while i < len(views):
+                    written = os.writev(fd, views[i : i + _IOV_MAX])
+                    if not written:
+                        raise OSError(f"no bytes written to {tmp}")
+                    while written:  # a short write: go on from where it stopped
+                        if written >= views[i].nbytes:
+                            written -= views[i].nbytes
+                            i += 1
+                        else:
+                            views[i] = views[i][written:]
+                            written = 0
+            else:
+                for view in views:
+                    f.write(view)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 async def _get(array: zarr.Array, index: int, byte_range: Any = None) -> Any:
@@ -384,6 +449,38 @@ def read_shard_ranges(array: zarr.Array, index: int, spans: list[range | None]) 
         return list(await asyncio.gather(*(one(w) for w in spans)))
 
     return sync(gather())
+
+
+def shard_object_crc32c(array: zarr.Array, index: int) -> int | None:
+    """The :func:`crc32c` of shard ``index``'s stored object (``None`` when there is none).
+
+    A local store's file is read in this thread in 1 MiB blocks into one
+    buffer, each checksummed while it is in the cache (no copy of the whole
+    object, no hop to zarr's event loop); other stores' objects are fetched
+    whole.
+    """
+    from zarr.core.sync import sync
+    from zarr.storage import LocalStore
+
+    store = array.store_path.store
+    if not isinstance(store, LocalStore):
+        blob = sync(get_shard_object(array, index))
+        return None if blob is None else crc32c(blob)
+    try:
+        f = open(os.path.join(store.root, _key(array, index)), "rb", buffering=0)
+    except FileNotFoundError:
+        return None
+    block = bytearray(_READ_BLOCK)
+    view = np.frombuffer(block, np.uint8)
+    crc = 0
+    with f:
+        while n := f.readinto(block):
+            crc = crc32c(view[:n], crc)
+    return crc
+
+
+#: Bytes per read of :func:`shard_object_crc32c` (stays in the cache while checksummed).
+_READ_BLOCK = 1 << 20
 
 
 async def get_shard_index(array: zarr.Array, index: int, fmt: ShardFormat) -> np.ndarray | None:

@@ -41,7 +41,7 @@ from pipeline.store.shardio import (
     crc32c,
     shard_format,
     write_images,
-    write_shard_object,
+    write_shard_parts,
 )
 
 __all__ = [
@@ -290,8 +290,8 @@ def write_shard(
     live_array[sl] = False  # nothing of a shard being (re)written is served
     # the shard's one object, encoded here in one pass (pipeline.store.shardio)
     if isinstance(images, EncodedImages):
-        object_crc: int | None = write_shard_object(
-            images_array, index, images.format.assemble(images.chunks)
+        object_crc: int | None = write_shard_parts(
+            images_array, index, images.format.parts(images.chunks)
         )
     else:
         object_crc = write_images(images_array, index, imgs)

@@ -152,8 +152,9 @@ class Point:
         k: the call that kills (counting only the calls ``only`` accepts, and only
             while ``within`` runs).
         when: ``before`` the real call; ``after`` it (its effects are done, its
-            caller never learns); ``partial`` (Zarr's ``_put`` only: half the
-            bytes are in the ``*.partial`` file, as a kill during ``write`` leaves them).
+            caller never learns); ``partial`` (Zarr's ``_put`` and ``shardio._put_parts``
+            only: half the bytes are in the ``*.partial`` file, as a kill during
+            ``write`` leaves them).
         only: a predicate on the call's arguments.
         within: count only while this function (``module:attr``) runs.
     """
@@ -218,7 +219,10 @@ def arm(monkeypatch: pytest.MonkeyPatch, point: Point) -> Armed:
             elif point.when == "partial":
                 path, value = args[0], args[1]
                 path.parent.mkdir(parents=True, exist_ok=True)
-                data = bytes(value.as_buffer_like())
+                if isinstance(value, list):  # shardio._put_parts: the object's parts
+                    data = b"".join(bytes(memoryview(p).cast("B")) for p in value)
+                else:
+                    data = bytes(value.as_buffer_like())
                 partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
                 partial.write_bytes(data[: len(data) // 2])
             raise Killed(point.name)
@@ -262,6 +266,8 @@ def _key_is(pattern: str) -> Callable[..., bool]:
 
 PUT = "zarr.storage._local:_put"
 """Every file Zarr writes in a local store goes through it (a ``*.partial`` file, then a rename)."""
+PUT_OBJECT = "pipeline.store.shardio:_put_parts"
+"""Every ``images`` shard object of a local store is written by it (the same naming as ``_put``)."""
 
 NEW_STORE = [
     # 1. the scan
@@ -293,7 +299,11 @@ NEW_STORE = [
         only=_name_is("records/rows"),
     ),
     Point(
-        "shard: mid-write of an images shard", PUT, k=2, when="partial", only=_key_is("images/c/*")
+        "shard: mid-write of an images shard",
+        PUT_OBJECT,
+        k=2,
+        when="partial",
+        only=_key_is("images/c/*"),
     ),
     Point(
         "shard: record written, not done",
@@ -380,7 +390,11 @@ COMPACTION = [
     Point("compact: the copy laid out", "pipeline.store.compaction:create_store", when="after"),
     Point("compact: the 2nd shard copied", "pipeline.store.compaction:_copy_shard", k=2),
     Point(
-        "compact: mid-write of a copied shard", PUT, k=2, when="partial", only=_key_is("images/c/*")
+        "compact: mid-write of a copied shard",
+        PUT_OBJECT,
+        k=2,
+        when="partial",
+        only=_key_is("images/c/*"),
     ),
     Point("compact: the copy verified", "pipeline.store.compaction:verify", when="after"),
     Point("compact: the copy finalized", "pipeline.store.compaction:finalize", when="after"),
@@ -658,20 +672,29 @@ def test_verify_of_a_truncated_zarr_json_exits_1(base, tmp_path):
 
 
 def _fill_disk_after(monkeypatch: pytest.MonkeyPatch, writes: int) -> dict[str, int]:
-    """Zarr's file writes fail with ENOSPC after ``writes`` of them, as on a full disk."""
+    """The store's file writes fail with ENOSPC after ``writes`` of them, as on a full disk.
+
+    Both ways a local store's files are written: zarr's ``_put``, and
+    ``shardio._put_parts`` for the ``images`` shard objects.
+    """
     import zarr.storage._local as local
 
-    real = local._put
+    import pipeline.store.shardio as shardio
+
     seen = {"writes": 0, "refused": 0}
 
-    def put(path: Path, value: Any, exclusive: bool = False) -> int:
-        if seen["writes"] >= writes:
-            seen["refused"] += 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        seen["writes"] += 1
-        return real(path, value, exclusive=exclusive)
+    def full(real: Callable[..., Any]) -> Callable[..., Any]:
+        def put(path: Path, value: Any, *args: Any, **kwargs: Any) -> Any:
+            if seen["writes"] >= writes:
+                seen["refused"] += 1
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            seen["writes"] += 1
+            return real(path, value, *args, **kwargs)
 
-    monkeypatch.setattr(local, "_put", put)
+        return put
+
+    monkeypatch.setattr(local, "_put", full(local._put))
+    monkeypatch.setattr(shardio, "_put_parts", full(shardio._put_parts))
     return seen
 
 

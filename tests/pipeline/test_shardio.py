@@ -217,3 +217,110 @@ def test_single_rows_are_read_by_byte_range_with_the_shards_index(tmp_path, wher
     # shard 2 has no object: no index, and a read gives nothing
     assert sync(get_shard_index(array, 2, fmt)) is None
     assert read_shard_ranges(array, 2, [range(0, 4), None]) == [None, None]
+
+
+# ----------------------------------------------------------------------------- local writes
+
+
+@pytest.mark.parametrize("compression", [Compression("blosc"), Compression("none")])
+def test_a_local_shard_object_is_its_parts_written_in_order(tmp_path, compression):
+    import google_crc32c
+
+    from pipeline.store.shardio import write_shard_parts
+
+    array = _array(tmp_path / "s.zarr", 8, "float16", compression)
+    fmt = shard_format(array)
+    assert fmt is not None
+    data = _samples(4, "float16")
+    parts = fmt.parts([fmt.encode_chunk(s) for s in data])
+    blob = b"".join(bytes(memoryview(p).cast("B")) for p in parts)
+    assert blob == fmt.encode(data)
+    crc = write_shard_parts(array, 1, parts)
+    assert crc == google_crc32c.value(blob)  # independent of the incremental CRC
+    assert _object(tmp_path / "s.zarr", 1) == blob
+    np.testing.assert_array_equal(np.asarray(array[4:8]), data)  # zarr reads it
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))
+
+
+def test_short_writes_and_the_buffer_limit_still_write_every_byte(tmp_path, monkeypatch):
+    import os
+
+    import pipeline.store.shardio as shardio
+
+    array = _array(tmp_path / "s.zarr", 8, "uint8", Compression("zstd"))
+    fmt = shard_format(array)
+    assert fmt is not None
+    data = _samples(4, "uint8")
+    parts = fmt.parts([fmt.encode_chunk(s) for s in data])
+    real, calls = os.writev, []
+
+    def short(fd: int, buffers: list[Any]) -> int:  # at most 7 bytes a call
+        calls.append(len(buffers))
+        head = b"".join(bytes(b) for b in buffers)[:7]
+        return real(fd, [head])
+
+    monkeypatch.setattr(shardio.os, "writev", short)
+    monkeypatch.setattr(shardio, "_IOV_MAX", 2)
+    shardio.write_shard_parts(array, 0, parts)
+    assert max(calls) == 2
+    assert len(calls) > len(parts)
+    assert _object(tmp_path / "s.zarr", 0) == fmt.encode(data)
+
+
+def test_a_failed_write_leaves_the_old_object_and_no_partial_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import pipeline.store.shardio as shardio
+
+    array = _array(tmp_path / "s.zarr", 8, "float16", Compression("blosc"))
+    fmt = shard_format(array)
+    assert fmt is not None
+    old = _samples(4, "float16", seed=1)
+    write_images(array, 0, old)
+    before = _object(tmp_path / "s.zarr", 0)
+    real, calls = os.writev, [0]
+
+    def full(fd: int, buffers: list[Any]) -> int:  # the disk fills after the first call
+        calls[0] += 1
+        if calls[0] > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, buffers[:1])
+
+    monkeypatch.setattr(shardio.os, "writev", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_images(array, 0, _samples(4, "float16", seed=2))
+    assert _object(tmp_path / "s.zarr", 0) == before
+    assert not list((tmp_path / "s.zarr").rglob("*.partial"))
+
+
+def test_a_read_only_store_refuses_the_write(tmp_path):
+    from pipeline.store.shardio import write_shard_parts
+
+    array = _array(tmp_path / "s.zarr", 8, "float16", Compression("blosc"))
+    fmt = shard_format(array)
+    assert fmt is not None
+    ro = zarr.open_group(zarr.storage.LocalStore(tmp_path / "s.zarr", read_only=True), mode="r")
+    ro = ro["images"]
+    parts = fmt.parts([fmt.encode_chunk(s) for s in _samples(4, "float16")])
+    with pytest.raises(ValueError, match="read-only"):
+        write_shard_parts(ro, 0, parts)
+    assert not (tmp_path / "s.zarr" / "images" / "c").exists()
+
+
+@pytest.mark.parametrize("where", ["local", "local, small blocks", "memory"])
+def test_the_crc32c_of_a_stored_object_is_that_of_its_bytes(tmp_path, monkeypatch, where):
+    import google_crc32c
+    from zarr.core.sync import sync
+
+    import pipeline.store.shardio as shardio
+
+    if where == "local, small blocks":
+        monkeypatch.setattr(shardio, "_READ_BLOCK", 100)  # many blocks, a short last one
+    target = zarr.storage.MemoryStore() if where == "memory" else tmp_path / "s.zarr"
+    array = _array(target, 8, "float16", Compression("blosc"))
+    write_images(array, 1, _samples(4, "float16"))
+    blob = bytes(sync(shardio.get_shard_object(array, 1)))
+    assert len(blob) > 300
+    assert shardio.shard_object_crc32c(array, 1) == google_crc32c.value(blob)
+    assert shardio.shard_object_crc32c(array, 0) is None  # no object
