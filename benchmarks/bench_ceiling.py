@@ -1,0 +1,150 @@
+"""Benchmark: how close a run can come to the floor: its per-image work without a store.
+
+On the benchmark JPEGs of ``bench_stats`` (300-640 x 240-480, quality 90),
+224x224 float16 normalized samples, the statistics given, the default codec,
+in one process, the kinds interleaved round by round (the fastest round of
+each counts):
+
+- ``floor``: ``bench_floor.floor``, Pillow decode + bilinear resize + centre
+  crop in a thread pool (nothing kept, independent of imageprep);
+- ``work``: exactly the run's work per image, and nothing else, in a pool of
+  the same threads: read and hash the file, decode it at full resolution, its
+  value histogram (the file's exact moments), torch resize and crop
+  (``TransformPlan.load_measured``), normalize and cast (``finish``), encode
+  the sample (``ShardFormat.encode_chunk``), SHA-256 of the samples in row
+  order and each shard's object assembled, as a shard task does; no store,
+  no Dask, no verify;
+- ``run``: ``pipeline.run.prepare`` (scan, store, shard tasks, file table,
+  verify, final record). Its rate is ``(N - N0) / (t(N) - t(N0))`` from runs
+  of ``N0`` and ``N`` images, so its fixed costs (store creation, the last
+  shard's write, verify and finish) cancel, as in ``bench_prepare``.
+
+``work / floor`` is the most a run can reach while it computes what it
+computes (the exact per-file moments, the checksums, the compression): the
+rest of ``run / floor`` is the store and the orchestration.
+
+    python benchmarks/bench_ceiling.py                     # 1024 images (256 for N0), 3 rounds
+    python benchmarks/bench_ceiling.py --images 512 --base 128 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_floor  # noqa: E402
+from bench_prepare import _stats_file  # noqa: E402
+from bench_stats import dataset  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--base", type=int, default=256, help="N0, the smaller run")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if not 0 < args.base < args.images:
+        raise SystemExit("--base must be between 0 and --images")
+
+    import torch
+    import zarr
+
+    from pipeline.config import validate_config
+    from pipeline.run import _load_measured, prepare
+    from pipeline.store import get_array, shard_format
+    from pipeline.transforms import TransformPlan
+
+    big = dataset(args.images, max(args.images, 2000))
+    small = dataset(args.base, max(args.images, 2000))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ceiling-"))
+    stats = _stats_file(tmp)
+    shard = 256
+
+    def config(src: Path, out: Path):  # type: ignore[no-untyped-def]
+        return validate_config(
+            {
+                "source": {"path": str(src)},
+                "stats": {"file": str(stats)},
+                "transform": {"size": [224, 224], "augment": []},
+                "output": {"path": str(out), "shard_size": shard},
+                "runtime": {"workers": args.threads, "device": "cpu"},
+            }
+        )
+
+    def run(src: Path) -> float:
+        out = tmp / "run.zarr"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        prepare(config(src, out))
+        return time.perf_counter() - t0
+
+    # the run's plan and shard format, from a store it made
+    run(small)
+    cfg = config(small, tmp / "run.zarr")
+    plan = TransformPlan.from_config(cfg, json.loads(stats.read_text()))
+    fmt = shard_format(get_array(zarr.open_group(str(tmp / "run.zarr"), mode="r"), "images"))
+    if fmt is None:
+        raise SystemExit("the store's images are not in a format shardio writes")
+    files = [p.relative_to(big).as_posix() for p in sorted(big.rglob("*.jpg"))]
+
+    def one(rel: str) -> tuple[object, object]:
+        # the shard task's load of a measured file: read once, SHA-256, full decode,
+        # histogram, resize (pipeline.run._load_measured)
+        pixels, bits, _moments, _digest = _load_measured(plan, str(big), rel, None)
+        sample = plan.finish([pixels], [bits], [torch.Generator()])[0]
+        return sample, fmt.encode_chunk(sample)
+
+    def work() -> float:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a run's shard tasks
+        t0 = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(args.threads) as pool:
+                digest, chunks = hashlib.sha256(), []
+                for sample, chunk in pool.map(one, files):
+                    digest.update(sample)  # type: ignore[arg-type]
+                    chunks.append(chunk)
+                    if len(chunks) == shard:
+                        fmt.assemble(chunks)
+                        digest, chunks = hashlib.sha256(), []
+                fmt.assemble(chunks)
+        finally:
+            torch.set_num_threads(before)
+        return time.perf_counter() - t0
+
+    def floor() -> float:
+        t0 = time.perf_counter()
+        bench_floor.floor(big, threads=args.threads)
+        return time.perf_counter() - t0
+
+    n, n0 = args.images, args.base
+    best = {"floor": 0.0, "work": 0.0, "run": 0.0}
+    try:
+        for _ in range(args.rounds):
+            best["floor"] = max(best["floor"], n / floor())
+            best["work"] = max(best["work"], n / work())
+            t_small, t_big = run(small), run(big)
+            best["run"] = max(best["run"], (n - n0) / (t_big - t_small))
+        print(f"{n} JPEGs ({n0} for the run's base), {args.threads} threads, best of {args.rounds}")
+        print("| kind | img/s | vs floor |")
+        print("|---|---:|---:|")
+        for kind, rate in best.items():
+            print(f"| {kind} | {rate:.0f} | {rate / best['floor']:.2f} |")
+        print(f"run / work: {best['run'] / best['work']:.2f}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
