@@ -21,7 +21,10 @@ each counts):
 
 ``work / floor`` is the most a run can reach while it computes what it
 computes (the exact per-file moments, the checksums, the compression): the
-rest of ``run / floor`` is the store and the orchestration.
+rest of ``run / floor`` is the store and the orchestration. Beside the
+throughput, each kind's images per CPU-second (user + kernel, ``os.times``),
+cores busy on average and kernel CPU per image (of the round that gave its
+best throughput) tell extra work from idle cores.
 
     python benchmarks/bench_ceiling.py                     # 1024 images (256 for N0), 3 rounds
     python benchmarks/bench_ceiling.py --images 512 --base 128 --rounds 2
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -82,12 +86,12 @@ def main() -> None:
             }
         )
 
-    def run(src: Path) -> float:
+    def run(src: Path) -> tuple[float, float, float]:
         out = tmp / "run.zarr"
         shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
+        start = _clock()
         prepare(config(src, out))
-        return time.perf_counter() - t0
+        return _since(start)
 
     # the run's plan and shard format, from a store it made
     run(small)
@@ -105,10 +109,10 @@ def main() -> None:
         sample = plan.finish([pixels], [bits], [torch.Generator()])[0]
         return sample, fmt.encode_chunk(sample)
 
-    def work() -> float:
+    def work() -> tuple[float, float, float]:
         before = torch.get_num_threads()
         torch.set_num_threads(1)  # as a run's shard tasks
-        t0 = time.perf_counter()
+        start = _clock()
         try:
             with ThreadPoolExecutor(args.threads) as pool:
                 digest, chunks = hashlib.sha256(), []
@@ -121,29 +125,58 @@ def main() -> None:
                 fmt.assemble(chunks)
         finally:
             torch.set_num_threads(before)
-        return time.perf_counter() - t0
+        return _since(start)
 
-    def floor() -> float:
-        t0 = time.perf_counter()
+    def floor() -> tuple[float, float, float]:
+        start = _clock()
         bench_floor.floor(big, threads=args.threads)
-        return time.perf_counter() - t0
+        return _since(start)
 
     n, n0 = args.images, args.base
-    best = {"floor": 0.0, "work": 0.0, "run": 0.0}
+    kinds = ("floor", "work", "run")
+    best = dict.fromkeys(kinds, 0.0)  # images per second of wall time
+    cpu = dict.fromkeys(kinds, 0.0)  # images per CPU-second (user + kernel), of that round
+    busy = dict.fromkeys(kinds, 0.0)  # cores busy on average, of that round
+    kernel = dict.fromkeys(kinds, 0.0)  # kernel CPU ms per image, of that round
+
+    def keep(kind: str, images: int, wall: float, user: float, system: float) -> None:
+        if images / wall > best[kind]:
+            best[kind], cpu[kind] = images / wall, images / (user + system)
+            busy[kind], kernel[kind] = (user + system) / wall, 1e3 * system / images
+
     try:
         for _ in range(args.rounds):
-            best["floor"] = max(best["floor"], n / floor())
-            best["work"] = max(best["work"], n / work())
-            t_small, t_big = run(small), run(big)
-            best["run"] = max(best["run"], (n - n0) / (t_big - t_small))
+            keep("floor", n, *floor())
+            keep("work", n, *work())
+            small_run, big_run = run(small), run(big)
+            keep("run", n - n0, *(b - a for a, b in zip(small_run, big_run, strict=True)))
         print(f"{n} JPEGs ({n0} for the run's base), {args.threads} threads, best of {args.rounds}")
-        print("| kind | img/s | vs floor |")
-        print("|---|---:|---:|")
-        for kind, rate in best.items():
-            print(f"| {kind} | {rate:.0f} | {rate / best['floor']:.2f} |")
-        print(f"run / work: {best['run'] / best['work']:.2f}")
+        print("| kind | img/s | vs floor | img/CPU-s | vs floor | cores busy | kernel CPU ms/img |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for kind in kinds:
+            print(
+                f"| {kind} | {best[kind]:.0f} | {best[kind] / best['floor']:.2f} | {cpu[kind]:.0f} "
+                f"| {cpu[kind] / cpu['floor']:.2f} | {busy[kind]:.2f} | {kernel[kind]:.2f} |"
+            )
+        print(
+            f"run / work: {best['run'] / best['work']:.2f} of the throughput, "
+            f"{cpu['run'] / cpu['work']:.2f} of the images per CPU-second, "
+            f"{busy['run'] / busy['work']:.2f} of the cores busy"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clock() -> tuple[float, float, float]:
+    """Wall time, user CPU and kernel CPU of this process (all its threads), in seconds."""
+    t = os.times()
+    return time.perf_counter(), t.user, t.system
+
+
+def _since(start: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Wall, user and kernel seconds since ``start`` (:func:`_clock`)."""
+    now = _clock()
+    return now[0] - start[0], now[1] - start[1], now[2] - start[2]
 
 
 if __name__ == "__main__":
