@@ -14,6 +14,10 @@ each counts):
   the sample (``ShardFormat.encode_chunk``), SHA-256 of the samples in row
   order and each shard's object assembled, as a shard task does; no store,
   no Dask, no verify;
+- ``work, 1 thread``: the same in one thread (how well the work scales);
+- ``work, processes`` (``--processes``): the same in forked worker processes
+  that send each sample's bytes and chunk back to be hashed and assembled,
+  the way round the GIL;
 - ``run``: ``pipeline.run.prepare`` (scan, store, shard tasks, file table,
   verify, final record). Its rate is ``(N - N0) / (t(N) - t(N0))`` from runs
   of ``N0`` and ``N`` images, so its fixed costs (store creation, the last
@@ -35,13 +39,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -57,6 +64,11 @@ def main() -> None:
     ap.add_argument("--base", type=int, default=256, help="N0, the smaller run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--processes",
+        action="store_true",
+        help="also the work in a pool of forked processes that send the samples back",
+    )
     args = ap.parse_args()
     if not 0 < args.base < args.images:
         raise SystemExit("--base must be between 0 and --images")
@@ -109,20 +121,19 @@ def main() -> None:
         sample = plan.finish([pixels], [bits], [torch.Generator()])[0]
         return sample, fmt.encode_chunk(sample)
 
-    def work() -> tuple[float, float, float]:
+    def work(threads: int, processes: bool = False) -> tuple[float, float, float]:
         before = torch.get_num_threads()
         torch.set_num_threads(1)  # as a run's shard tasks
+        _CHILD.update(one=one)  # what a forked worker calls (it inherits this)
         start = _clock()
         try:
-            with ThreadPoolExecutor(args.threads) as pool:
-                digest, chunks = hashlib.sha256(), []
-                for sample, chunk in pool.map(one, files):
-                    digest.update(sample)  # type: ignore[arg-type]
-                    chunks.append(chunk)
-                    if len(chunks) == shard:
-                        fmt.assemble(chunks)
-                        digest, chunks = hashlib.sha256(), []
-                fmt.assemble(chunks)
+            if processes:  # the pool made and shut down inside the timing: its CPU counts
+                context = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(threads, mp_context=context) as procs:
+                    _consume(procs.map(_one_in_child, files, chunksize=8), fmt, shard)
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    _consume(pool.map(one, files), fmt, shard)
         finally:
             torch.set_num_threads(before)
         return _since(start)
@@ -133,7 +144,7 @@ def main() -> None:
         return _since(start)
 
     n, n0 = args.images, args.base
-    kinds = ("floor", "work", "run")
+    kinds = ("floor", "work", "work, 1 thread", *(["work, processes"] * args.processes), "run")
     best = dict.fromkeys(kinds, 0.0)  # images per second of wall time
     cpu = dict.fromkeys(kinds, 0.0)  # images per CPU-second (user + kernel), of that round
     busy = dict.fromkeys(kinds, 0.0)  # cores busy on average, of that round
@@ -147,7 +158,10 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             keep("floor", n, *floor())
-            keep("work", n, *work())
+            keep("work", n, *work(args.threads))
+            keep("work, 1 thread", n, *work(1))
+            if args.processes:
+                keep("work, processes", n, *work(args.threads, processes=True))
             small_run, big_run = run(small), run(big)
             keep("run", n - n0, *(b - a for a, b in zip(small_run, big_run, strict=True)))
         print(f"{n} JPEGs ({n0} for the run's base), {args.threads} threads, best of {args.rounds}")
@@ -158,6 +172,7 @@ def main() -> None:
                 f"| {kind} | {best[kind]:.0f} | {best[kind] / best['floor']:.2f} | {cpu[kind]:.0f} "
                 f"| {cpu[kind] / cpu['floor']:.2f} | {busy[kind]:.2f} | {kernel[kind]:.2f} |"
             )
+        print(f"work in {args.threads} threads / in 1: {best['work'] / best['work, 1 thread']:.2f}")
         print(
             f"run / work: {best['run'] / best['work']:.2f} of the throughput, "
             f"{cpu['run'] / cpu['work']:.2f} of the images per CPU-second, "
@@ -167,10 +182,32 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: What a forked worker of ``work(processes=True)`` calls (set before the fork).
+_CHILD: dict[str, Any] = {}
+
+
+def _one_in_child(rel: str) -> tuple[bytes, bytes]:
+    """One image's work in a worker process; the sample's bytes and its chunk go back."""
+    sample, chunk = _CHILD["one"](rel)
+    return sample.tobytes(), bytes(chunk)
+
+
+def _consume(made: Iterable[tuple[Any, Any]], fmt: Any, shard: int) -> None:
+    """What a shard task does with the samples: SHA-256 in row order, each shard's object."""
+    digest, chunks = hashlib.sha256(), []
+    for sample, chunk in made:
+        digest.update(sample)
+        chunks.append(chunk)
+        if len(chunks) == shard:
+            fmt.assemble(chunks)
+            digest, chunks = hashlib.sha256(), []
+    fmt.assemble(chunks)
+
+
 def _clock() -> tuple[float, float, float]:
-    """Wall time, user CPU and kernel CPU of this process (all its threads), in seconds."""
+    """Wall time, user CPU and kernel CPU of this process and its reaped children, in seconds."""
     t = os.times()
-    return time.perf_counter(), t.user, t.system
+    return time.perf_counter(), t.user + t.children_user, t.system + t.children_system
 
 
 def _since(start: tuple[float, float, float]) -> tuple[float, float, float]:
