@@ -55,6 +55,7 @@ bench: .venv
 	$(BIN)/python benchmarks/bench_shard_task.py
 	$(BIN)/python benchmarks/bench_ceiling.py
 	$(BIN)/python benchmarks/bench_write_kernel.py
+	$(BIN)/python benchmarks/bench_cli_exit.py
 	$(BIN)/python benchmarks/bench_read.py
 	$(BIN)/python benchmarks/bench_update.py
 	$(BIN)/python benchmarks/bench_s3.py

@@ -239,8 +239,20 @@ def serve(
 
 
 def main() -> None:
-    """Entry point of the ``imageprep`` console script (behind :func:`pipeline.cli.run_app`)."""
-    run_app(app)
+    """Entry point of the ``imageprep`` console script (behind :func:`pipeline.cli.run_app`).
+
+    When the command is over, every object alive is frozen (``gc.freeze``),
+    so the interpreter's shutdown does not walk torch's, zarr's and Prefect's
+    object graphs in one last full collection; the process is about to end
+    and the kernel frees its memory. Every file and store is closed by then
+    (``with`` blocks, atexit handlers run afterwards as usual).
+    """
+    import gc
+
+    try:
+        run_app(app)
+    finally:
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -201,6 +201,22 @@ def test_help_of_the_flow_commands():
             assert option in text, (command, option)
 
 
+@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["run"], 2)])
+def test_the_console_script_freezes_the_objects_once_the_command_is_over(monkeypatch, argv, code):
+    """``main`` skips the shutdown's last full collection, whatever the command's outcome."""
+    import gc
+
+    import flows.cli
+
+    calls: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(len(calls)))
+    monkeypatch.setattr(sys, "argv", ["imageprep", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        flows.cli.main()
+    assert exit_.value.code == code
+    assert calls == [0]
+
+
 # ----------------------------------------------------------------------------- demo
 
 
