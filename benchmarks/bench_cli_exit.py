@@ -71,14 +71,14 @@ def main() -> None:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             return time.perf_counter() - t0
 
-        kept = tmp / "kept.zarr"
-        run("frozen", config(kept))  # the complete store the reruns find
-        fresh = tmp / "fresh.zarr"
+        kept, fresh = tmp / "kept.zarr", tmp / "fresh.zarr"
+        configs = {"rerun": config(kept), "full": config(fresh)}
+        run("frozen", configs["rerun"])  # the complete store the reruns find
         best: dict[tuple[str, str], float] = {}
         for _ in range(args.rounds):
             for way in ("baseline", "frozen"):
                 shutil.rmtree(fresh, ignore_errors=True)
-                for kind, cfg in (("rerun", config(kept)), ("full", config(fresh))):
+                for kind, cfg in configs.items():
                     t = run(way, cfg)
                     best[kind, way] = min(best.get((kind, way), float("inf")), t)
         print(f"{args.images} JPEGs, whole process wall time, fastest of {args.rounds}")
